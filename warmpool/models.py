@@ -1,0 +1,262 @@
+"""What crosses a boundary: the pydantic models shared by workflows, activities, CLI and gateway.
+
+Everything here travels through Temporal (with the pydantic data converter), so nothing here
+may ever hold a secret: API keys, HF/Civitai tokens and per-instance portal tokens are read or
+derived inside activities only.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class Model(BaseModel):
+    """Base for every boundary model: unknown fields are rejected, values validated."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class SlotState(StrEnum):
+    """The slot state machine of DESIGN.md, plus BACKOFF and BLOCKED (see README)."""
+
+    PREFLIGHT = "PREFLIGHT"
+    SEARCHING = "SEARCHING"
+    RENTING = "RENTING"
+    PROVISIONING = "PROVISIONING"
+    PROBING = "PROBING"
+    VALIDATING_PORTS = "VALIDATING_PORTS"
+    READY = "READY"
+    LEASED = "LEASED"
+    TERMINATING = "TERMINATING"
+    BACKOFF = "BACKOFF"
+    BLOCKED = "BLOCKED"
+    DRAINING = "DRAINING"
+    DONE = "DONE"
+
+
+class FailureReason(StrEnum):
+    """Why an attempt ended; also the metric label for failures."""
+
+    NO_SPACE = "no_space"
+    FATAL_STATUS = "fatal_status"
+    LOAD_FAILED = "load_failed"
+    OUTBID = "outbid"
+    PROVISION_TIMEOUT = "provision_timeout"
+    COMFY_NEVER_READY = "comfy_never_ready"
+    FIREWALL = "firewall"
+    PORTS_INVALID = "ports_invalid"
+    PORTAL_UNAUTHORIZED = "portal_unauthorized"
+    WARMUP_FAILED = "warmup_failed"
+    KEEPALIVE_LOST = "keepalive_lost"
+    INSTANCE_GONE = "instance_gone"
+    RENT_FAILED = "rent_failed"
+    NO_OFFERS = "no_offers"
+    FATAL_LOG = "fatal_log"
+
+
+class OfferConstraints(Model):
+    """What an acceptable offer looks like (DESIGN: disk >= 250 GB, direct ports, price cap)."""
+
+    min_disk_gb: float = 250.0
+    min_direct_ports: int = 8
+    max_dph: float = 1.0
+    gpu_names: list[str] = Field(default_factory=list)
+    num_gpus: int = 1
+    min_gpu_ram_mb: int = 0
+    min_inet_down: float = 500.0
+    min_reliability: float = 0.95
+    verified_only: bool = True
+    limit: int = 20
+
+
+class OfferSummary(Model):
+    """The parts of an offer the workflow decides on."""
+
+    id: int
+    machine_id: int | None = None
+    gpu_name: str | None = None
+    num_gpus: int | None = None
+    dph_total: float | None = None
+    disk_space: float | None = None
+    direct_port_count: int | None = None
+    geolocation: str | None = None
+
+
+class InstanceView(Model):
+    """A provider instance as the workflow sees it (normalised, never a secret)."""
+
+    id: int
+    label: str | None = None
+    machine_id: int | None = None
+    actual_status: str | None = None
+    intended_status: str | None = None
+    cur_state: str | None = None
+    next_state: str | None = None
+    status_msg: str | None = None
+    public_ip: str | None = None
+    ports: dict[str, int] = Field(default_factory=dict)
+    direct_port_start: int | None = None
+    direct_port_end: int | None = None
+    dph_total: float | None = None
+    image: str | None = None
+    ssh_host: str | None = None
+    ssh_port: int | None = None
+
+
+class Observation(Model):
+    """One read of the provider: the instance, or proof that it is gone."""
+
+    gone: bool
+    instance: InstanceView | None = None
+
+
+class Transition(Model):
+    at: datetime
+    from_state: SlotState | None
+    to_state: SlotState
+    reason: str
+
+
+class CandidateReport(Model):
+    """One port candidate's validation (DESIGN: TCP 5 s, then HTTP /system_stats 10 s)."""
+
+    name: str
+    host: str
+    port: int
+    tcp_ok: bool
+    outcome: str
+    http_status: int | None = None
+    detail: str = ""
+
+
+class PortReport(Model):
+    candidates: list[CandidateReport]
+    url: str | None = None
+    firewall: bool = False
+    unauthorized: bool = False
+
+
+class Lease(Model):
+    lease_id: str
+    holder: str
+    request_id: str
+    granted_at: datetime
+    leased_until: datetime
+
+
+class LeaseEnd(Model):
+    lease_id: str
+    holder: str
+    ended_at: datetime
+    reason: str
+
+
+class SlotCounters(Model):
+    attempts: int = 0
+    rents: int = 0
+    destroys: int = 0
+    failures: int = 0
+    consecutive_failures: int = 0
+    keepalive_losses: int = 0
+    leases: int = 0
+    failures_by_reason: dict[str, int] = Field(default_factory=dict)
+
+
+class SlotConfig(Model):
+    """Every non-secret setting a slot needs; built from Settings by whoever starts the slot."""
+
+    constraints: OfferConstraints = Field(default_factory=OfferConstraints)
+    image: str = "vastai/comfyui:latest"
+    fallback_image: str | None = None
+    disk_gb: float = 250.0
+    runtype: str = "jupyter_direct"
+    onstart: str = "entrypoint.sh"
+    comfy_port: int = 8188
+    comfy_internal_port: int = 18188
+    require_tokens: list[str] = Field(default_factory=lambda: ["vast"])
+    poll_active: timedelta = timedelta(seconds=30)
+    poll_idle: timedelta = timedelta(seconds=180)
+    poll_default: timedelta = timedelta(seconds=120)
+    provision_timeout: timedelta = timedelta(minutes=20)
+    fatal_grace: timedelta = timedelta(seconds=120)
+    fatal_patterns: list[str] = Field(
+        default_factory=lambda: ["no space left on device", "oci runtime create failed"]
+    )
+    readiness_timeout: timedelta = timedelta(minutes=5)
+    readiness_initial_interval: timedelta = timedelta(seconds=2)
+    readiness_max_interval: timedelta = timedelta(seconds=30)
+    tcp_timeout: timedelta = timedelta(seconds=5)
+    http_timeout: timedelta = timedelta(seconds=10)
+    keepalive_interval: timedelta = timedelta(seconds=30)
+    keepalive_timeout: timedelta = timedelta(seconds=5)
+    keepalive_max_failures: int = 5
+    warmup_workflow: str | None = None
+    retry_backoff_initial: timedelta = timedelta(seconds=10)
+    retry_backoff_max: timedelta = timedelta(minutes=10)
+    transitions_kept: int = 30
+    collect_logs: bool = False
+
+
+class SlotRuntime(Model):
+    """A slot's whole durable state: carried across continue-as-new."""
+
+    state: SlotState = SlotState.PREFLIGHT
+    attempt: int = 0
+    instance: InstanceView | None = None
+    offer: OfferSummary | None = None
+    image_used: str | None = None
+    use_fallback_image: bool = False
+    connection_url: str | None = None
+    port_report: PortReport | None = None
+    excluded_machines: list[int] = Field(default_factory=list)
+    lease: Lease | None = None
+    last_lease_end: LeaseEnd | None = None
+    counters: SlotCounters = Field(default_factory=SlotCounters)
+    transitions: list[Transition] = Field(default_factory=list)
+    last_failure: str | None = None
+    blocked_reason: str | None = None
+    retiring: bool = False
+    ready_since: datetime | None = None
+    state_since: datetime | None = None
+    provision_started: datetime | None = None
+    time_to_ready_s: float | None = None
+    warmup_seconds: float | None = None
+    log_tail: list[str] = Field(default_factory=list)
+
+
+class SlotInput(Model):
+    pool: str
+    index: int
+    config: SlotConfig = Field(default_factory=SlotConfig)
+    runtime: SlotRuntime | None = None
+
+
+class SlotStatus(Model):
+    """The status query's answer."""
+
+    workflow_id: str
+    pool: str
+    index: int
+    state: SlotState
+    attempt: int
+    instance: InstanceView | None
+    offer: OfferSummary | None
+    image_used: str | None
+    connection_url: str | None
+    port_report: PortReport | None
+    lease: Lease | None
+    last_lease_end: LeaseEnd | None
+    counters: SlotCounters
+    transitions: list[Transition]
+    last_failure: str | None
+    blocked_reason: str | None
+    retiring: bool
+    state_since: datetime | None
+    ready_since: datetime | None
+    time_to_ready_s: float | None
+    warmup_seconds: float | None
+    excluded_machines: list[int]
+    log_tail: list[str]
