@@ -1,0 +1,82 @@
+"""Which activities does a worker run, and with which clients? `build_activities` wires them.
+
+One `VastClient`, one shared listing and one token validator per worker process; every slot
+the worker runs shares them (that is what keeps provider calls O(pages), not O(slots)).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+
+from activities.comfy import ComfyActivities
+from activities.tokens import TokenActivities
+from activities.vast import VastActivities
+from warmpool.errors import VastAuthError
+from warmpool.listing import SharedListing
+from warmpool.secrets import SecretName, SecretStore
+from warmpool.settings import Settings
+from warmpool.tokens import TokenValidator
+from warmpool.vast import VastClient
+
+
+@dataclass
+class WorkerActivities:
+    """Activities for the main task queue and for the provider (rate-limited) task queue."""
+
+    main: list[Callable[..., Any]]
+    vast: list[Callable[..., Any]]
+    client: VastClient
+    extras: list[Any] = field(default_factory=list)
+
+    async def aclose(self) -> None:
+        await self.client.aclose()
+
+
+def _vast_key(secrets: SecretStore) -> Callable[[], str]:
+    def read() -> str:
+        key = secrets.get(SecretName.VAST)
+        if not key:
+            raise VastAuthError("no Vast.ai API key configured (VASTAI_API_KEY)", endpoint="any")
+        return key
+
+    return read
+
+
+def build_activities(
+    settings: Settings,
+    secrets: SecretStore,
+    *,
+    vast_base_url: str,
+    hf_base_url: str | None = None,
+    civitai_base_url: str | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> WorkerActivities:
+    client = VastClient(vast_base_url, _vast_key(secrets), transport=transport)
+    listing_ttl = min(settings.poll_active_ms, settings.keepalive_interval_ms) / 2000
+    listing = SharedListing(client, ttl=listing_ttl)
+
+    async def vast_identity() -> str:
+        user = await client.current_user()
+        return f"user {user.id}"
+
+    validator = TokenValidator(
+        secrets,
+        hf_base_url=hf_base_url or settings.hf_endpoint,
+        civitai_base_url=civitai_base_url or settings.civitai_base_url,
+        vast_check=vast_identity,
+        cache_ttl=settings.token_cache_ms / 1000,
+    )
+    vast = VastActivities(client, listing, secrets)
+    comfy = ComfyActivities(listing, secrets)
+    tokens = TokenActivities(validator)
+    return WorkerActivities(
+        main=[comfy.await_ready, comfy.validate_ports, comfy.warmup, comfy.clean, comfy.watch,
+              tokens.check],
+        vast=[vast.search_offers, vast.rent, vast.observe, vast.list_labelled, vast.destroy,
+              vast.show],
+        client=client,
+    )

@@ -1,0 +1,11 @@
+"""A faithful in-memory Vast.ai (plus HF/Civitai token checks) whose instances serve ComfyUI.
+
+async with Simulator(SimConfig(speed=20)) as sim:
+    ...  # point the client at sim.base_url with sim.api_key
+"""
+
+from vastsim.config import Fault, SimConfig
+from vastsim.records import CallRecord, InstanceInfo
+from vastsim.simulator import Simulator
+
+__all__ = ["CallRecord", "Fault", "InstanceInfo", "SimConfig", "Simulator"]

@@ -1,0 +1,216 @@
+"""Which ComfyUI side effects can a slot ask for? Readiness, port validation, warm-up, keepalive.
+
+The per-instance portal token is derived here from the instance label and the pool's secret
+(`OPEN_BUTTON_TOKEN` at rent time), so it is sent on every probe without entering history.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
+
+from activities.vast import instance_secret
+from warmpool.comfy import ComfyClient, ComfyError, ComfyPromptFailed
+from warmpool.errors import VastError
+from warmpool.instance_token import derive_instance_token
+from warmpool.lifecycle import Verdict, assess
+from warmpool.listing import SharedListing
+from warmpool.models import FailureReason, InstanceView, Model, PortReport
+from warmpool.probes import candidates_for, validate_ports
+from warmpool.secrets import SecretStore
+
+
+class ProbeInput(Model):
+    label: str
+    instance: InstanceView
+    comfy_port: int
+    internal_port: int
+    tcp_timeout: timedelta
+    http_timeout: timedelta
+    initial_interval: timedelta
+    max_interval: timedelta
+    firewall_after_attempts: int = 3
+
+
+class WarmupInput(Model):
+    label: str
+    url: str
+    workflow_path: str
+    timeout: timedelta
+
+
+class WatchInput(Model):
+    label: str
+    url: str
+    instance_id: int
+    keepalive_interval: timedelta
+    keepalive_timeout: timedelta
+    max_failures: int
+    poll_interval: timedelta
+    fatal_grace: timedelta
+    fatal_patterns: list[str]
+    comfy_port: int
+    internal_port: int
+
+
+class WatchResult(Model):
+    """Why a watch ended: keepalive lost, a fatal provider status, or the instance gone."""
+
+    reason: FailureReason
+    detail: str
+    instance: InstanceView | None = None
+
+
+def _jittered(attempt: int, initial: timedelta, maximum: timedelta) -> timedelta:
+    step = min(initial * (2 ** max(0, attempt - 1)), maximum)
+    return step * random.uniform(0.5, 1.0)
+
+
+class ComfyActivities:
+    def __init__(self, listing: SharedListing, secrets: SecretStore) -> None:
+        self._listing = listing
+        self._secrets = secrets
+
+    def _token(self, label: str) -> str:
+        return derive_instance_token(instance_secret(self._secrets), label)
+
+    @activity.defn(name="comfy.await_ready")
+    async def await_ready(self, input: ProbeInput) -> PortReport:
+        """One readiness attempt; the retry policy (schedule-to-close = readiness timeout) loops.
+
+        Not ready is a benign failure with a jittered exponential `next_retry_delay`; a wrong
+        token (401/403) is a configuration error and fails at once; every candidate timing out
+        for several attempts in a row is a firewall.
+        """
+        attempt = activity.info().attempt
+        candidates = candidates_for(input.instance, input.comfy_port, input.internal_port)
+        report = await validate_ports(
+            candidates,
+            self._token(input.label),
+            tcp_timeout=input.tcp_timeout.total_seconds(),
+            http_timeout=input.http_timeout.total_seconds(),
+        )
+        if report.url is not None:
+            return report
+        if report.unauthorized:
+            raise ApplicationError(
+                "ComfyUI portal refused our instance token (401/403): check "
+                "WARMPOOL_INSTANCE_SECRET and the image's OPEN_BUTTON_TOKEN handling",
+                report.model_dump(mode="json"),
+                type="PortalUnauthorized",
+                non_retryable=True,
+            )
+        if report.firewall and attempt >= input.firewall_after_attempts:
+            raise ApplicationError(
+                f"every port candidate timed out on {attempt} attempts: firewalled",
+                report.model_dump(mode="json"),
+                type="Firewall",
+                non_retryable=True,
+            )
+        summary = ", ".join(f"{c.name}={c.outcome}" for c in report.candidates) or "no candidate"
+        raise ApplicationError(
+            f"ComfyUI not ready ({summary})",
+            type="NotReady",
+            category=ApplicationErrorCategory.BENIGN,
+            next_retry_delay=_jittered(attempt, input.initial_interval, input.max_interval),
+        )
+
+    @activity.defn(name="comfy.validate_ports")
+    async def validate_ports(self, input: ProbeInput) -> PortReport:
+        """Check every candidate (TCP, then HTTP /system_stats) and pick the preferred URL."""
+        candidates = candidates_for(input.instance, input.comfy_port, input.internal_port)
+        return await validate_ports(
+            candidates,
+            self._token(input.label),
+            tcp_timeout=input.tcp_timeout.total_seconds(),
+            http_timeout=input.http_timeout.total_seconds(),
+        )
+
+    @activity.defn(name="comfy.warmup")
+    async def warmup(self, input: WarmupInput) -> float:
+        """Run the configured warm-up prompt once, so the first user does not load models."""
+        try:
+            graph: dict[str, Any] = json.loads(Path(input.workflow_path).read_text())
+        except (OSError, ValueError) as exc:
+            raise ApplicationError(
+                f"warm-up workflow {input.workflow_path} unreadable: {exc}",
+                type="ConfigurationError",
+                non_retryable=True,
+            ) from None
+        graph = graph.get("prompt", graph)
+        async with ComfyClient(input.url, self._token(input.label)) as comfy:
+            try:
+                return await comfy.run_prompt(graph, timeout=input.timeout.total_seconds())
+            except ComfyPromptFailed as exc:
+                raise ApplicationError(str(exc), type="WarmupFailed", non_retryable=True) from None
+
+    @activity.defn(name="comfy.clean")
+    async def clean(self, input: WarmupInput) -> None:
+        """After a lease: clear the queue, interrupt, free memory, then prove it still answers."""
+        async with ComfyClient(input.url, self._token(input.label)) as comfy:
+            await comfy.clean()
+            await comfy.system_stats()
+
+    @activity.defn(name="comfy.watch")
+    async def watch(self, input: WatchInput) -> WatchResult:
+        """Keepalive and provider status while READY or LEASED; returns only when the slot is lost.
+
+        Long-running with heartbeats: a dead worker's watch is retried elsewhere after the
+        heartbeat timeout. Healthy watching writes nothing to history.
+        """
+        failures = 0
+        bad_since: datetime | None = None
+        loop = asyncio.get_running_loop()
+        next_poll = loop.time()
+        async with ComfyClient(input.url, self._token(input.label)) as comfy:
+            while True:
+                activity.heartbeat(failures)
+                ok = await comfy.ping(input.keepalive_timeout.total_seconds())
+                failures = 0 if ok else failures + 1
+                lost = failures >= input.max_failures
+                if lost or loop.time() >= next_poll:
+                    next_poll = loop.time() + input.poll_interval.total_seconds()
+                    try:
+                        obs = await self._listing.observe(input.instance_id)
+                    except VastError as exc:
+                        activity.logger.warning("status check failed: %s", exc)
+                    else:
+                        verdict = assess(
+                            obs.instance,
+                            gone=obs.gone,
+                            now=datetime.now().astimezone(),
+                            bad_since=bad_since,
+                            grace=input.fatal_grace,
+                            fatal_patterns=input.fatal_patterns,
+                            comfy_port=input.comfy_port,
+                            internal_port=input.internal_port,
+                        )
+                        bad_since = verdict.bad_since
+                        if verdict.verdict in (Verdict.DESTROY, Verdict.GONE):
+                            assert verdict.reason is not None
+                            return WatchResult(
+                                reason=verdict.reason, detail=verdict.detail, instance=obs.instance
+                            )
+                        if lost:
+                            return WatchResult(
+                                reason=FailureReason.KEEPALIVE_LOST,
+                                detail=f"{failures} keepalive pings failed in a row; "
+                                f"provider says {verdict.detail}",
+                                instance=obs.instance,
+                            )
+                    if lost:
+                        return WatchResult(
+                            reason=FailureReason.KEEPALIVE_LOST,
+                            detail=f"{failures} keepalive pings failed in a row",
+                        )
+                await asyncio.sleep(input.keepalive_interval.total_seconds())
+
+
+__all__ = ["ComfyActivities", "ComfyError"]

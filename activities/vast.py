@@ -1,0 +1,183 @@
+"""Which Vast.ai side effects can a slot ask for? Search, idempotent rent, observe, confirmed destroy.
+
+These activities run on the provider task queue, whose start rate the Temporal server caps
+across all workers (`max_task_queue_activities_per_second`), so the pool's call rate stays
+under Vast.ai's limits by design. Secrets (API key, instance token secret, HF/Civitai tokens)
+are read from the secret store here, never passed in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import timedelta
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.errors import vast_errors
+from warmpool.instance_token import derive_instance_token
+from warmpool.listing import SharedListing
+from warmpool.models import (
+    InstanceView,
+    Model,
+    Observation,
+    OfferConstraints,
+    OfferSummary,
+)
+from warmpool.secrets import SecretName, SecretStore
+from warmpool.vast import CreateRequest, VastClient, port_env, to_summary, to_view
+
+CREATE_SENT = "create-sent"
+"""Heartbeat detail recorded just before a create: a retry that sees it waits for the label to
+appear in the listing before it may create again (a create can succeed before it is visible)."""
+
+
+class SearchInput(Model):
+    constraints: OfferConstraints
+    exclude_machines: list[int] = []
+
+
+class RentInput(Model):
+    offer_id: int
+    label: str
+    image: str
+    disk_gb: float
+    runtype: str | None
+    onstart: str | None
+    ports: list[int]
+
+
+class RentResult(Model):
+    instance_id: int
+    adopted: bool
+
+
+class DestroyResult(Model):
+    instance_id: int
+    confirmed: bool
+    already_gone: bool
+
+
+def instance_secret(store: SecretStore) -> bytes:
+    secret = store.get(SecretName.INSTANCE)
+    if not secret:
+        raise ApplicationError(
+            "no instance token secret configured (WARMPOOL_INSTANCE_SECRET)",
+            type="ConfigurationError",
+            non_retryable=True,
+        )
+    return secret.encode()
+
+
+class VastActivities:
+    """One instance per worker; the client and listing are shared by every slot it runs."""
+
+    def __init__(
+        self,
+        client: VastClient,
+        listing: SharedListing,
+        secrets: SecretStore,
+        *,
+        adopt_wait: timedelta = timedelta(seconds=30),
+        adopt_poll: timedelta = timedelta(seconds=3),
+    ) -> None:
+        self._client = client
+        self._listing = listing
+        self._secrets = secrets
+        self._adopt_wait = adopt_wait
+        self._adopt_poll = adopt_poll
+
+    @activity.defn(name="vast.search_offers")
+    async def search_offers(self, input: SearchInput) -> list[OfferSummary]:
+        with vast_errors(activity.info().attempt):
+            offers = await self._client.search_offers(
+                input.constraints, exclude_machines=input.exclude_machines
+            )
+        return [to_summary(o) for o in offers]
+
+    async def _find_by_label(self, label: str) -> int | None:
+        found = await self._client.list_instances(label=label)
+        ids = sorted(i.id for i in found if i.id is not None and i.label == label)
+        return ids[0] if ids else None
+
+    async def _wait_for_label(self, label: str) -> int | None:
+        """After a create that may have landed, give the listing time to show it."""
+        deadline = asyncio.get_running_loop().time() + self._adopt_wait.total_seconds()
+        while True:
+            found = await self._find_by_label(label)
+            if found is not None or asyncio.get_running_loop().time() >= deadline:
+                return found
+            activity.heartbeat(CREATE_SENT)
+            await asyncio.sleep(self._adopt_poll.total_seconds())
+
+    def _env(self, input: RentInput) -> dict[str, str]:
+        env = port_env(input.ports)
+        env["OPEN_BUTTON_PORT"] = str(input.ports[0])
+        env["OPEN_BUTTON_TOKEN"] = derive_instance_token(
+            instance_secret(self._secrets), input.label
+        )
+        for name, var in ((SecretName.HF, "HF_TOKEN"), (SecretName.CIVITAI, "CIVITAI_TOKEN")):
+            value = self._secrets.get(name)
+            if value:
+                env[var] = value
+        return env
+
+    @activity.defn(name="vast.rent")
+    async def rent(self, input: RentInput) -> RentResult:
+        """Rent exactly once per label: adopt an instance that already carries the label."""
+        info = activity.info()
+        with vast_errors(info.attempt):
+            existing = await self._find_by_label(input.label)
+            if existing is None and info.attempt > 1 and CREATE_SENT in info.heartbeat_details:
+                existing = await self._wait_for_label(input.label)
+            if existing is not None:
+                activity.logger.info("adopted instance %s for %s", existing, input.label)
+                return RentResult(instance_id=existing, adopted=True)
+            request = CreateRequest(
+                image=input.image,
+                disk=input.disk_gb,
+                label=input.label,
+                env=self._env(input),
+                onstart=input.onstart,
+                runtype=input.runtype,
+            )
+            activity.heartbeat(CREATE_SENT)
+            try:
+                instance_id = await self._client.create_instance(input.offer_id, request)
+            except Exception as exc:
+                contract = getattr(exc, "new_contract", None)
+                if isinstance(contract, int):
+                    activity.logger.warning("failed create left instance %s: destroying", contract)
+                    await self._client.destroy_instance(contract)
+                raise
+        return RentResult(instance_id=instance_id, adopted=False)
+
+    @activity.defn(name="vast.observe")
+    async def observe(self, instance_id: int) -> Observation:
+        with vast_errors(activity.info().attempt):
+            return await self._listing.observe(instance_id)
+
+    @activity.defn(name="vast.list_labelled")
+    async def list_labelled(self, prefix: str) -> list[InstanceView]:
+        with vast_errors(activity.info().attempt):
+            return await self._listing.with_prefix(prefix)
+
+    @activity.defn(name="vast.destroy")
+    async def destroy(self, instance_id: int) -> DestroyResult:
+        """Destroy and confirm: done only when show answers gone or the contract is unloaded."""
+        with vast_errors(activity.info().attempt):
+            accepted = await self._client.destroy_instance(instance_id)
+            shown = await self._client.show_instance(instance_id)
+        if shown is None or shown.cur_state == "unloaded":
+            return DestroyResult(instance_id=instance_id, confirmed=True, already_gone=not accepted)
+        raise ApplicationError(
+            f"destroy of instance {instance_id} not confirmed yet "
+            f"(cur_state {shown.cur_state}, next_state {shown.next_state})",
+            type="DestroyNotConfirmed",
+        )
+
+    @activity.defn(name="vast.show")
+    async def show(self, instance_id: int) -> InstanceView | None:
+        with vast_errors(activity.info().attempt):
+            found = await self._client.show_instance(instance_id)
+        return to_view(found) if found is not None else None

@@ -1,0 +1,278 @@
+"""Probes against real loopback sockets: each outcome, candidate order, and the port report."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from tests.warmpool.fake_portal import (
+    SYSTEM_STATS,
+    Blackhole,
+    FakeHttpServer,
+    Handler,
+    Portal,
+    Reply,
+    comfy_ready,
+    free_port,
+)
+from warmpool.instance_token import derive_instance_token
+from warmpool.models import CandidateReport, InstanceView, PortReport
+from warmpool.probes import Candidate, ProbeOutcome, candidates_for, probe, validate_ports
+
+TOKEN = derive_instance_token(b"pool-secret-for-tests", "wp.test.0.1")
+TCP_TIMEOUT, HTTP_TIMEOUT = 0.3, 0.5
+
+
+async def quick_probe(candidate: Candidate, token: str | None) -> CandidateReport:
+    return await probe(candidate, token, tcp_timeout=TCP_TIMEOUT, http_timeout=HTTP_TIMEOUT)
+
+
+async def quick_validate(candidates: list[Candidate], token: str | None) -> PortReport:
+    return await validate_ports(
+        candidates, token, tcp_timeout=TCP_TIMEOUT, http_timeout=HTTP_TIMEOUT
+    )
+
+
+def cand(port: int, name: str = "mapped-8188") -> Candidate:
+    return Candidate(name=name, host="127.0.0.1", port=port)
+
+
+@pytest.fixture
+async def servers() -> AsyncIterator[list[FakeHttpServer]]:
+    """Collects servers a test starts and closes them afterwards."""
+    started: list[FakeHttpServer] = []
+    yield started
+    for server in started:
+        await server.close()
+
+
+async def serve(servers: list[FakeHttpServer], handler: Handler, port: int = 0) -> FakeHttpServer:
+    server = await FakeHttpServer(handler).start(port)
+    servers.append(server)
+    return server
+
+
+@pytest.fixture
+def blackhole() -> Iterator[Blackhole]:
+    hole = Blackhole()
+    yield hole
+    hole.close()
+
+
+def assert_no_token(report: PortReport) -> None:
+    assert TOKEN not in report.model_dump_json()
+
+
+# --- instance token -----------------------------------------------------------------------
+
+
+def test_instance_token_is_a_deterministic_hmac_of_the_label() -> None:
+    expected = hmac.new(b"s3cret", b"wp.pool.1.7", hashlib.sha256).hexdigest()[:32]
+    assert derive_instance_token(b"s3cret", "wp.pool.1.7") == expected
+    assert len(expected) == 32 and int(expected, 16) >= 0
+    assert derive_instance_token(b"s3cret", "wp.pool.1.8") != expected
+    assert derive_instance_token(b"other", "wp.pool.1.7") != expected
+
+
+@pytest.mark.parametrize(("secret", "label"), [(b"", "wp.p.0.1"), (b"s", "")])
+def test_instance_token_refuses_empty_inputs(secret: bytes, label: str) -> None:
+    with pytest.raises(ValueError):
+        derive_instance_token(secret, label)
+
+
+# --- candidates_for -------------------------------------------------------------------------
+
+
+def view(public_ip: str | None, ports: dict[str, int]) -> InstanceView:
+    return InstanceView(id=1, public_ip=public_ip, ports=ports)
+
+
+def test_candidates_prefer_mapped_comfy_port_then_internal_then_direct() -> None:
+    instance = view("203.0.113.7", {"18188/tcp": 40002, "8188/tcp": 40001, "22/tcp": 40000})
+    assert [(c.name, c.host, c.port) for c in candidates_for(instance)] == [
+        ("mapped-8188", "203.0.113.7", 40001),
+        ("mapped-18188", "203.0.113.7", 40002),
+        ("direct-8188", "203.0.113.7", 8188),
+    ]
+
+
+def test_candidates_skip_unmapped_ports() -> None:
+    names = [c.name for c in candidates_for(view("203.0.113.7", {"18188/tcp": 40002}))]
+    assert names == ["mapped-18188", "direct-8188"]
+    assert [c.name for c in candidates_for(view("203.0.113.7", {}))] == ["direct-8188"]
+
+
+def test_candidates_dedupe_identity_mapping() -> None:
+    instance = view("203.0.113.7", {"8188/tcp": 8188, "18188/tcp": 8188})
+    assert [(c.name, c.port) for c in candidates_for(instance)] == [("mapped-8188", 8188)]
+
+
+@pytest.mark.parametrize("public_ip", [None, "", "  "])
+def test_candidates_need_a_public_ip(public_ip: str | None) -> None:
+    assert candidates_for(view(public_ip, {"8188/tcp": 40001})) == []
+
+
+def test_candidates_follow_configured_ports() -> None:
+    instance = view(" 203.0.113.7\n", {"3000/tcp": 41000, "13000/tcp": 41001, "8188/tcp": 1})
+    candidates = candidates_for(instance, comfy_port=3000, internal_port=13000)
+    assert [(c.name, c.host, c.port) for c in candidates] == [
+        ("mapped-3000", "203.0.113.7", 41000),
+        ("mapped-13000", "203.0.113.7", 41001),
+        ("direct-3000", "203.0.113.7", 3000),
+    ]
+
+
+# --- probe: one outcome each ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("portal", "token", "outcome", "status"),
+    [
+        (Portal(TOKEN), None, ProbeOutcome.UNAUTHORIZED, 401),
+        (Portal(TOKEN, ready=True), "f" * 32, ProbeOutcome.UNAUTHORIZED, 401),
+        (Portal(TOKEN), TOKEN, ProbeOutcome.STARTING, 502),
+        (Portal(TOKEN, placeholder_status=200), TOKEN, ProbeOutcome.STARTING, 200),
+        (Portal(TOKEN, ready=True), TOKEN, ProbeOutcome.READY, 200),
+    ],
+    ids=["no-token", "wrong-token", "placeholder-502", "placeholder-200-tunnel", "ready"],
+)
+async def test_probe_portal(
+    servers: list[FakeHttpServer],
+    portal: Portal,
+    token: str | None,
+    outcome: ProbeOutcome,
+    status: int,
+) -> None:
+    server = await serve(servers, portal)
+    report = await quick_probe(cand(server.port), token)
+    assert (report.outcome, report.http_status, report.tcp_ok) == (outcome, status, True)
+    assert report.detail and TOKEN not in report.detail and "f" * 32 not in report.detail
+
+
+async def test_probe_sends_the_bearer_token(servers: list[FakeHttpServer]) -> None:
+    server = await serve(servers, Portal(TOKEN, ready=True))
+    await quick_probe(cand(server.port), TOKEN)
+    assert server.requests[0].path == "/system_stats"
+    assert server.requests[0].headers["authorization"] == f"Bearer {TOKEN}"
+
+
+async def test_probe_bare_comfy_refused_then_ready(servers: list[FakeHttpServer]) -> None:
+    port = free_port()
+    before = await quick_probe(cand(port), None)
+    assert (before.outcome, before.tcp_ok, before.http_status) == ("refused", False, None)
+
+    await serve(servers, comfy_ready, port)
+    after = await quick_probe(cand(port), None)
+    assert (after.outcome, after.http_status) == ("ready", 200)
+    assert "0.3.64" in after.detail
+
+
+async def test_probe_blackhole_times_out(blackhole: Blackhole) -> None:
+    started = time.monotonic()
+    report = await probe(cand(blackhole.port), TOKEN, tcp_timeout=0.3, http_timeout=0.5)
+    elapsed = time.monotonic() - started
+    assert (report.outcome, report.tcp_ok) == ("timeout", False)
+    assert 0.25 <= elapsed < 1.5
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        Reply(200, b"<html>ComfyUI</html>", content_type="text/html"),
+        Reply.json(200, {"devices": []}),
+        Reply.json(200, ["system"]),
+        Reply(404, b"", content_type="text/plain"),
+        Reply(500, b"500 Internal Server Error", content_type="text/plain"),
+    ],
+    ids=["html", "json-without-system", "json-list", "404", "500"],
+)
+async def test_probe_bad_response(servers: list[FakeHttpServer], reply: Reply) -> None:
+    server = await serve(servers, lambda _: reply)
+    report = await quick_probe(cand(server.port), None)
+    assert (report.outcome, report.http_status, report.tcp_ok) == (
+        "bad_response",
+        reply.status,
+        True,
+    )
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        Reply(503, b"", content_type="text/plain"),
+        Reply(200, b"", hang_up=True),
+        Reply.json(200, SYSTEM_STATS, delay=1.0),
+    ],
+    ids=["503", "hang-up", "slow"],
+)
+async def test_probe_reachable_but_not_answering_is_starting(
+    servers: list[FakeHttpServer], reply: Reply
+) -> None:
+    server = await serve(servers, lambda _: reply)
+    report = await probe(cand(server.port), None, tcp_timeout=0.3, http_timeout=0.3)
+    assert (report.outcome, report.tcp_ok) == ("starting", True)
+
+
+# --- validate_ports -------------------------------------------------------------------------
+
+
+async def test_validate_prefers_first_ready_even_when_a_later_one_answers_first(
+    servers: list[FakeHttpServer],
+) -> None:
+    slow_portal = Portal(TOKEN, ready=True, delay=0.3)
+    preferred = await serve(servers, slow_portal)
+    quick_portal = Portal(TOKEN, ready=True)
+    fallback = await serve(servers, quick_portal)
+    candidates = [cand(preferred.port, "mapped-8188"), cand(fallback.port, "mapped-18188")]
+
+    report = await quick_validate(candidates, TOKEN)
+
+    assert quick_portal.answered_at[0] < slow_portal.answered_at[0]
+    assert [c.outcome for c in report.candidates] == ["ready", "ready"]
+    assert report.url == f"http://127.0.0.1:{preferred.port}"
+    assert not report.firewall and not report.unauthorized
+    assert_no_token(report)
+
+
+async def test_validate_skips_candidates_that_are_not_ready(
+    servers: list[FakeHttpServer], blackhole: Blackhole
+) -> None:
+    starting = await serve(servers, Portal(TOKEN))
+    ready = await serve(servers, comfy_ready)
+    candidates = [cand(starting.port), cand(free_port()), cand(blackhole.port), cand(ready.port)]
+
+    report = await quick_validate(candidates, TOKEN)
+
+    outcomes = [c.outcome for c in report.candidates]
+    assert outcomes == ["starting", "refused", "timeout", "ready"]
+    assert report.url == f"http://127.0.0.1:{ready.port}"
+    assert not report.firewall
+
+
+async def test_validate_firewall_only_when_every_candidate_times_out(blackhole: Blackhole) -> None:
+    all_dropped = await quick_validate([cand(blackhole.port), cand(blackhole.port)], TOKEN)
+    assert all_dropped.firewall and all_dropped.url is None
+
+    one_refused = await quick_validate([cand(blackhole.port), cand(free_port())], TOKEN)
+    assert not one_refused.firewall and one_refused.url is None
+
+    assert not (await quick_validate([], TOKEN)).firewall
+
+
+async def test_validate_unauthorized_unless_something_is_ready(
+    servers: list[FakeHttpServer],
+) -> None:
+    gated = await serve(servers, Portal("someone-elses-token", ready=True))
+    bare = await serve(servers, comfy_ready)
+
+    locked_out = await quick_validate([cand(gated.port), cand(free_port())], TOKEN)
+    assert locked_out.unauthorized and locked_out.url is None and not locked_out.firewall
+    assert_no_token(locked_out)
+
+    with_fallback = await quick_validate([cand(gated.port), cand(bare.port)], TOKEN)
+    assert not with_fallback.unauthorized
+    assert with_fallback.url == f"http://127.0.0.1:{bare.port}"

@@ -1,0 +1,191 @@
+"""A scripted provider behind the real activity names, for time-skipping workflow tests.
+
+Each machine gets a scenario; an instance's provider status advances with every `observe`
+call, so the workflow's own (skipped) timers drive the timeline. Real activities against the
+simulator are tested in tests/integration.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
+
+from activities.comfy import ProbeInput, WarmupInput, WatchInput, WatchResult
+from activities.tokens import TokenCheckInput
+from activities.vast import DestroyResult, RentInput, RentResult, SearchInput
+from warmpool.models import (
+    CandidateReport,
+    FailureReason,
+    InstanceView,
+    Observation,
+    OfferSummary,
+    PortReport,
+)
+from warmpool.tokens import TokenCheck
+
+
+@dataclass
+class FakeInstance:
+    id: int
+    machine_id: int
+    label: str
+    scenario: str
+    observes: int = 0
+    destroyed: bool = False
+    fatal_seen_at: int | None = None
+
+
+@dataclass
+class FakeCloud:
+    """Machines 1..n, each with a scenario (default "ok")."""
+
+    machines: int = 6
+    scenarios: dict[int, str] = field(default_factory=dict)
+    token_ok: bool = True
+    rate_limited_rents: int = 0
+    crash_after_create: bool = False
+    instances: dict[int, FakeInstance] = field(default_factory=dict)
+    calls: Counter[str] = field(default_factory=Counter)
+    next_id: int = 10_000_000
+
+    def scenario(self, machine: int) -> str:
+        return self.scenarios.get(machine, "ok")
+
+    def live(self) -> list[FakeInstance]:
+        return [i for i in self.instances.values() if not i.destroyed]
+
+    def activities(self) -> list[object]:
+        return [self.check, self.search, self.rent, self.observe, self.destroy,
+                self.await_ready, self.validate_ports, self.watch, self.warmup]
+
+    @activity.defn(name="tokens.check")
+    async def check(self, input: TokenCheckInput) -> list[TokenCheck]:
+        self.calls["tokens.check"] += 1
+        return [TokenCheck(service=s, ok=self.token_ok, configured=True,
+                           detail="ok" if self.token_ok else "401 Invalid user key",
+                           checked_at=datetime.now(UTC), version="abcd1234")
+                for s in input.services]
+
+    @activity.defn(name="vast.search_offers")
+    async def search(self, input: SearchInput) -> list[OfferSummary]:
+        self.calls["vast.search_offers"] += 1
+        busy = {i.machine_id for i in self.live()}
+        return [OfferSummary(id=100 + m, machine_id=m, dph_total=0.3 + m / 100, disk_space=300)
+                for m in range(1, self.machines + 1)
+                if m not in input.exclude_machines and m not in busy]
+
+    @activity.defn(name="vast.rent")
+    async def rent(self, input: RentInput) -> RentResult:
+        self.calls["vast.rent"] += 1
+        for inst in self.live():
+            if inst.label == input.label:
+                return RentResult(instance_id=inst.id, adopted=True)
+        if self.rate_limited_rents > 0:
+            self.rate_limited_rents -= 1
+            raise ApplicationError("429 API requests too frequent", type="VastRateLimited",
+                                   next_retry_delay=timedelta(seconds=1))
+        self.next_id += 1
+        machine = input.offer_id - 100
+        self.instances[self.next_id] = FakeInstance(
+            id=self.next_id, machine_id=machine, label=input.label,
+            scenario=self.scenario(machine),
+        )
+        self.calls["create"] += 1
+        if self.crash_after_create:
+            self.crash_after_create = False
+            raise ApplicationError("worker lost after create", type="TransportLost")
+        return RentResult(instance_id=self.next_id, adopted=False)
+
+    def _view(self, inst: FakeInstance) -> InstanceView:
+        n = inst.observes
+        status: str | None = None
+        msg: str | None = None
+        ports: dict[str, int] = {}
+        if n >= 2:
+            status = "loading"
+        if n >= 3:
+            status = "running"
+            ports = {"8188/tcp": 40000 + inst.machine_id}
+        match inst.scenario:
+            case "no_space" if n >= 2:
+                status, msg, ports = "loading", "failed to register layer: no space left on device", {}
+            case "load_failed" if n >= 2:
+                status, ports = "load_failed", {}
+            case "unknown_blip" if n == 2:
+                status = "unknown"
+            case "ports_late" if 3 <= n < 6:
+                ports = {}
+            case "stuck_loading" if n >= 2:
+                status, ports = "loading", {}
+            case _:
+                pass
+        return InstanceView(id=inst.id, label=inst.label, machine_id=inst.machine_id,
+                            actual_status=status, status_msg=msg, public_ip="127.0.0.1",
+                            ports=ports, cur_state="running", intended_status="running",
+                            next_state="running", dph_total=0.3)
+
+    @activity.defn(name="vast.observe")
+    async def observe(self, instance_id: int) -> Observation:
+        self.calls["vast.observe"] += 1
+        inst = self.instances.get(instance_id)
+        if inst is None or inst.destroyed:
+            return Observation(gone=True)
+        inst.observes += 1
+        return Observation(gone=False, instance=self._view(inst))
+
+    @activity.defn(name="vast.destroy")
+    async def destroy(self, instance_id: int) -> DestroyResult:
+        self.calls["vast.destroy"] += 1
+        inst = self.instances.get(instance_id)
+        gone = inst is None or inst.destroyed
+        if inst is not None:
+            inst.destroyed = True
+        return DestroyResult(instance_id=instance_id, confirmed=True, already_gone=gone)
+
+    def _report(self, input: ProbeInput, outcome: str) -> PortReport:
+        port = input.instance.ports.get("8188/tcp", 8188)
+        ready = outcome == "ready"
+        return PortReport(
+            candidates=[CandidateReport(name="mapped-8188", host="127.0.0.1", port=port,
+                                        tcp_ok=outcome != "timeout", outcome=outcome)],
+            url=f"http://127.0.0.1:{port}" if ready else None,
+            firewall=outcome == "timeout",
+        )
+
+    @activity.defn(name="comfy.await_ready")
+    async def await_ready(self, input: ProbeInput) -> PortReport:
+        self.calls["comfy.await_ready"] += 1
+        scenario = self.scenario(input.instance.machine_id or 0)
+        if scenario == "never_ready":
+            raise ApplicationError("ComfyUI not ready", type="NotReady",
+                                   category=ApplicationErrorCategory.BENIGN,
+                                   next_retry_delay=timedelta(seconds=20))
+        if scenario == "firewall":
+            raise ApplicationError("all timed out", self._report(input, "timeout").model_dump(
+                mode="json"), type="Firewall", non_retryable=True)
+        return self._report(input, "ready")
+
+    @activity.defn(name="comfy.validate_ports")
+    async def validate_ports(self, input: ProbeInput) -> PortReport:
+        self.calls["comfy.validate_ports"] += 1
+        return self._report(input, "ready")
+
+    @activity.defn(name="comfy.warmup")
+    async def warmup(self, input: WarmupInput) -> float:
+        return 1.5
+
+    @activity.defn(name="comfy.watch")
+    async def watch(self, input: WatchInput) -> WatchResult:
+        self.calls["comfy.watch"] += 1
+        inst = self.instances[input.instance_id]
+        if self.scenario(inst.machine_id) == "keepalive_lost":
+            return WatchResult(reason=FailureReason.KEEPALIVE_LOST,
+                               detail=f"{input.max_failures} pings failed")
+        while True:
+            activity.heartbeat()
+            await asyncio.sleep(0.05)

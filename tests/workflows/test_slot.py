@@ -1,0 +1,189 @@
+"""WarmSlotWorkflow, one test per path, on the time-skipping server with a scripted provider."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import timedelta
+
+import pytest
+from temporalio.client import WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from tests.helpers import in_state, new_queue, wait_status
+from tests.workflows.fakes import FakeCloud
+from warmpool.labels import slot_workflow_id
+from warmpool.models import SlotConfig, SlotInput, SlotState, SlotStatus
+from workflows.options import vast_queue
+from workflows.slot import WarmSlotWorkflow
+
+S = SlotState
+
+
+@asynccontextmanager
+async def running_slot(
+    env: WorkflowEnvironment, cloud: FakeCloud, config: SlotConfig | None = None
+) -> AsyncIterator[WorkflowHandle[WarmSlotWorkflow, SlotStatus]]:
+    queue = new_queue()
+    acts = cloud.activities()
+    beat = {"max_heartbeat_throttle_interval": timedelta(seconds=0.2),
+            "default_heartbeat_throttle_interval": timedelta(seconds=0.2)}
+    async with (
+        Worker(env.client, task_queue=queue, workflows=[WarmSlotWorkflow], activities=acts,
+               **beat),
+        Worker(env.client, task_queue=vast_queue(queue), activities=acts, **beat),
+    ):
+        handle = await env.client.start_workflow(
+            WarmSlotWorkflow.run,
+            SlotInput(pool="t", index=0, config=config or SlotConfig()),
+            id=slot_workflow_id(f"t-{queue}", 0),
+            task_queue=queue,
+        )
+        yield handle
+        await handle.signal(WarmSlotWorkflow.retire, "test over")
+        final = await handle.result()
+        assert final.state == S.DONE
+        assert cloud.live() == [], "an instance outlived its slot"
+
+
+async def test_happy_path_reaches_ready_with_validated_url(ts_env: WorkflowEnvironment) -> None:
+    cloud = FakeCloud()
+    async with running_slot(ts_env, cloud) as handle:
+        status = await wait_status(ts_env, handle, in_state(S.READY))
+        assert status.connection_url == "http://127.0.0.1:40001"
+        assert status.instance is not None and status.instance.id in cloud.instances
+        assert [t.to_state for t in status.transitions][:8] == [
+            S.PREFLIGHT, S.SEARCHING, S.RENTING, S.PROVISIONING, S.PROBING,
+            S.VALIDATING_PORTS, S.READY,
+        ][:8][: len(status.transitions)]
+        assert status.counters.rents == 1
+        assert status.time_to_ready_s is not None and status.time_to_ready_s > 0
+    assert cloud.calls["create"] == 1
+
+
+async def test_no_space_destroys_at_once_and_rents_on_another_machine(
+    ts_env: WorkflowEnvironment,
+) -> None:
+    cloud = FakeCloud(scenarios={1: "no_space"})
+    config = SlotConfig(fallback_image="vastai/comfyui:slim")
+    async with running_slot(ts_env, cloud, config) as handle:
+        status = await wait_status(ts_env, handle, in_state(S.READY))
+        first = cloud.instances[min(cloud.instances)]
+        assert first.machine_id == 1 and first.destroyed
+        assert first.observes == 2, "destroyed on the first observation of the fatal status"
+        assert status.instance is not None and status.instance.machine_id != 1
+        assert 1 in status.excluded_machines
+        assert status.counters.failures_by_reason == {"no_space": 1}
+        assert status.image_used == "vastai/comfyui:slim", "fallback image after extraction failure"
+
+
+async def test_load_failed_past_grace_is_destroyed(ts_env: WorkflowEnvironment) -> None:
+    cloud = FakeCloud(scenarios={1: "load_failed"})
+    config = SlotConfig(fatal_grace=timedelta(seconds=120), poll_active=timedelta(seconds=30))
+    async with running_slot(ts_env, cloud, config) as handle:
+        await wait_status(ts_env, handle, in_state(S.READY))
+        first = cloud.instances[min(cloud.instances)]
+        assert first.destroyed
+        # seen bad at observe 2, then polls every 30 s: destroyed once 120 s have passed
+        assert first.observes >= 6
+        status = await handle.query(WarmSlotWorkflow.status)
+        assert status.counters.failures_by_reason == {"load_failed": 1}
+
+
+async def test_unknown_blip_within_grace_is_tolerated(ts_env: WorkflowEnvironment) -> None:
+    cloud = FakeCloud(scenarios={1: "unknown_blip"})
+    async with running_slot(ts_env, cloud) as handle:
+        status = await wait_status(ts_env, handle, in_state(S.READY))
+        assert status.instance is not None and status.instance.machine_id == 1
+        assert status.counters.failures == 0
+
+
+async def test_ports_unmapped_then_mapped_ready_only_after_validation(
+    ts_env: WorkflowEnvironment,
+) -> None:
+    cloud = FakeCloud(scenarios={1: "ports_late"})
+    async with running_slot(ts_env, cloud) as handle:
+        status = await wait_status(ts_env, handle, in_state(S.READY))
+        inst = cloud.instances[min(cloud.instances)]
+        assert inst.observes == 6, "probing starts only once the port is mapped"
+        assert cloud.calls["comfy.validate_ports"] == 1
+        assert status.port_report is not None and status.port_report.url is not None
+
+
+async def test_comfy_never_ready_is_destroyed_at_the_timeout(ts_env: WorkflowEnvironment) -> None:
+    cloud = FakeCloud(scenarios={1: "never_ready"})
+    config = SlotConfig(readiness_timeout=timedelta(minutes=5))
+    async with running_slot(ts_env, cloud, config) as handle:
+        status = await wait_status(ts_env, handle, in_state(S.READY))
+        assert cloud.instances[min(cloud.instances)].destroyed
+        assert status.counters.failures_by_reason == {"comfy_never_ready": 1}
+
+
+async def test_firewall_destroys_and_excludes_the_machine(ts_env: WorkflowEnvironment) -> None:
+    cloud = FakeCloud(scenarios={1: "firewall"})
+    async with running_slot(ts_env, cloud) as handle:
+        status = await wait_status(ts_env, handle, in_state(S.READY))
+        assert status.counters.failures_by_reason == {"firewall": 1}
+        assert 1 in status.excluded_machines
+        assert status.instance is not None and status.instance.machine_id == 2
+
+
+async def test_keepalive_lost_replaces_the_instance(ts_env: WorkflowEnvironment) -> None:
+    cloud = FakeCloud(scenarios={1: "keepalive_lost"})
+    async with running_slot(ts_env, cloud) as handle:
+        status = await wait_status(
+            ts_env, handle,
+            lambda s: s.state == S.READY and s.instance is not None and s.instance.machine_id == 2,
+        )
+        assert status.counters.keepalive_losses == 1
+        assert cloud.instances[min(cloud.instances)].destroyed
+
+
+async def test_provisioning_timeout_destroys(ts_env: WorkflowEnvironment) -> None:
+    cloud = FakeCloud(scenarios={1: "stuck_loading"})
+    config = SlotConfig(provision_timeout=timedelta(minutes=10))
+    async with running_slot(ts_env, cloud, config) as handle:
+        status = await wait_status(ts_env, handle, in_state(S.READY))
+        assert status.counters.failures_by_reason == {"provision_timeout": 1}
+
+
+async def test_rate_limit_storm_still_one_instance(ts_env: WorkflowEnvironment) -> None:
+    cloud = FakeCloud(rate_limited_rents=5)
+    async with running_slot(ts_env, cloud) as handle:
+        await wait_status(ts_env, handle, in_state(S.READY))
+        assert cloud.calls["create"] == 1
+        assert len(cloud.instances) == 1
+
+
+async def test_crash_after_create_adopts_instead_of_renting_twice(
+    ts_env: WorkflowEnvironment,
+) -> None:
+    cloud = FakeCloud(crash_after_create=True)
+    async with running_slot(ts_env, cloud) as handle:
+        await wait_status(ts_env, handle, in_state(S.READY))
+        assert cloud.calls["create"] == 1
+        assert cloud.calls["vast.rent"] == 2
+
+
+async def test_invalid_required_token_blocks_before_any_rent(ts_env: WorkflowEnvironment) -> None:
+    cloud = FakeCloud(token_ok=False)
+    async with running_slot(ts_env, cloud) as handle:
+        status = await wait_status(ts_env, handle, in_state(S.BLOCKED))
+        assert status.blocked_reason and "vast" in status.blocked_reason
+        assert cloud.calls["vast.search_offers"] == 0 and cloud.calls["vast.rent"] == 0
+
+
+async def test_retire_destroys_the_instance(ts_env: WorkflowEnvironment) -> None:
+    cloud = FakeCloud()
+    async with running_slot(ts_env, cloud) as handle:
+        await wait_status(ts_env, handle, in_state(S.READY))
+    assert cloud.calls["vast.destroy"] == 1
+    assert all(i.destroyed for i in cloud.instances.values())
+
+
+@pytest.mark.parametrize("state", [S.PROVISIONING, S.PROBING])
+async def test_retire_while_starting_destroys(ts_env: WorkflowEnvironment, state: S) -> None:
+    cloud = FakeCloud(scenarios={1: "never_ready" if state == S.PROBING else "stuck_loading"})
+    async with running_slot(ts_env, cloud) as handle:
+        await wait_status(ts_env, handle, in_state(state), step=timedelta(seconds=1))

@@ -1,0 +1,68 @@
+"""How does a chaos script or a developer run the simulator as its own process?
+
+    python -m vastsim [--host 127.0.0.1] [--port 0] [--api-key K] [--speed F] [--offers N]
+                      [--seed S] [--fault-mix none|default]
+
+It prints one JSON line with its URLs once it listens, then serves until SIGTERM or SIGINT.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+
+from pydantic import SecretStr
+
+from vastsim.config import SimConfig
+from vastsim.simulator import Simulator
+
+
+def _config(argv: list[str]) -> SimConfig:
+    parser = argparse.ArgumentParser(prog="python -m vastsim", description=__doc__.split("\n")[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0)
+    parser.add_argument("--api-key", default=SimConfig().api_key.get_secret_value())
+    parser.add_argument("--speed", type=float, default=1.0)
+    parser.add_argument("--offers", type=int, default=40)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fault-mix", choices=["none", "default"], default="none")
+    args = parser.parse_args(argv)
+    return SimConfig(
+        host=args.host,
+        port=args.port,
+        api_key=SecretStr(args.api_key),
+        speed=args.speed,
+        offers=args.offers,
+        seed=args.seed,
+        fault_mix=args.fault_mix,
+    )
+
+
+async def _serve(config: SimConfig) -> None:
+    stopping = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stopping.set)
+    async with Simulator(config) as sim:
+        urls = {
+            "base_url": sim.base_url,
+            "api_key": sim.api_key,
+            "hf_base_url": sim.hf_base_url,
+            "civitai_base_url": sim.civitai_base_url,
+            "control_url": sim.control_url,
+        }
+        print(json.dumps(urls), flush=True)
+        await stopping.wait()
+
+
+def main(argv: list[str] | None = None) -> None:
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    asyncio.run(_serve(_config(sys.argv[1:] if argv is None else argv)))
+
+
+if __name__ == "__main__":
+    main()

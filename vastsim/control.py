@@ -1,0 +1,67 @@
+"""How does a test or chaos script in another process drive the simulator? The /_sim/ API.
+
+It mirrors the Python API of `Simulator`. There is no auth: the simulator listens on loopback.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import ValidationError
+
+from vastsim.cloud import Cloud
+from vastsim.config import Fault
+from vastsim.httpserver import Request, Response, json_response
+
+_INSTANCE = re.compile(r"/_sim/instances/(\d+)(/comfy)?/?")
+_OK = {"success": True}
+
+
+class ControlApi:
+    def __init__(self, cloud: Cloud) -> None:
+        self._cloud = cloud
+
+    async def handle(self, request: Request) -> Response:
+        cloud, method, path = self._cloud, request.method, request.path.rstrip("/")
+        if method == "GET" and path == "/_sim/state":
+            return json_response(200, cloud.state())
+        if method == "DELETE" and path == "/_sim/faults":
+            cloud.faults.clear()
+            return json_response(200, _OK)
+        if method == "POST" and path == "/_sim/reset":
+            cloud.reset()
+            return json_response(200, _OK)
+        if method != "POST":
+            return _error(404, "unknown control path")
+        try:
+            body = request.json()
+        except ValueError:
+            return _error(400, "body must be JSON")
+        if path == "/_sim/faults":
+            try:
+                return json_response(200, {"id": cloud.add_fault(Fault.model_validate(body))})
+            except ValidationError as exc:
+                return _error(400, str(exc))
+        match = _INSTANCE.fullmatch(path)
+        if match is None or not isinstance(body, dict):
+            return _error(404 if match is None else 400, "unknown control path or bad body")
+        try:
+            instance = cloud.instance(int(match.group(1)))
+        except KeyError as exc:
+            return _error(404, str(exc))
+        if match.group(2) is None:
+            try:
+                instance.force(body)
+            except ValueError as exc:
+                return _error(400, str(exc))
+        elif body.get("action") == "kill":
+            await instance.kill_comfy()
+        elif body.get("action") == "revive":
+            await instance.revive_comfy()
+        else:
+            return _error(400, "action must be 'kill' or 'revive'")
+        return json_response(200, _OK)
+
+
+def _error(status: int, msg: str) -> Response:
+    return json_response(status, {"success": False, "error": "sim_control", "msg": msg})

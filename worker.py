@@ -1,0 +1,147 @@
+"""How is a worker process run? settings -> secrets -> clients -> activities -> workers; SIGTERM drains.
+
+Two workers share the process: the main task queue (workflows, ComfyUI and token activities)
+and the provider task queue (Vast.ai activities), whose activity start rate the Temporal server
+caps across every worker (`WARMPOOL_VAST_CALLS_PER_SECOND`).
+
+With no `VASTAI_API_KEY` and no `VASTAI_BASE_URL`, an embedded simulator is the provider.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import sys
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+from temporalio.client import Client
+from temporalio.worker import Worker
+
+from activities import WorkerActivities, build_activities
+from warmpool.logging import configure_logging
+from warmpool.secrets import (
+    EnvSecretStore,
+    FileSecretStore,
+    LayeredSecretStore,
+    SecretStore,
+    current_values,
+)
+from warmpool.settings import DEFAULT_VAST_BASE_URL, Settings, SettingsError, load_settings
+from warmpool.temporal import connect
+from workflows import WORKFLOWS
+from workflows.options import vast_queue
+
+log = logging.getLogger("warmpool.worker")
+
+SIM_INSTANCE_SECRET = "simulator-only-instance-secret"
+"""Used only with the embedded simulator, whose instances are not real."""
+
+
+@dataclass
+class Provider:
+    """Where the Vast.ai, Hugging Face and Civitai calls go."""
+
+    vast_base_url: str
+    hf_base_url: str
+    civitai_base_url: str
+
+
+def secret_store(settings: Settings, *extra: SecretStore) -> LayeredSecretStore:
+    """File store first (a rotation wins), then the environment, then any fallback."""
+    return LayeredSecretStore([FileSecretStore(settings.secrets_dir), EnvSecretStore(), *extra])
+
+
+def create_workers(
+    client: Client, settings: Settings, activities: WorkerActivities, *,
+    task_queue: str | None = None, workflows: Sequence[type] = WORKFLOWS,
+) -> list[Worker]:
+    queue = task_queue or settings.task_queue
+    main = Worker(
+        client,
+        task_queue=queue,
+        workflows=list(workflows),
+        activities=activities.main,
+        graceful_shutdown_timeout=timedelta(seconds=10),
+    )
+    provider = Worker(
+        client,
+        task_queue=vast_queue(queue),
+        activities=activities.vast,
+        max_task_queue_activities_per_second=settings.vast_calls_per_second,
+        graceful_shutdown_timeout=timedelta(seconds=10),
+    )
+    return [main, provider]
+
+
+@contextlib.asynccontextmanager
+async def provider(settings: Settings) -> AsyncIterator[tuple[Provider, SecretStore | None]]:
+    """The configured provider, or an embedded simulator when no key and no URL are set."""
+    if not settings.uses_simulator:
+        yield Provider(
+            vast_base_url=settings.vastai_base_url or DEFAULT_VAST_BASE_URL,
+            hf_base_url=settings.hf_endpoint,
+            civitai_base_url=settings.civitai_base_url,
+        ), None
+        return
+    from vastsim import SimConfig, Simulator
+
+    async with Simulator(SimConfig(speed=settings.sim_speed,
+                                   fault_mix=settings.sim_fault_mix)) as sim:
+        log.info("no VASTAI_API_KEY: using the embedded simulator at %s", sim.base_url)
+        fallback = EnvSecretStore({
+            "VASTAI_API_KEY": sim.api_key,
+            "WARMPOOL_INSTANCE_SECRET": SIM_INSTANCE_SECRET,
+        })
+        yield Provider(sim.base_url, sim.hf_base_url, sim.civitai_base_url), fallback
+
+
+async def run(settings: Settings, stop: asyncio.Event) -> None:
+    async with provider(settings) as (where, fallback):
+        extra = [fallback] if fallback else []
+        secrets = secret_store(settings, *extra)
+        configure_logging(json=settings.log_json, level=settings.log_level,
+                          secret_values=lambda: current_values(secrets))
+        activities = build_activities(
+            settings, secrets, vast_base_url=where.vast_base_url,
+            hf_base_url=where.hf_base_url, civitai_base_url=where.civitai_base_url,
+        )
+        client = await connect(settings)
+        workers = create_workers(client, settings, activities)
+        try:
+            async with contextlib.AsyncExitStack() as stack:
+                for worker in workers:
+                    await stack.enter_async_context(worker)
+                log.info("worker running on task queues %s and %s", settings.task_queue,
+                         vast_queue(settings.task_queue))
+                await stop.wait()
+                log.info("stopping: finishing running activities (up to 10 s)")
+        finally:
+            await activities.aclose()
+
+
+def main() -> int:
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"worker: {exc}", file=sys.stderr)  # noqa: T201 - before logging is configured
+        return 2
+    Path(settings.secrets_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+
+    async def serve() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        await run(settings, stop)
+
+    asyncio.run(serve())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

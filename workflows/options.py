@@ -1,0 +1,130 @@
+"""How long may each activity take, and how is it retried? Every timeout and RetryPolicy, with why.
+
+Pure data (no I/O), imported by workflows. Vast.ai activities go to the provider task queue,
+whose start rate the Temporal server limits across every worker.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from temporalio.common import RetryPolicy
+from temporalio.workflow import ActivityCancellationType
+
+from warmpool.models import SlotConfig
+
+VAST_QUEUE_SUFFIX = "-vast"
+
+
+def vast_queue(task_queue: str) -> str:
+    return f"{task_queue}{VAST_QUEUE_SUFFIX}"
+
+
+# Provider calls: a few quick retries inside one call (429, 5xx, timeouts); the workflow decides
+# what a final failure means (back off, search again, keep destroying).
+VAST_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=2),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=60),
+    maximum_attempts=8,
+    non_retryable_error_types=["VastAuthError", "ConfigurationError"],
+)
+
+# Destroy is retried here a few times and then, forever, by the workflow's own loop, which
+# records each failure in status: a destroy that keeps failing is reported, never forgotten.
+DESTROY_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=2),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=6,
+)
+
+TOKENS_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), maximum_attempts=3)
+
+
+def vast(task_queue: str, *, timeout: timedelta = timedelta(seconds=90)) -> dict[str, Any]:
+    return {
+        "task_queue": vast_queue(task_queue),
+        "start_to_close_timeout": timeout,
+        "retry_policy": VAST_RETRY,
+    }
+
+
+def rent(task_queue: str) -> dict[str, Any]:
+    """The rent may wait for its label to appear (adopt-or-create), so it heartbeats."""
+    return {
+        "task_queue": vast_queue(task_queue),
+        "start_to_close_timeout": timedelta(minutes=3),
+        "heartbeat_timeout": timedelta(seconds=60),
+        "retry_policy": VAST_RETRY,
+    }
+
+
+def destroy(task_queue: str) -> dict[str, Any]:
+    return {
+        "task_queue": vast_queue(task_queue),
+        "start_to_close_timeout": timedelta(seconds=90),
+        "retry_policy": DESTROY_RETRY,
+    }
+
+
+def tokens() -> dict[str, Any]:
+    return {"start_to_close_timeout": timedelta(seconds=60), "retry_policy": TOKENS_RETRY}
+
+
+def await_ready(cfg: SlotConfig) -> dict[str, Any]:
+    """Readiness: the retry policy is the backoff loop; schedule-to-close is the total timeout.
+
+    The activity sets a jittered `next_retry_delay` itself; the policy bounds it and stops at
+    the readiness timeout (a TimeoutError the workflow reads as "ComfyUI never ready").
+    """
+    one_try = cfg.tcp_timeout + cfg.http_timeout + timedelta(seconds=10)
+    return {
+        "cancellation_type": ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        "schedule_to_close_timeout": cfg.readiness_timeout,
+        "start_to_close_timeout": one_try,
+        "retry_policy": RetryPolicy(
+            initial_interval=cfg.readiness_initial_interval,
+            backoff_coefficient=2.0,
+            maximum_interval=cfg.readiness_max_interval,
+            non_retryable_error_types=["PortalUnauthorized", "Firewall", "ConfigurationError"],
+        ),
+    }
+
+
+def validate_ports(cfg: SlotConfig) -> dict[str, Any]:
+    return {
+        "start_to_close_timeout": cfg.tcp_timeout + cfg.http_timeout + timedelta(seconds=10),
+        "retry_policy": RetryPolicy(maximum_attempts=3),
+    }
+
+
+def warmup(cfg: SlotConfig) -> dict[str, Any]:
+    return {
+        "start_to_close_timeout": cfg.readiness_timeout,
+        "retry_policy": RetryPolicy(
+            maximum_attempts=2, non_retryable_error_types=["WarmupFailed", "ConfigurationError"]
+        ),
+    }
+
+
+def watch(cfg: SlotConfig, poll: timedelta) -> dict[str, Any]:
+    """Runs as long as the slot serves; the heartbeat timeout replaces a process watchdog."""
+    beat = cfg.keepalive_interval + cfg.keepalive_timeout
+    return {
+        # The slot moves on only once the watch has stopped pinging: no probe outlives its slot.
+        "cancellation_type": ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        "start_to_close_timeout": timedelta(days=3650),
+        "heartbeat_timeout": beat * 2 + timedelta(seconds=60),
+        "retry_policy": RetryPolicy(
+            initial_interval=timedelta(seconds=5), maximum_interval=timedelta(seconds=60)
+        ),
+    }
+
+
+def clean(cfg: SlotConfig) -> dict[str, Any]:
+    return {
+        "start_to_close_timeout": cfg.http_timeout * 4,
+        "retry_policy": RetryPolicy(maximum_attempts=3),
+    }

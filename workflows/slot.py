@@ -1,0 +1,524 @@
+"""What does one slot of the pool do, from preflight to READY and back? WarmSlotWorkflow.
+
+One workflow per slot (`warmpool/<pool>/slot-<k>`), living as long as the slot: it rents an
+instance, watches it come up, validates its ports, serves it, and replaces it when it fails.
+Every side effect is an activity; every wait is a durable timer or a long-running activity
+with heartbeats. The loop runs one short step per iteration so that continue-as-new can
+happen at any state boundary, carrying the whole `SlotRuntime`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import datetime, timedelta
+from typing import TypeVar
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.comfy import (
+        ComfyActivities,
+        ProbeInput,
+        WarmupInput,
+        WatchInput,
+        WatchResult,
+    )
+    from activities.tokens import TokenActivities, TokenCheckInput
+    from activities.vast import RentInput, SearchInput, VastActivities
+    from warmpool import search_attributes as sa
+    from warmpool.labels import slot_label, slot_workflow_id
+    from warmpool.lifecycle import Verdict, assess, backoff_delay
+    from warmpool.models import (
+        FailureReason,
+        InstanceView,
+        LeaseEnd,
+        PortReport,
+        SlotInput,
+        SlotRuntime,
+        SlotState,
+        SlotStatus,
+        Transition,
+    )
+    from warmpool.tokens import TokenService
+    from workflows import options
+
+T = TypeVar("T")
+
+S = SlotState
+VISIBILITY_GRACE = timedelta(minutes=2)
+"""A new contract can be invisible to show/list for a while (vastai-api.md §3): not "gone"."""
+BLOCKED_RECHECK = timedelta(minutes=10)
+MAX_EXCLUDED = 50
+MAX_HISTORY_EVENTS = 8_000
+
+
+class Retired(Exception):
+    """Raised inside a step when the slot is told to retire while it waits."""
+
+
+@workflow.defn(name="WarmSlotWorkflow")
+class WarmSlotWorkflow:
+    @workflow.init
+    def __init__(self, input: SlotInput) -> None:
+        self._input = input
+        self._cfg = input.config
+        self._rt = input.runtime or SlotRuntime()
+        self._bad_since: datetime | None = None
+        self._rented_at: datetime | None = None
+        self._resume_requested = False
+        self._block_after_terminate: str | None = None
+        self._phases: dict[SlotState, Callable[[], Awaitable[None]]] = {
+            S.PREFLIGHT: self._preflight,
+            S.BLOCKED: self._blocked,
+            S.SEARCHING: self._search,
+            S.RENTING: self._rent,
+            S.PROVISIONING: self._provision,
+            S.PROBING: self._probe,
+            S.VALIDATING_PORTS: self._validate,
+            S.READY: self._serve,
+            S.LEASED: self._serve,
+            S.DRAINING: self._drain,
+            S.TERMINATING: self._terminate,
+            S.BACKOFF: self._backoff,
+        }
+
+    # ---- run loop -------------------------------------------------------------------------
+
+    @workflow.run
+    async def run(self, input: SlotInput) -> SlotStatus:
+        if self._rt.state_since is None:
+            self._enter(self._rt.state, "slot started")
+        else:
+            self._upsert()
+        while self._rt.state != S.DONE:
+            if self._rt.retiring and self._rt.state not in (S.TERMINATING, S.DRAINING):
+                self._enter(S.DRAINING, "retire requested")
+            if self._should_continue_as_new():
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                workflow.continue_as_new(
+                    SlotInput(pool=input.pool, index=input.index, config=self._cfg,
+                              runtime=self._rt)
+                )
+            try:
+                await self._phases[self._rt.state]()
+            except Retired:
+                continue
+        return self.status()
+
+    def _should_continue_as_new(self) -> bool:
+        info = workflow.info()
+        return (
+            info.is_continue_as_new_suggested()
+            or info.get_current_history_length() > MAX_HISTORY_EVENTS
+        )
+
+    # ---- messages -------------------------------------------------------------------------
+
+    @workflow.query
+    def status(self) -> SlotStatus:
+        rt = self._rt
+        return SlotStatus(
+            workflow_id=slot_workflow_id(self._input.pool, self._input.index),
+            pool=self._input.pool,
+            index=self._input.index,
+            state=rt.state,
+            attempt=rt.attempt,
+            instance=rt.instance,
+            offer=rt.offer,
+            image_used=rt.image_used,
+            connection_url=rt.connection_url,
+            port_report=rt.port_report,
+            lease=rt.lease,
+            last_lease_end=rt.last_lease_end,
+            counters=rt.counters,
+            transitions=rt.transitions,
+            last_failure=rt.last_failure,
+            blocked_reason=rt.blocked_reason,
+            retiring=rt.retiring,
+            state_since=rt.state_since,
+            ready_since=rt.ready_since,
+            time_to_ready_s=rt.time_to_ready_s,
+            warmup_seconds=rt.warmup_seconds,
+            excluded_machines=rt.excluded_machines,
+            log_tail=rt.log_tail,
+        )
+
+    @workflow.signal
+    def retire(self, reason: str) -> None:
+        """Destroy the instance (after any lease ends) and finish."""
+        if not self._rt.retiring:
+            workflow.logger.info("slot retiring: %s", reason)
+        self._rt.retiring = True
+
+    @workflow.signal
+    def resume(self) -> None:
+        """Lift BLOCKED (e.g. after an operator fixed a token): preflight runs again at once."""
+        self._resume_requested = True
+
+    # ---- helpers --------------------------------------------------------------------------
+
+    def _now(self) -> datetime:
+        return workflow.now()
+
+    def _enter(self, state: SlotState, reason: str) -> None:
+        rt = self._rt
+        rt.transitions.append(
+            Transition(at=self._now(), from_state=rt.state if rt.state_since else None,
+                       to_state=state, reason=reason[:300])
+        )
+        del rt.transitions[: -self._cfg.transitions_kept]
+        rt.state = state
+        rt.state_since = self._now()
+        workflow.logger.info("slot %s -> %s: %s", self._input.index, state, reason[:300])
+        self._upsert()
+
+    def _upsert(self) -> None:
+        instance_id = self._rt.instance.id if self._rt.instance else 0
+        workflow.upsert_search_attributes([
+            sa.POOL_NAME.value_set(self._input.pool),
+            sa.SLOT_STATE.value_set(self._rt.state.value),
+            sa.INSTANCE_ID.value_set(instance_id),
+        ])
+
+    def _fail(self, reason: FailureReason, detail: str, *, exclude: bool = True,
+              image_failure: bool = False) -> None:
+        rt = self._rt
+        c = rt.counters
+        c.failures += 1
+        c.consecutive_failures += 1
+        c.failures_by_reason[reason.value] = c.failures_by_reason.get(reason.value, 0) + 1
+        rt.last_failure = f"{reason.value}: {detail}"[:500]
+        machine = rt.instance.machine_id if rt.instance else None
+        if machine is None and rt.offer is not None:
+            machine = rt.offer.machine_id
+        if exclude and machine is not None and machine not in rt.excluded_machines:
+            rt.excluded_machines.append(machine)
+            del rt.excluded_machines[:-MAX_EXCLUDED]
+        if image_failure and self._cfg.fallback_image:
+            rt.use_fallback_image = True
+
+    async def _wait(self, condition: Callable[[], bool], timeout: timedelta) -> bool:
+        """A durable timer cut short by `condition`; True if the condition ended the wait."""
+        try:
+            await workflow.wait_condition(condition, timeout=timeout)
+        except asyncio.TimeoutError:
+            return False
+        return True
+
+    async def _sleep(self, delay: timedelta) -> None:
+        """A durable timer that a retire cuts short."""
+        if await self._wait(lambda: self._rt.retiring, delay):
+            raise Retired()
+
+    async def _interruptible(self, handle: workflow.ActivityHandle[T]) -> T:
+        """Await an activity, cancelling it if the slot is told to retire meanwhile."""
+        await workflow.wait_condition(lambda: handle.done() or self._rt.retiring)
+        if not handle.done():
+            handle.cancel()
+            try:
+                await handle
+            except (ActivityError, asyncio.CancelledError):
+                pass
+            raise Retired()
+        return await handle
+
+    @property
+    def _queue(self) -> str:
+        return workflow.info().task_queue
+
+    @property
+    def _label(self) -> str:
+        return slot_label(self._input.pool, self._input.index, self._rt.attempt)
+
+    def _probe_input(self, instance: InstanceView) -> ProbeInput:
+        cfg = self._cfg
+        return ProbeInput(
+            label=self._label, instance=instance, comfy_port=cfg.comfy_port,
+            internal_port=cfg.comfy_internal_port, tcp_timeout=cfg.tcp_timeout,
+            http_timeout=cfg.http_timeout, initial_interval=cfg.readiness_initial_interval,
+            max_interval=cfg.readiness_max_interval,
+        )
+
+    # ---- phases ---------------------------------------------------------------------------
+
+    async def _preflight(self) -> None:
+        """Check the required tokens before any money is spent."""
+        services = [TokenService(s) for s in self._cfg.require_tokens]
+        if not services:
+            self._enter(S.SEARCHING, "no token required")
+            return
+        checks = await workflow.execute_activity_method(
+            TokenActivities.check, TokenCheckInput(services=services), **options.tokens()
+        )
+        invalid = [c for c in checks if not c.ok and not c.transient]
+        unknown = [c for c in checks if not c.ok and c.transient]
+        if invalid:
+            reason = "; ".join(f"{c.service.value}: {c.detail}" for c in invalid)
+            self._rt.blocked_reason = f"required token invalid: {reason}"
+            self._enter(S.BLOCKED, self._rt.blocked_reason)
+        elif unknown:
+            self._rt.last_failure = "token check inconclusive: " + "; ".join(
+                f"{c.service.value}: {c.detail}" for c in unknown
+            )
+            await self._sleep(self._cfg.retry_backoff_initial)
+        else:
+            self._rt.blocked_reason = None
+            self._enter(S.SEARCHING, "tokens valid: " + ", ".join(s.value for s in services))
+
+    async def _blocked(self) -> None:
+        """Spend nothing until an operator resumes the slot or the periodic re-check passes."""
+        self._resume_requested = False
+        await self._wait(lambda: self._resume_requested or self._rt.retiring, BLOCKED_RECHECK)
+        if not self._rt.retiring:
+            self._enter(S.PREFLIGHT, "resume requested" if self._resume_requested
+                        else "periodic re-check")
+
+    async def _search(self) -> None:
+        rt = self._rt
+        rt.attempt += 1
+        rt.counters.attempts += 1
+        offers = await workflow.execute_activity_method(
+            VastActivities.search_offers,
+            SearchInput(constraints=self._cfg.constraints, exclude_machines=rt.excluded_machines),
+            **options.vast(self._queue),
+        )
+        if not offers:
+            rt.offer = None
+            self._fail(FailureReason.NO_OFFERS, "no offer matches the constraints", exclude=False)
+            self._enter(S.BACKOFF, "no offers")
+            return
+        rt.offer = offers[0]
+        self._enter(S.RENTING, f"offer {rt.offer.id} on machine {rt.offer.machine_id} "
+                               f"at ${rt.offer.dph_total}/h")
+
+    async def _rent(self) -> None:
+        rt = self._rt
+        cfg = self._cfg
+        assert rt.offer is not None
+        use_fallback = rt.use_fallback_image and cfg.fallback_image is not None
+        image = cfg.fallback_image if use_fallback and cfg.fallback_image else cfg.image
+        rt.use_fallback_image = False
+        rt.image_used = image
+        label = self._label
+        try:
+            result = await workflow.execute_activity_method(
+                VastActivities.rent,
+                RentInput(offer_id=rt.offer.id, label=label, image=image, disk_gb=cfg.disk_gb,
+                          runtype=cfg.runtype, onstart=cfg.onstart,
+                          ports=[cfg.comfy_port, cfg.comfy_internal_port]),
+                **options.rent(self._queue),
+            )
+        except ActivityError as err:
+            kind = err.cause.type if isinstance(err.cause, ApplicationError) else None
+            if kind == "VastOfferUnavailable":
+                self._enter(S.SEARCHING, f"offer {rt.offer.id} vanished: search again")
+                return
+            self._fail(FailureReason.RENT_FAILED, str(err.cause or err), exclude=False)
+            self._enter(S.BACKOFF, "rent failed")
+            return
+        if not result.adopted:
+            rt.counters.rents += 1
+        rt.instance = InstanceView(id=result.instance_id, label=label,
+                                   machine_id=rt.offer.machine_id, dph_total=rt.offer.dph_total,
+                                   image=image)
+        self._rented_at = self._now()
+        rt.provision_started = self._now()
+        self._bad_since = None
+        how = "adopted" if result.adopted else "rented"
+        self._enter(S.PROVISIONING, f"{how} instance {result.instance_id} ({label}, {image})")
+
+    async def _provision(self) -> None:
+        rt = self._rt
+        cfg = self._cfg
+        assert rt.instance is not None
+        obs = await workflow.execute_activity_method(
+            VastActivities.observe, rt.instance.id, **options.vast(self._queue)
+        )
+        now = self._now()
+        if obs.instance is not None:
+            rt.instance = obs.instance.model_copy(update={"image": rt.image_used})
+        verdict = assess(obs.instance, gone=obs.gone, now=now, bad_since=self._bad_since,
+                         grace=cfg.fatal_grace, fatal_patterns=cfg.fatal_patterns,
+                         comfy_port=cfg.comfy_port, internal_port=cfg.comfy_internal_port)
+        self._bad_since = verdict.bad_since
+        rented_at = self._rented_at or now
+        if verdict.verdict == Verdict.GONE and now - rented_at < VISIBILITY_GRACE:
+            await self._sleep(cfg.poll_active)
+        elif verdict.verdict in (Verdict.GONE, Verdict.DESTROY):
+            assert verdict.reason is not None
+            self._fail(verdict.reason, verdict.detail, image_failure=verdict.image_failure)
+            self._enter(S.TERMINATING, f"{verdict.reason.value}: {verdict.detail}")
+        elif verdict.verdict == Verdict.RUNNING:
+            self._enter(S.PROBING, "instance running, ComfyUI port mapped")
+        elif rt.provision_started and now - rt.provision_started > cfg.provision_timeout:
+            self._fail(FailureReason.PROVISION_TIMEOUT,
+                       f"not running after {cfg.provision_timeout}: {verdict.detail}")
+            self._enter(S.TERMINATING, "provisioning timeout")
+        else:
+            await self._sleep(cfg.poll_active)
+
+    async def _probe(self) -> None:
+        """Wait for ComfyUI: exponential backoff with jitter up to the readiness timeout."""
+        rt = self._rt
+        assert rt.instance is not None
+        handle = workflow.start_activity_method(
+            ComfyActivities.await_ready, self._probe_input(rt.instance),
+            **options.await_ready(self._cfg),
+        )
+        try:
+            report = await self._interruptible(handle)
+        except ActivityError as err:
+            self._probe_failed(err)
+            return
+        rt.port_report = report
+        self._enter(S.VALIDATING_PORTS, f"ComfyUI answered on {report.url}")
+
+    def _probe_failed(self, err: ActivityError) -> None:
+        cause = err.cause
+        kind = cause.type if isinstance(cause, ApplicationError) else None
+        if isinstance(cause, ApplicationError) and cause.details:
+            self._rt.port_report = PortReport.model_validate(cause.details[0])
+        if kind == "Firewall":
+            self._fail(FailureReason.FIREWALL, str(cause))
+        elif kind == "PortalUnauthorized":
+            self._fail(FailureReason.PORTAL_UNAUTHORIZED, str(cause), exclude=False)
+            self._block_after_terminate = f"configuration error: {cause}"
+        elif isinstance(cause, TimeoutError):
+            self._fail(FailureReason.COMFY_NEVER_READY,
+                       f"ComfyUI not ready within {self._cfg.readiness_timeout}")
+        else:
+            self._fail(FailureReason.COMFY_NEVER_READY, str(cause or err))
+        self._enter(S.TERMINATING, self._rt.last_failure or "probe failed")
+
+    async def _validate(self) -> None:
+        """Every candidate, TCP then HTTP; the URL comes only from one that passed both."""
+        rt = self._rt
+        cfg = self._cfg
+        assert rt.instance is not None
+        report = await workflow.execute_activity_method(
+            ComfyActivities.validate_ports, self._probe_input(rt.instance),
+            **options.validate_ports(cfg),
+        )
+        rt.port_report = report
+        if report.url is None:
+            if report.firewall:
+                self._fail(FailureReason.FIREWALL, "every candidate timed out")
+            elif report.unauthorized:
+                self._fail(FailureReason.PORTAL_UNAUTHORIZED, "portal refused our token",
+                           exclude=False)
+                self._block_after_terminate = "configuration error: portal refused our token"
+            else:
+                self._fail(FailureReason.PORTS_INVALID, "no candidate passed TCP and HTTP")
+            self._enter(S.TERMINATING, rt.last_failure or "ports invalid")
+            return
+        if cfg.warmup_workflow:
+            try:
+                rt.warmup_seconds = await workflow.execute_activity_method(
+                    ComfyActivities.warmup,
+                    WarmupInput(label=self._label, url=report.url,
+                                workflow_path=cfg.warmup_workflow, timeout=cfg.readiness_timeout),
+                    **options.warmup(cfg),
+                )
+            except ActivityError as err:
+                self._fail(FailureReason.WARMUP_FAILED, str(err.cause or err))
+                self._enter(S.TERMINATING, rt.last_failure or "warm-up failed")
+                return
+        rt.connection_url = report.url
+        rt.ready_since = self._now()
+        if rt.provision_started is not None:
+            rt.time_to_ready_s = (self._now() - rt.provision_started).total_seconds()
+        rt.counters.consecutive_failures = 0
+        self._enter(S.READY, f"ports validated: {report.url}")
+
+    async def _serve(self) -> None:
+        """READY or LEASED: a long-running watch (keepalive + provider status) until lost."""
+        rt = self._rt
+        cfg = self._cfg
+        assert rt.instance is not None and rt.connection_url is not None
+        mode = rt.state
+        poll = cfg.poll_active if mode == S.LEASED else cfg.poll_idle
+        handle = workflow.start_activity_method(
+            ComfyActivities.watch,
+            WatchInput(label=self._label, url=rt.connection_url, instance_id=rt.instance.id,
+                       keepalive_interval=cfg.keepalive_interval,
+                       keepalive_timeout=cfg.keepalive_timeout,
+                       max_failures=cfg.keepalive_max_failures, poll_interval=poll,
+                       fatal_grace=cfg.fatal_grace, fatal_patterns=cfg.fatal_patterns,
+                       comfy_port=cfg.comfy_port, internal_port=cfg.comfy_internal_port),
+            **options.watch(cfg, poll),
+        )
+        await workflow.wait_condition(
+            lambda: handle.done() or rt.state != mode or rt.retiring
+            or self._should_continue_as_new()
+        )
+        if not handle.done():
+            handle.cancel()
+            try:
+                await handle
+            except (ActivityError, asyncio.CancelledError):
+                pass
+            return
+        try:
+            result = await handle
+        except ActivityError as err:
+            result = WatchResult(reason=FailureReason.KEEPALIVE_LOST, detail=str(err.cause or err))
+        if result.instance is not None:
+            rt.instance = result.instance.model_copy(update={"image": rt.image_used})
+        if result.reason == FailureReason.KEEPALIVE_LOST:
+            rt.counters.keepalive_losses += 1
+        self._end_lease(f"slot lost: {result.reason.value}: {result.detail}")
+        self._fail(result.reason, result.detail)
+        self._enter(S.TERMINATING, f"{result.reason.value}: {result.detail}")
+
+    def _end_lease(self, reason: str) -> None:
+        lease = self._rt.lease
+        if lease is None:
+            return
+        self._rt.last_lease_end = LeaseEnd(lease_id=lease.lease_id, holder=lease.holder,
+                                           ended_at=self._now(), reason=reason[:300])
+        self._rt.lease = None
+
+    async def _drain(self) -> None:
+        """Retiring: let a lease run out, then destroy."""
+        await workflow.wait_condition(lambda: self._rt.lease is None)
+        self._enter(S.TERMINATING, "retired")
+
+    async def _terminate(self) -> None:
+        """Destroy until the provider confirms; a failing destroy is retried and reported."""
+        rt = self._rt
+        failures = 0
+        while rt.instance is not None:
+            try:
+                result = await workflow.execute_activity_method(
+                    VastActivities.destroy, rt.instance.id, **options.destroy(self._queue)
+                )
+            except ActivityError as err:
+                failures += 1
+                rt.last_failure = f"destroy of {rt.instance.id} failing ({failures}x): {err.cause}"
+                workflow.logger.warning(rt.last_failure)
+                await workflow.sleep(min(timedelta(seconds=30) * failures, timedelta(minutes=10)))
+                continue
+            rt.counters.destroys += 1
+            workflow.logger.info("instance %s destroyed (confirmed=%s)", result.instance_id,
+                                 result.confirmed)
+            rt.instance = None
+        rt.connection_url = None
+        rt.ready_since = None
+        self._end_lease("slot terminated")
+        if rt.retiring:
+            self._enter(S.DONE, "instance destroyed, slot retired")
+        elif self._block_after_terminate:
+            rt.blocked_reason = self._block_after_terminate
+            self._block_after_terminate = None
+            self._enter(S.BLOCKED, rt.blocked_reason)
+        else:
+            self._enter(S.BACKOFF, "instance destroyed; will rent another")
+
+    async def _backoff(self) -> None:
+        cfg = self._cfg
+        delay = backoff_delay(self._rt.counters.consecutive_failures, cfg.retry_backoff_initial,
+                              cfg.retry_backoff_max, workflow.random().random())
+        await self._sleep(delay)
+        self._enter(S.PREFLIGHT, f"backoff of {delay.total_seconds():.0f}s done")
