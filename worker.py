@@ -1,4 +1,4 @@
-"""How is a worker process run? settings -> secrets -> clients -> activities -> workers; SIGTERM drains.
+"""How is a worker process run? settings, secrets, clients, activities, workers; SIGTERM drains.
 
 Two workers share the process: the main task queue (workflows, ComfyUI and token activities)
 and the provider task queue (Vast.ai activities), whose activity start rate the Temporal server
@@ -57,8 +57,12 @@ def secret_store(settings: Settings, *extra: SecretStore) -> LayeredSecretStore:
 
 
 def create_workers(
-    client: Client, settings: Settings, activities: WorkerActivities, *,
-    task_queue: str | None = None, workflows: Sequence[type] = WORKFLOWS,
+    client: Client,
+    settings: Settings,
+    activities: WorkerActivities,
+    *,
+    task_queue: str | None = None,
+    workflows: Sequence[type] = WORKFLOWS,
 ) -> list[Worker]:
     queue = task_queue or settings.task_queue
     main = Worker(
@@ -82,21 +86,27 @@ def create_workers(
 async def provider(settings: Settings) -> AsyncIterator[tuple[Provider, SecretStore | None]]:
     """The configured provider, or an embedded simulator when no key and no URL are set."""
     if not settings.uses_simulator:
-        yield Provider(
-            vast_base_url=settings.vastai_base_url or DEFAULT_VAST_BASE_URL,
-            hf_base_url=settings.hf_endpoint,
-            civitai_base_url=settings.civitai_base_url,
-        ), None
+        yield (
+            Provider(
+                vast_base_url=settings.vastai_base_url or DEFAULT_VAST_BASE_URL,
+                hf_base_url=settings.hf_endpoint,
+                civitai_base_url=settings.civitai_base_url,
+            ),
+            None,
+        )
         return
     from vastsim import SimConfig, Simulator
 
-    async with Simulator(SimConfig(speed=settings.sim_speed,
-                                   fault_mix=settings.sim_fault_mix)) as sim:
+    async with Simulator(
+        SimConfig(speed=settings.sim_speed, fault_mix=settings.sim_fault_mix)
+    ) as sim:
         log.info("no VASTAI_API_KEY: using the embedded simulator at %s", sim.base_url)
-        fallback = EnvSecretStore({
-            "VASTAI_API_KEY": sim.api_key,
-            "WARMPOOL_INSTANCE_SECRET": SIM_INSTANCE_SECRET,
-        })
+        fallback = EnvSecretStore(
+            {
+                "VASTAI_API_KEY": sim.api_key,
+                "WARMPOOL_INSTANCE_SECRET": SIM_INSTANCE_SECRET,
+            }
+        )
         yield Provider(sim.base_url, sim.hf_base_url, sim.civitai_base_url), fallback
 
 
@@ -104,11 +114,17 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
     async with provider(settings) as (where, fallback):
         extra = [fallback] if fallback else []
         secrets = secret_store(settings, *extra)
-        configure_logging(json=settings.log_json, level=settings.log_level,
-                          secret_values=lambda: current_values(secrets))
+        configure_logging(
+            json=settings.log_json,
+            level=settings.log_level,
+            secret_values=lambda: current_values(secrets),
+        )
         activities = build_activities(
-            settings, secrets, vast_base_url=where.vast_base_url,
-            hf_base_url=where.hf_base_url, civitai_base_url=where.civitai_base_url,
+            settings,
+            secrets,
+            vast_base_url=where.vast_base_url,
+            hf_base_url=where.hf_base_url,
+            civitai_base_url=where.civitai_base_url,
         )
         client = await connect(settings)
         workers = create_workers(client, settings, activities)
@@ -116,8 +132,11 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             async with contextlib.AsyncExitStack() as stack:
                 for worker in workers:
                     await stack.enter_async_context(worker)
-                log.info("worker running on task queues %s and %s", settings.task_queue,
-                         vast_queue(settings.task_queue))
+                log.info(
+                    "worker running on task queues %s and %s",
+                    settings.task_queue,
+                    vast_queue(settings.task_queue),
+                )
                 await stop.wait()
                 log.info("stopping: finishing running activities (up to 10 s)")
         finally:

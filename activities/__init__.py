@@ -74,9 +74,21 @@ def build_activities(
     comfy = ComfyActivities(listing, secrets)
     tokens = TokenActivities(validator)
     return WorkerActivities(
-        main=[comfy.await_ready, comfy.validate_ports, comfy.warmup, comfy.clean, comfy.watch,
-              tokens.check],
-        vast=[vast.search_offers, vast.rent, vast.observe, vast.list_labelled, vast.destroy,
-              vast.show],
+        main=[
+            comfy.await_ready,
+            comfy.validate_ports,
+            comfy.warmup,
+            comfy.clean,
+            comfy.watch,
+            tokens.check,
+        ],
+        vast=[
+            vast.search_offers,
+            vast.rent,
+            vast.observe,
+            vast.list_labelled,
+            vast.destroy,
+            vast.show,
+        ],
         client=client,
     )

@@ -20,7 +20,7 @@ from activities.vast import instance_secret
 from warmpool.comfy import ComfyClient, ComfyError, ComfyPromptFailed
 from warmpool.errors import VastError
 from warmpool.instance_token import derive_instance_token
-from warmpool.lifecycle import Verdict, assess
+from warmpool.lifecycle import Verdict, assess, backoff_delay
 from warmpool.listing import SharedListing
 from warmpool.models import FailureReason, InstanceView, Model, PortReport
 from warmpool.probes import candidates_for, validate_ports
@@ -66,11 +66,6 @@ class WatchResult(Model):
     reason: FailureReason
     detail: str
     instance: InstanceView | None = None
-
-
-def _jittered(attempt: int, initial: timedelta, maximum: timedelta) -> timedelta:
-    step = min(initial * (2 ** max(0, attempt - 1)), maximum)
-    return step * random.uniform(0.5, 1.0)
 
 
 class ComfyActivities:
@@ -119,7 +114,9 @@ class ComfyActivities:
             f"ComfyUI not ready ({summary})",
             type="NotReady",
             category=ApplicationErrorCategory.BENIGN,
-            next_retry_delay=_jittered(attempt, input.initial_interval, input.max_interval),
+            next_retry_delay=backoff_delay(
+                attempt, input.initial_interval, input.max_interval, random.random()
+            ),
         )
 
     @activity.defn(name="comfy.validate_ports")
@@ -137,7 +134,8 @@ class ComfyActivities:
     async def warmup(self, input: WarmupInput) -> float:
         """Run the configured warm-up prompt once, so the first user does not load models."""
         try:
-            graph: dict[str, Any] = json.loads(Path(input.workflow_path).read_text())
+            text = await asyncio.to_thread(Path(input.workflow_path).read_text)
+            graph: dict[str, Any] = json.loads(text)
         except (OSError, ValueError) as exc:
             raise ApplicationError(
                 f"warm-up workflow {input.workflow_path} unreadable: {exc}",

@@ -1,4 +1,4 @@
-"""Which Vast.ai side effects can a slot ask for? Search, idempotent rent, observe, confirmed destroy.
+"""Which Vast.ai side effects can a slot ask for? Search, rent once, observe, confirmed destroy.
 
 These activities run on the provider task queue, whose start rate the Temporal server caps
 across all workers (`max_task_queue_activities_per_second`), so the pool's call rate stays

@@ -30,8 +30,10 @@ def _binary(name: str) -> str:
 
 
 async def register_search_attributes(client: Client) -> None:
-    kinds = {"KEYWORD": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
-             "INT": IndexedValueType.INDEXED_VALUE_TYPE_INT}
+    kinds = {
+        "KEYWORD": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD,
+        "INT": IndexedValueType.INDEXED_VALUE_TYPE_INT,
+    }
     await client.operator_service.add_search_attributes(
         AddSearchAttributesRequest(
             namespace=client.namespace,
@@ -60,7 +62,8 @@ async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
         data_converter=pydantic_data_converter,
         search_attributes=sa.ALL,
         dev_server_extra_args=[
-            "--dynamic-config-value", "limit.historyCount.suggestContinueAsNew=50",
+            "--dynamic-config-value",
+            "limit.historyCount.suggestContinueAsNew=50",
         ],
     )
     yield env

@@ -108,11 +108,8 @@ class VastApi:
     async def _create(self, request: Request, arg: str) -> Response:
         cloud = self._cloud
         offer_id = int(arg) if arg.isdigit() else -1
-        try:
-            body = request.json()
-        except ValueError:
-            body = None
-        if not isinstance(body, dict):
+        body = request.json_object()
+        if body is None:
             return json_response(400, _INVALID_BODY)
         offer = cloud.offers.get(offer_id)
         image = body.get("image") if isinstance(body.get("image"), str) else None
@@ -217,11 +214,8 @@ class VastApi:
         instance = self._cloud.live(int(arg)) if arg.isdigit() else None
         if instance is None:
             return _no_such_instance(arg)
-        try:
-            body = request.json()
-        except ValueError:
-            body = None
-        if not isinstance(body, dict):
+        body = request.json_object()
+        if body is None:
             return json_response(400, _INVALID_BODY)
         if "label" in body:
             label = body["label"]

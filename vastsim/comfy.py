@@ -239,7 +239,7 @@ class ComfyApp:
     # ---- POST ----
 
     async def _post_prompt(self, request: Request) -> Response:
-        body = _json_object(request)
+        body = request.json_object()
         if body is None or ("prompt" in body and not isinstance(body["prompt"], dict)):
             return text_response(500, _CRASH)
         if "prompt" not in body:
@@ -272,7 +272,7 @@ class ComfyApp:
         return json_response(200, {"prompt_id": prompt_id, "number": number, "node_errors": {}})
 
     async def _post_queue(self, request: Request) -> Response:
-        body = _json_object(request)
+        body = request.json_object()
         if body is None:
             return text_response(500, _CRASH)
         if body.get("clear"):
@@ -284,7 +284,7 @@ class ComfyApp:
         return await self._empty_ok(request)
 
     async def _post_history(self, request: Request) -> Response:
-        body = _json_object(request)
+        body = request.json_object()
         if body is None:
             return text_response(500, _CRASH)
         if body.get("clear"):
@@ -294,7 +294,7 @@ class ComfyApp:
         return await self._empty_ok(request)
 
     async def _post_interrupt(self, request: Request) -> Response:
-        body = _json_object(request) if request.body else {}
+        body = request.json_object() if request.body else {}
         wanted = (body or {}).get("prompt_id")
         if self._running is not None and wanted in (None, self._running.prompt_id):
             self._interrupt.set()
@@ -412,15 +412,6 @@ class ComfyApp:
             name = f"ComfyUI_temp_sim_{next(self._saved):05}_.png"
             return {"images": [{"filename": name, "subfolder": "", "type": "temp"}]}
         return {}
-
-
-def _json_object(request: Request) -> dict[str, Any] | None:
-    """The body as a JSON object, or None when ComfyUI would crash on it (its 500)."""
-    try:
-        body = request.json()
-    except ValueError:
-        return None
-    return body if isinstance(body, dict) else None
 
 
 def _invalid(kind: str, message: str, details: str) -> Response:

@@ -33,18 +33,17 @@ class ControlApi:
             return json_response(200, _OK)
         if method != "POST":
             return _error(404, "unknown control path")
-        try:
-            body = request.json()
-        except ValueError:
-            return _error(400, "body must be JSON")
+        body = request.json_object()
+        if body is None:
+            return _error(400, "body must be a JSON object")
         if path == "/_sim/faults":
             try:
                 return json_response(200, {"id": cloud.add_fault(Fault.model_validate(body))})
             except ValidationError as exc:
                 return _error(400, str(exc))
         match = _INSTANCE.fullmatch(path)
-        if match is None or not isinstance(body, dict):
-            return _error(404 if match is None else 400, "unknown control path or bad body")
+        if match is None:
+            return _error(404, "unknown control path")
         try:
             instance = cloud.instance(int(match.group(1)))
         except KeyError as exc:

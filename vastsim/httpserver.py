@@ -36,6 +36,14 @@ class Request:
         """The body as JSON; raises ValueError (json.JSONDecodeError) when it is not."""
         return json.loads(self.body)
 
+    def json_object(self) -> dict[str, Any] | None:
+        """The body as a JSON object, or None when it is anything else."""
+        try:
+            body = self.json()
+        except ValueError:
+            return None
+        return body if isinstance(body, dict) else None
+
 
 @dataclass(slots=True)
 class Response:
@@ -77,11 +85,6 @@ class HttpServer:
 
     async def start(self, sock: socket.socket, backlog: int = 128) -> None:
         self._server = await asyncio.start_server(self._serve, sock=sock, backlog=backlog)
-
-    @property
-    def port(self) -> int:
-        assert self._server is not None
-        return int(self._server.sockets[0].getsockname()[1])
 
     def close(self) -> None:
         """Stop listening and abort every open connection at once."""

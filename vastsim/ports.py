@@ -36,10 +36,6 @@ class HostPort:
         self._server: HttpServer | None = None
         self._fillers: list[socket.socket] = []
 
-    @property
-    def listening(self) -> bool:
-        return self._server is not None
-
     async def listen(self, handler: Handler) -> None:
         if self._server is not None or self._sock is None or self._fillers:
             return

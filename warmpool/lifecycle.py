@@ -73,25 +73,36 @@ def assess(
     a status like `unknown` (one missed host heartbeat) gets the grace period and no more.
     """
     if gone or instance is None:
-        return Assessment(verdict=Verdict.GONE, reason=FailureReason.INSTANCE_GONE,
-                          detail="the provider no longer knows the instance")
+        return Assessment(
+            verdict=Verdict.GONE,
+            reason=FailureReason.INSTANCE_GONE,
+            detail="the provider no longer knows the instance",
+        )
     msg = (instance.status_msg or "").lower()
     image_failure = any(p in msg for p in IMAGE_FAILURE_PATTERNS)
     for pattern in fatal_patterns:
         if pattern and pattern.lower() in msg:
             reason = (
-                FailureReason.NO_SPACE if "no space left" in pattern.lower()
+                FailureReason.NO_SPACE
+                if "no space left" in pattern.lower()
                 else FailureReason.FATAL_STATUS
             )
-            return Assessment(verdict=Verdict.DESTROY, reason=reason,
-                              detail=f"status_msg: {instance.status_msg}",
-                              image_failure=image_failure)
+            return Assessment(
+                verdict=Verdict.DESTROY,
+                reason=reason,
+                detail=f"status_msg: {instance.status_msg}",
+                image_failure=image_failure,
+            )
     if instance.cur_state == "unloaded":
-        return Assessment(verdict=Verdict.GONE, reason=FailureReason.INSTANCE_GONE,
-                          detail="contract unloaded")
+        return Assessment(
+            verdict=Verdict.GONE, reason=FailureReason.INSTANCE_GONE, detail="contract unloaded"
+        )
     if is_outbid(instance):
-        return Assessment(verdict=Verdict.DESTROY, reason=FailureReason.OUTBID,
-                          detail="outbid: cur_state, intended_status and next_state are stopped")
+        return Assessment(
+            verdict=Verdict.DESTROY,
+            reason=FailureReason.OUTBID,
+            detail="outbid: cur_state, intended_status and next_state are stopped",
+        )
     status = instance.actual_status
     if status in FAILURE_STATUSES or image_failure:
         since = bad_since or now
@@ -100,12 +111,20 @@ def assess(
             reason = (
                 FailureReason.LOAD_FAILED if status == "load_failed" else FailureReason.FATAL_STATUS
             )
-            return Assessment(verdict=Verdict.DESTROY, reason=reason,
-                              detail=f"{label} for {(now - since).total_seconds():.0f}s "
-                                     f"(grace {grace.total_seconds():.0f}s): {instance.status_msg}",
-                              bad_since=since, image_failure=image_failure)
-        return Assessment(verdict=Verdict.WAIT, detail=f"{label}, within grace", bad_since=since,
-                          image_failure=image_failure)
+            return Assessment(
+                verdict=Verdict.DESTROY,
+                reason=reason,
+                detail=f"{label} for {(now - since).total_seconds():.0f}s "
+                f"(grace {grace.total_seconds():.0f}s): {instance.status_msg}",
+                bad_since=since,
+                image_failure=image_failure,
+            )
+        return Assessment(
+            verdict=Verdict.WAIT,
+            detail=f"{label}, within grace",
+            bad_since=since,
+            image_failure=image_failure,
+        )
     if status == "running" and has_comfy_mapping(instance, comfy_port, internal_port):
         return Assessment(verdict=Verdict.RUNNING, detail="running with ComfyUI port mapped")
     detail = "provisioning" if status is None else f"actual_status {status}"
@@ -114,9 +133,11 @@ def assess(
     return Assessment(verdict=Verdict.WAIT, detail=detail)
 
 
-def backoff_delay(consecutive_failures: int, initial: timedelta, maximum: timedelta,
-                  jitter: float) -> timedelta:
+def backoff_delay(
+    consecutive_failures: int, initial: timedelta, maximum: timedelta, jitter: float
+) -> timedelta:
     """Exponential backoff with jitter in [0.5, 1.0) of the step: `jitter` is a random in [0, 1)."""
     step = initial * (2 ** max(0, consecutive_failures - 1))
     step = min(step, maximum)
-    return step * (0.5 + jitter / 2)
+    delay: timedelta = step * (0.5 + jitter / 2)
+    return delay

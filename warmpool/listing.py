@@ -1,4 +1,4 @@
-"""How do many slots read their instances without one API call each? A shared, single-flight listing.
+"""How do many slots read their instances without one call each? A shared, single-flight listing.
 
 Every slot of a worker asks `observe(instance_id)`; the first caller in a period triggers one
 paginated v1 listing of the account and everyone else reads its answer. The number of Vast.ai
@@ -59,6 +59,4 @@ class SharedListing:
     async def with_prefix(self, prefix: str) -> list[InstanceView]:
         """Every live instance whose label starts with `prefix` (the reaper's and pool's view)."""
         snapshot = await self._fresh()
-        return [
-            to_view(i) for i in snapshot.values() if i.label and i.label.startswith(prefix)
-        ]
+        return [to_view(i) for i in snapshot.values() if i.label and i.label.startswith(prefix)]

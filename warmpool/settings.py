@@ -48,9 +48,7 @@ class Settings(BaseSettings):
     # Provider and services (URLs only; keys live in the secret store).
     vastai_base_url: str | None = Field(default=None, validation_alias=_env("VASTAI_BASE_URL"))
     vastai_api_key_set: bool = Field(default=False, exclude=True)
-    hf_endpoint: str = Field(
-        default="https://huggingface.co", validation_alias=_env("HF_ENDPOINT")
-    )
+    hf_endpoint: str = Field(default="https://huggingface.co", validation_alias=_env("HF_ENDPOINT"))
     civitai_base_url: str = Field(
         default="https://civitai.com", validation_alias=_env("CIVITAI_BASE_URL")
     )
@@ -145,7 +143,9 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _consistent(self) -> Settings:
         if self.readiness_initial_s > self.readiness_max_s:
-            raise ValueError("WARMPOOL_READINESS_INITIAL_S must not exceed WARMPOOL_READINESS_MAX_S")
+            raise ValueError(
+                "WARMPOOL_READINESS_INITIAL_S must not exceed WARMPOOL_READINESS_MAX_S"
+            )
         return self
 
     @property

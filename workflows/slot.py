@@ -10,6 +10,7 @@ happen at any state boundary, carrying the whole `SlotRuntime`.
 from __future__ import annotations
 
 import asyncio
+import builtins
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import TypeVar
@@ -98,8 +99,9 @@ class WarmSlotWorkflow:
             if self._should_continue_as_new():
                 await workflow.wait_condition(workflow.all_handlers_finished)
                 workflow.continue_as_new(
-                    SlotInput(pool=input.pool, index=input.index, config=self._cfg,
-                              runtime=self._rt)
+                    SlotInput(
+                        pool=input.pool, index=input.index, config=self._cfg, runtime=self._rt
+                    )
                 )
             try:
                 await self._phases[self._rt.state]()
@@ -165,8 +167,12 @@ class WarmSlotWorkflow:
     def _enter(self, state: SlotState, reason: str) -> None:
         rt = self._rt
         rt.transitions.append(
-            Transition(at=self._now(), from_state=rt.state if rt.state_since else None,
-                       to_state=state, reason=reason[:300])
+            Transition(
+                at=self._now(),
+                from_state=rt.state if rt.state_since else None,
+                to_state=state,
+                reason=reason[:300],
+            )
         )
         del rt.transitions[: -self._cfg.transitions_kept]
         rt.state = state
@@ -176,14 +182,22 @@ class WarmSlotWorkflow:
 
     def _upsert(self) -> None:
         instance_id = self._rt.instance.id if self._rt.instance else 0
-        workflow.upsert_search_attributes([
-            sa.POOL_NAME.value_set(self._input.pool),
-            sa.SLOT_STATE.value_set(self._rt.state.value),
-            sa.INSTANCE_ID.value_set(instance_id),
-        ])
+        workflow.upsert_search_attributes(
+            [
+                sa.POOL_NAME.value_set(self._input.pool),
+                sa.SLOT_STATE.value_set(self._rt.state.value),
+                sa.INSTANCE_ID.value_set(instance_id),
+            ]
+        )
 
-    def _fail(self, reason: FailureReason, detail: str, *, exclude: bool = True,
-              image_failure: bool = False) -> None:
+    def _fail(
+        self,
+        reason: FailureReason,
+        detail: str,
+        *,
+        exclude: bool = True,
+        image_failure: bool = False,
+    ) -> None:
         rt = self._rt
         c = rt.counters
         c.failures += 1
@@ -199,11 +213,11 @@ class WarmSlotWorkflow:
         if image_failure and self._cfg.fallback_image:
             rt.use_fallback_image = True
 
-    async def _wait(self, condition: Callable[[], bool], timeout: timedelta) -> bool:
+    async def _wait(self, condition: Callable[[], bool], limit: timedelta) -> bool:
         """A durable timer cut short by `condition`; True if the condition ended the wait."""
         try:
-            await workflow.wait_condition(condition, timeout=timeout)
-        except asyncio.TimeoutError:
+            await workflow.wait_condition(condition, timeout=limit)
+        except builtins.TimeoutError:
             return False
         return True
 
@@ -235,9 +249,13 @@ class WarmSlotWorkflow:
     def _probe_input(self, instance: InstanceView) -> ProbeInput:
         cfg = self._cfg
         return ProbeInput(
-            label=self._label, instance=instance, comfy_port=cfg.comfy_port,
-            internal_port=cfg.comfy_internal_port, tcp_timeout=cfg.tcp_timeout,
-            http_timeout=cfg.http_timeout, initial_interval=cfg.readiness_initial_interval,
+            label=self._label,
+            instance=instance,
+            comfy_port=cfg.comfy_port,
+            internal_port=cfg.comfy_internal_port,
+            tcp_timeout=cfg.tcp_timeout,
+            http_timeout=cfg.http_timeout,
+            initial_interval=cfg.readiness_initial_interval,
             max_interval=cfg.readiness_max_interval,
         )
 
@@ -272,8 +290,9 @@ class WarmSlotWorkflow:
         self._resume_requested = False
         await self._wait(lambda: self._resume_requested or self._rt.retiring, BLOCKED_RECHECK)
         if not self._rt.retiring:
-            self._enter(S.PREFLIGHT, "resume requested" if self._resume_requested
-                        else "periodic re-check")
+            self._enter(
+                S.PREFLIGHT, "resume requested" if self._resume_requested else "periodic re-check"
+            )
 
     async def _search(self) -> None:
         rt = self._rt
@@ -290,8 +309,10 @@ class WarmSlotWorkflow:
             self._enter(S.BACKOFF, "no offers")
             return
         rt.offer = offers[0]
-        self._enter(S.RENTING, f"offer {rt.offer.id} on machine {rt.offer.machine_id} "
-                               f"at ${rt.offer.dph_total}/h")
+        self._enter(
+            S.RENTING,
+            f"offer {rt.offer.id} on machine {rt.offer.machine_id} at ${rt.offer.dph_total}/h",
+        )
 
     async def _rent(self) -> None:
         rt = self._rt
@@ -305,9 +326,15 @@ class WarmSlotWorkflow:
         try:
             result = await workflow.execute_activity_method(
                 VastActivities.rent,
-                RentInput(offer_id=rt.offer.id, label=label, image=image, disk_gb=cfg.disk_gb,
-                          runtype=cfg.runtype, onstart=cfg.onstart,
-                          ports=[cfg.comfy_port, cfg.comfy_internal_port]),
+                RentInput(
+                    offer_id=rt.offer.id,
+                    label=label,
+                    image=image,
+                    disk_gb=cfg.disk_gb,
+                    runtype=cfg.runtype,
+                    onstart=cfg.onstart,
+                    ports=[cfg.comfy_port, cfg.comfy_internal_port],
+                ),
                 **options.rent(self._queue),
             )
         except ActivityError as err:
@@ -320,9 +347,13 @@ class WarmSlotWorkflow:
             return
         if not result.adopted:
             rt.counters.rents += 1
-        rt.instance = InstanceView(id=result.instance_id, label=label,
-                                   machine_id=rt.offer.machine_id, dph_total=rt.offer.dph_total,
-                                   image=image)
+        rt.instance = InstanceView(
+            id=result.instance_id,
+            label=label,
+            machine_id=rt.offer.machine_id,
+            dph_total=rt.offer.dph_total,
+            image=image,
+        )
         self._rented_at = self._now()
         rt.provision_started = self._now()
         self._bad_since = None
@@ -339,9 +370,16 @@ class WarmSlotWorkflow:
         now = self._now()
         if obs.instance is not None:
             rt.instance = obs.instance.model_copy(update={"image": rt.image_used})
-        verdict = assess(obs.instance, gone=obs.gone, now=now, bad_since=self._bad_since,
-                         grace=cfg.fatal_grace, fatal_patterns=cfg.fatal_patterns,
-                         comfy_port=cfg.comfy_port, internal_port=cfg.comfy_internal_port)
+        verdict = assess(
+            obs.instance,
+            gone=obs.gone,
+            now=now,
+            bad_since=self._bad_since,
+            grace=cfg.fatal_grace,
+            fatal_patterns=cfg.fatal_patterns,
+            comfy_port=cfg.comfy_port,
+            internal_port=cfg.comfy_internal_port,
+        )
         self._bad_since = verdict.bad_since
         rented_at = self._rented_at or now
         if verdict.verdict == Verdict.GONE and now - rented_at < VISIBILITY_GRACE:
@@ -353,8 +391,10 @@ class WarmSlotWorkflow:
         elif verdict.verdict == Verdict.RUNNING:
             self._enter(S.PROBING, "instance running, ComfyUI port mapped")
         elif rt.provision_started and now - rt.provision_started > cfg.provision_timeout:
-            self._fail(FailureReason.PROVISION_TIMEOUT,
-                       f"not running after {cfg.provision_timeout}: {verdict.detail}")
+            self._fail(
+                FailureReason.PROVISION_TIMEOUT,
+                f"not running after {cfg.provision_timeout}: {verdict.detail}",
+            )
             self._enter(S.TERMINATING, "provisioning timeout")
         else:
             await self._sleep(cfg.poll_active)
@@ -364,7 +404,8 @@ class WarmSlotWorkflow:
         rt = self._rt
         assert rt.instance is not None
         handle = workflow.start_activity_method(
-            ComfyActivities.await_ready, self._probe_input(rt.instance),
+            ComfyActivities.await_ready,
+            self._probe_input(rt.instance),
             **options.await_ready(self._cfg),
         )
         try:
@@ -386,8 +427,10 @@ class WarmSlotWorkflow:
             self._fail(FailureReason.PORTAL_UNAUTHORIZED, str(cause), exclude=False)
             self._block_after_terminate = f"configuration error: {cause}"
         elif isinstance(cause, TimeoutError):
-            self._fail(FailureReason.COMFY_NEVER_READY,
-                       f"ComfyUI not ready within {self._cfg.readiness_timeout}")
+            self._fail(
+                FailureReason.COMFY_NEVER_READY,
+                f"ComfyUI not ready within {self._cfg.readiness_timeout}",
+            )
         else:
             self._fail(FailureReason.COMFY_NEVER_READY, str(cause or err))
         self._enter(S.TERMINATING, self._rt.last_failure or "probe failed")
@@ -398,7 +441,8 @@ class WarmSlotWorkflow:
         cfg = self._cfg
         assert rt.instance is not None
         report = await workflow.execute_activity_method(
-            ComfyActivities.validate_ports, self._probe_input(rt.instance),
+            ComfyActivities.validate_ports,
+            self._probe_input(rt.instance),
             **options.validate_ports(cfg),
         )
         rt.port_report = report
@@ -406,8 +450,9 @@ class WarmSlotWorkflow:
             if report.firewall:
                 self._fail(FailureReason.FIREWALL, "every candidate timed out")
             elif report.unauthorized:
-                self._fail(FailureReason.PORTAL_UNAUTHORIZED, "portal refused our token",
-                           exclude=False)
+                self._fail(
+                    FailureReason.PORTAL_UNAUTHORIZED, "portal refused our token", exclude=False
+                )
                 self._block_after_terminate = "configuration error: portal refused our token"
             else:
                 self._fail(FailureReason.PORTS_INVALID, "no candidate passed TCP and HTTP")
@@ -417,8 +462,12 @@ class WarmSlotWorkflow:
             try:
                 rt.warmup_seconds = await workflow.execute_activity_method(
                     ComfyActivities.warmup,
-                    WarmupInput(label=self._label, url=report.url,
-                                workflow_path=cfg.warmup_workflow, timeout=cfg.readiness_timeout),
+                    WarmupInput(
+                        label=self._label,
+                        url=report.url,
+                        workflow_path=cfg.warmup_workflow,
+                        timeout=cfg.readiness_timeout,
+                    ),
                     **options.warmup(cfg),
                 )
             except ActivityError as err:
@@ -441,17 +490,25 @@ class WarmSlotWorkflow:
         poll = cfg.poll_active if mode == S.LEASED else cfg.poll_idle
         handle = workflow.start_activity_method(
             ComfyActivities.watch,
-            WatchInput(label=self._label, url=rt.connection_url, instance_id=rt.instance.id,
-                       keepalive_interval=cfg.keepalive_interval,
-                       keepalive_timeout=cfg.keepalive_timeout,
-                       max_failures=cfg.keepalive_max_failures, poll_interval=poll,
-                       fatal_grace=cfg.fatal_grace, fatal_patterns=cfg.fatal_patterns,
-                       comfy_port=cfg.comfy_port, internal_port=cfg.comfy_internal_port),
+            WatchInput(
+                label=self._label,
+                url=rt.connection_url,
+                instance_id=rt.instance.id,
+                keepalive_interval=cfg.keepalive_interval,
+                keepalive_timeout=cfg.keepalive_timeout,
+                max_failures=cfg.keepalive_max_failures,
+                poll_interval=poll,
+                fatal_grace=cfg.fatal_grace,
+                fatal_patterns=cfg.fatal_patterns,
+                comfy_port=cfg.comfy_port,
+                internal_port=cfg.comfy_internal_port,
+            ),
             **options.watch(cfg, poll),
         )
         await workflow.wait_condition(
-            lambda: handle.done() or rt.state != mode or rt.retiring
-            or self._should_continue_as_new()
+            lambda: (
+                handle.done() or rt.state != mode or rt.retiring or self._should_continue_as_new()
+            )
         )
         if not handle.done():
             handle.cancel()
@@ -476,8 +533,9 @@ class WarmSlotWorkflow:
         lease = self._rt.lease
         if lease is None:
             return
-        self._rt.last_lease_end = LeaseEnd(lease_id=lease.lease_id, holder=lease.holder,
-                                           ended_at=self._now(), reason=reason[:300])
+        self._rt.last_lease_end = LeaseEnd(
+            lease_id=lease.lease_id, holder=lease.holder, ended_at=self._now(), reason=reason[:300]
+        )
         self._rt.lease = None
 
     async def _drain(self) -> None:
@@ -501,8 +559,9 @@ class WarmSlotWorkflow:
                 await workflow.sleep(min(timedelta(seconds=30) * failures, timedelta(minutes=10)))
                 continue
             rt.counters.destroys += 1
-            workflow.logger.info("instance %s destroyed (confirmed=%s)", result.instance_id,
-                                 result.confirmed)
+            workflow.logger.info(
+                "instance %s destroyed (confirmed=%s)", result.instance_id, result.confirmed
+            )
             rt.instance = None
         rt.connection_url = None
         rt.ready_since = None
@@ -518,7 +577,11 @@ class WarmSlotWorkflow:
 
     async def _backoff(self) -> None:
         cfg = self._cfg
-        delay = backoff_delay(self._rt.counters.consecutive_failures, cfg.retry_backoff_initial,
-                              cfg.retry_backoff_max, workflow.random().random())
+        delay = backoff_delay(
+            self._rt.counters.consecutive_failures,
+            cfg.retry_backoff_initial,
+            cfg.retry_backoff_max,
+            workflow.random().random(),
+        )
         await self._sleep(delay)
         self._enter(S.PREFLIGHT, f"backoff of {delay.total_seconds():.0f}s done")

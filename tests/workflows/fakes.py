@@ -60,24 +60,42 @@ class FakeCloud:
         return [i for i in self.instances.values() if not i.destroyed]
 
     def activities(self) -> list[object]:
-        return [self.check, self.search, self.rent, self.observe, self.destroy,
-                self.await_ready, self.validate_ports, self.watch, self.warmup]
+        return [
+            self.check,
+            self.search,
+            self.rent,
+            self.observe,
+            self.destroy,
+            self.await_ready,
+            self.validate_ports,
+            self.watch,
+            self.warmup,
+        ]
 
     @activity.defn(name="tokens.check")
     async def check(self, input: TokenCheckInput) -> list[TokenCheck]:
         self.calls["tokens.check"] += 1
-        return [TokenCheck(service=s, ok=self.token_ok, configured=True,
-                           detail="ok" if self.token_ok else "401 Invalid user key",
-                           checked_at=datetime.now(UTC), version="abcd1234")
-                for s in input.services]
+        return [
+            TokenCheck(
+                service=s,
+                ok=self.token_ok,
+                configured=True,
+                detail="ok" if self.token_ok else "401 Invalid user key",
+                checked_at=datetime.now(UTC),
+                version="abcd1234",
+            )
+            for s in input.services
+        ]
 
     @activity.defn(name="vast.search_offers")
     async def search(self, input: SearchInput) -> list[OfferSummary]:
         self.calls["vast.search_offers"] += 1
         busy = {i.machine_id for i in self.live()}
-        return [OfferSummary(id=100 + m, machine_id=m, dph_total=0.3 + m / 100, disk_space=300)
-                for m in range(1, self.machines + 1)
-                if m not in input.exclude_machines and m not in busy]
+        return [
+            OfferSummary(id=100 + m, machine_id=m, dph_total=0.3 + m / 100, disk_space=300)
+            for m in range(1, self.machines + 1)
+            if m not in input.exclude_machines and m not in busy
+        ]
 
     @activity.defn(name="vast.rent")
     async def rent(self, input: RentInput) -> RentResult:
@@ -87,12 +105,17 @@ class FakeCloud:
                 return RentResult(instance_id=inst.id, adopted=True)
         if self.rate_limited_rents > 0:
             self.rate_limited_rents -= 1
-            raise ApplicationError("429 API requests too frequent", type="VastRateLimited",
-                                   next_retry_delay=timedelta(seconds=1))
+            raise ApplicationError(
+                "429 API requests too frequent",
+                type="VastRateLimited",
+                next_retry_delay=timedelta(seconds=1),
+            )
         self.next_id += 1
         machine = input.offer_id - 100
         self.instances[self.next_id] = FakeInstance(
-            id=self.next_id, machine_id=machine, label=input.label,
+            id=self.next_id,
+            machine_id=machine,
+            label=input.label,
             scenario=self.scenario(machine),
         )
         self.calls["create"] += 1
@@ -113,7 +136,11 @@ class FakeCloud:
             ports = {"8188/tcp": 40000 + inst.machine_id}
         match inst.scenario:
             case "no_space" if n >= 2:
-                status, msg, ports = "loading", "failed to register layer: no space left on device", {}
+                status, msg, ports = (
+                    "loading",
+                    "failed to register layer: no space left on device",
+                    {},
+                )
             case "load_failed" if n >= 2:
                 status, ports = "load_failed", {}
             case "unknown_blip" if n == 2:
@@ -124,10 +151,19 @@ class FakeCloud:
                 status, ports = "loading", {}
             case _:
                 pass
-        return InstanceView(id=inst.id, label=inst.label, machine_id=inst.machine_id,
-                            actual_status=status, status_msg=msg, public_ip="127.0.0.1",
-                            ports=ports, cur_state="running", intended_status="running",
-                            next_state="running", dph_total=0.3)
+        return InstanceView(
+            id=inst.id,
+            label=inst.label,
+            machine_id=inst.machine_id,
+            actual_status=status,
+            status_msg=msg,
+            public_ip="127.0.0.1",
+            ports=ports,
+            cur_state="running",
+            intended_status="running",
+            next_state="running",
+            dph_total=0.3,
+        )
 
     @activity.defn(name="vast.observe")
     async def observe(self, instance_id: int) -> Observation:
@@ -151,8 +187,15 @@ class FakeCloud:
         port = input.instance.ports.get("8188/tcp", 8188)
         ready = outcome == "ready"
         return PortReport(
-            candidates=[CandidateReport(name="mapped-8188", host="127.0.0.1", port=port,
-                                        tcp_ok=outcome != "timeout", outcome=outcome)],
+            candidates=[
+                CandidateReport(
+                    name="mapped-8188",
+                    host="127.0.0.1",
+                    port=port,
+                    tcp_ok=outcome != "timeout",
+                    outcome=outcome,
+                )
+            ],
             url=f"http://127.0.0.1:{port}" if ready else None,
             firewall=outcome == "timeout",
         )
@@ -162,12 +205,19 @@ class FakeCloud:
         self.calls["comfy.await_ready"] += 1
         scenario = self.scenario(input.instance.machine_id or 0)
         if scenario == "never_ready":
-            raise ApplicationError("ComfyUI not ready", type="NotReady",
-                                   category=ApplicationErrorCategory.BENIGN,
-                                   next_retry_delay=timedelta(seconds=20))
+            raise ApplicationError(
+                "ComfyUI not ready",
+                type="NotReady",
+                category=ApplicationErrorCategory.BENIGN,
+                next_retry_delay=timedelta(seconds=20),
+            )
         if scenario == "firewall":
-            raise ApplicationError("all timed out", self._report(input, "timeout").model_dump(
-                mode="json"), type="Firewall", non_retryable=True)
+            raise ApplicationError(
+                "all timed out",
+                self._report(input, "timeout").model_dump(mode="json"),
+                type="Firewall",
+                non_retryable=True,
+            )
         return self._report(input, "ready")
 
     @activity.defn(name="comfy.validate_ports")
@@ -184,8 +234,9 @@ class FakeCloud:
         self.calls["comfy.watch"] += 1
         inst = self.instances[input.instance_id]
         if self.scenario(inst.machine_id) == "keepalive_lost":
-            return WatchResult(reason=FailureReason.KEEPALIVE_LOST,
-                               detail=f"{input.max_failures} pings failed")
+            return WatchResult(
+                reason=FailureReason.KEEPALIVE_LOST, detail=f"{input.max_failures} pings failed"
+            )
         while True:
             activity.heartbeat()
             await asyncio.sleep(0.05)

@@ -27,11 +27,12 @@ async def running_slot(
 ) -> AsyncIterator[WorkflowHandle[WarmSlotWorkflow, SlotStatus]]:
     queue = new_queue()
     acts = cloud.activities()
-    beat = {"max_heartbeat_throttle_interval": timedelta(seconds=0.2),
-            "default_heartbeat_throttle_interval": timedelta(seconds=0.2)}
+    beat = {
+        "max_heartbeat_throttle_interval": timedelta(seconds=0.2),
+        "default_heartbeat_throttle_interval": timedelta(seconds=0.2),
+    }
     async with (
-        Worker(env.client, task_queue=queue, workflows=[WarmSlotWorkflow], activities=acts,
-               **beat),
+        Worker(env.client, task_queue=queue, workflows=[WarmSlotWorkflow], activities=acts, **beat),
         Worker(env.client, task_queue=vast_queue(queue), activities=acts, **beat),
     ):
         handle = await env.client.start_workflow(
@@ -54,8 +55,13 @@ async def test_happy_path_reaches_ready_with_validated_url(ts_env: WorkflowEnvir
         assert status.connection_url == "http://127.0.0.1:40001"
         assert status.instance is not None and status.instance.id in cloud.instances
         assert [t.to_state for t in status.transitions][:8] == [
-            S.PREFLIGHT, S.SEARCHING, S.RENTING, S.PROVISIONING, S.PROBING,
-            S.VALIDATING_PORTS, S.READY,
+            S.PREFLIGHT,
+            S.SEARCHING,
+            S.RENTING,
+            S.PROVISIONING,
+            S.PROBING,
+            S.VALIDATING_PORTS,
+            S.READY,
         ][:8][: len(status.transitions)]
         assert status.counters.rents == 1
         assert status.time_to_ready_s is not None and status.time_to_ready_s > 0
@@ -133,7 +139,8 @@ async def test_keepalive_lost_replaces_the_instance(ts_env: WorkflowEnvironment)
     cloud = FakeCloud(scenarios={1: "keepalive_lost"})
     async with running_slot(ts_env, cloud) as handle:
         status = await wait_status(
-            ts_env, handle,
+            ts_env,
+            handle,
             lambda s: s.state == S.READY and s.instance is not None and s.instance.machine_id == 2,
         )
         assert status.counters.keepalive_losses == 1
