@@ -171,7 +171,14 @@ async def cmd_slot_retire(client: Client, settings: Settings, args: argparse.Nam
         await handle.signal("retire", args.reason)
     except RPCError as exc:
         raise CliError(f"cannot retire {wf_id}: {exc.message}") from None
-    emit(args, {"workflow_id": wf_id, "retiring": True}, f"retiring {wf_id}")
+    if not args.wait:
+        emit(args, {"workflow_id": wf_id, "retiring": True}, f"retiring {wf_id}")
+        return
+    try:
+        final = await asyncio.wait_for(handle.result(result_type=SlotStatus), args.timeout)
+    except TimeoutError:
+        raise CliError(f"{wf_id} still retiring after {args.timeout:.0f}s") from None
+    emit(args, final.model_dump(mode="json"), f"retired {wf_id}: {final.state.value}")
 
 
 async def cmd_slot_list(client: Client, settings: Settings, args: argparse.Namespace) -> None:
@@ -224,6 +231,8 @@ def build_parser() -> Parser:
     wait.set_defaults(func=cmd_slot_wait)
     retire = with_slot(slot_cmds.add_parser("retire", help="destroy the instance and finish"))
     retire.add_argument("--reason", default="operator retire")
+    retire.add_argument("--wait", action="store_true", help="wait until the instance is destroyed")
+    retire.add_argument("--timeout", type=float, default=300.0)
     retire.set_defaults(func=cmd_slot_retire)
     listing = slot_cmds.add_parser("list", help="running slots (from search attributes)")
     listing.add_argument("--pool", type=pool_name)

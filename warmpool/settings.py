@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from datetime import timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -123,7 +123,7 @@ class Settings(BaseSettings):
 
     # Embedded simulator (used when VASTAI_API_KEY is unset).
     sim_speed: float = Field(default=1.0, gt=0)
-    sim_fault_mix: str | None = None
+    sim_fault_mix: Literal["none", "default"] = "none"
 
     @field_validator("gpu_names", "require_tokens", "fatal_patterns", mode="before")
     @classmethod

@@ -86,7 +86,7 @@ async def test_create_on_unknown_offer_is_404_no_such_ask(api: httpx.AsyncClient
 
 
 async def test_status_clock_and_ports(make_sim: MakeSim) -> None:
-    async with client(await make_sim(provision_s=0.08, created_s=0.08, loading_s=0.08)) as api:
+    async with client(await make_sim(provision_s=0.12, created_s=0.12, loading_s=0.12)) as api:
         await check_clock_and_ports(api)
 
 

@@ -1,0 +1,175 @@
+"""What does `./scripts/run.sh` start? The whole stack on one machine, in the right order.
+
+Temporal dev server (SQLite file, Web UI, our search attributes) -> simulator process ->
+worker process -> a slot started through starter.py, waited on until READY. Every process
+logs to .warmpool/logs/. Ctrl-C (or --once after READY) stops them all, worker first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from warmpool.search_attributes import dev_server_flags  # noqa: E402
+
+STATE = ROOT / ".warmpool"
+LOGS = STATE / "logs"
+BIN = Path(sys.executable).parent
+DEMO_ENV = {
+    # Fast demo timings (the simulator boots an instance in ~7 s); override in .env.
+    "WARM_POOL_POLL_ACTIVE_INTERVAL_MS": "2000",
+    "WARMPOOL_READINESS_INITIAL_S": "1",
+    "WARMPOOL_RETRY_BACKOFF_INITIAL_S": "2",
+}
+
+
+def wait_port(host: str, port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with socket.socket() as sock:
+            sock.settimeout(0.5)
+            if sock.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.2)
+    raise SystemExit(f"devstack: nothing listens on {host}:{port} after {timeout:.0f}s")
+
+
+def spawn(name: str, args: list[str], env: dict[str, str]) -> subprocess.Popen[bytes]:
+    log = (LOGS / f"{name}.log").open("ab")
+    return subprocess.Popen(
+        args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True
+    )
+
+
+def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+    for proc in reversed(procs):
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--once", action="store_true", help="exit once the slot is READY")
+    parser.add_argument("--pool", default="demo")
+    parser.add_argument("--temporal-port", type=int, default=7233)
+    parser.add_argument("--ui-port", type=int, default=8233)
+    args = parser.parse_args()
+    LOGS.mkdir(parents=True, exist_ok=True)
+    env = {**DEMO_ENV, **os.environ}
+    env["TEMPORAL_ADDRESS"] = f"127.0.0.1:{args.temporal_port}"
+    procs: list[subprocess.Popen[bytes]] = []
+    started = time.monotonic()
+    try:
+        procs.append(
+            spawn(
+                "temporal",
+                [
+                    str(BIN / "temporal"),
+                    "server",
+                    "start-dev",
+                    "--ip",
+                    "127.0.0.1",
+                    "--port",
+                    str(args.temporal_port),
+                    "--ui-port",
+                    str(args.ui_port),
+                    "--db-filename",
+                    str(STATE / "temporal.sqlite"),
+                    "--log-level",
+                    "warn",
+                    *dev_server_flags(),
+                ],
+                env,
+            )
+        )
+        wait_port("127.0.0.1", args.temporal_port, 60)
+
+        sim = subprocess.Popen(
+            [sys.executable, "-m", "vastsim", "--port", "0"],
+            stdout=subprocess.PIPE,
+            stderr=(LOGS / "vastsim.log").open("ab"),
+            env=env,
+            cwd=ROOT,
+            start_new_session=True,
+        )
+        procs.append(sim)  # type: ignore[arg-type]
+        assert sim.stdout is not None
+        urls = json.loads(sim.stdout.readline())
+        env.update(
+            {
+                "VASTAI_BASE_URL": urls["base_url"],
+                "VASTAI_API_KEY": urls["api_key"],
+                "HF_ENDPOINT": urls["hf_base_url"],
+                "CIVITAI_BASE_URL": urls["civitai_base_url"],
+                "WARMPOOL_INSTANCE_SECRET": env.get("WARMPOOL_INSTANCE_SECRET", "devstack-secret"),
+            }
+        )
+        procs.append(spawn("worker", [sys.executable, "worker.py"], env))
+        print(f"Temporal Web UI : http://127.0.0.1:{args.ui_port}")
+        print(f"Simulator       : {urls['base_url']} (control {urls['control_url']})")
+        print(f"Logs            : {LOGS}")
+        subprocess.run(
+            [sys.executable, "starter.py", "slot", "start", "--pool", args.pool, "--index", "0"],
+            env=env,
+            cwd=ROOT,
+            check=True,
+        )
+        subprocess.run(
+            [
+                sys.executable,
+                "starter.py",
+                "slot",
+                "wait",
+                "--pool",
+                args.pool,
+                "--index",
+                "0",
+                "--timeout",
+                "300",
+            ],
+            env=env,
+            cwd=ROOT,
+            check=True,
+        )
+        print(f"first READY after {time.monotonic() - started:.1f}s")
+        subprocess.run(
+            [sys.executable, "starter.py", "slot", "status", "--pool", args.pool],
+            env=env,
+            cwd=ROOT,
+            check=True,
+        )
+        if args.once:
+            subprocess.run(
+                [sys.executable, "starter.py", "slot", "retire", "--pool", args.pool, "--wait"],
+                env=env,
+                cwd=ROOT,
+                check=True,
+            )
+            return 0
+        print("running; Ctrl-C to stop (slots keep their state in the SQLite file)")
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        signal.sigwait({signal.SIGINT, signal.SIGTERM})
+        return 0
+    except subprocess.CalledProcessError as exc:
+        print(f"devstack: {exc}; see {LOGS}", file=sys.stderr)
+        return 1
+    finally:
+        stop(procs)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

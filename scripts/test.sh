@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# Set up, then run the whole test suite. "No tests collected" (pytest exit 5) is a failure.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/bootstrap.sh
+./scripts/ensure-sshd.sh
+.venv/bin/ruff check .
+.venv/bin/mypy
+set +e
+.venv/bin/python -m pytest "$@"
+code=$?
+set -e
+if [ "$code" -eq 5 ]; then
+  echo "error: pytest collected no tests" >&2
+  exit 1
+fi
+exit "$code"
