@@ -166,7 +166,7 @@ async def cmd_slot_wait(client: Client, settings: Settings, args: argparse.Names
 
 async def cmd_slot_retire(client: Client, settings: Settings, args: argparse.Namespace) -> None:
     wf_id = slot_workflow_id(args.pool, args.index)
-    handle = client.get_workflow_handle(wf_id)
+    handle = client.get_workflow_handle(wf_id, result_type=SlotStatus)
     try:
         await handle.signal("retire", args.reason)
     except RPCError as exc:
@@ -175,7 +175,7 @@ async def cmd_slot_retire(client: Client, settings: Settings, args: argparse.Nam
         emit(args, {"workflow_id": wf_id, "retiring": True}, f"retiring {wf_id}")
         return
     try:
-        final = await asyncio.wait_for(handle.result(result_type=SlotStatus), args.timeout)
+        final = await asyncio.wait_for(handle.result(), args.timeout)
     except TimeoutError:
         raise CliError(f"{wf_id} still retiring after {args.timeout:.0f}s") from None
     emit(args, final.model_dump(mode="json"), f"retired {wf_id}: {final.state.value}")
