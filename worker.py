@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -63,14 +64,23 @@ def create_workers(
     *,
     task_queue: str | None = None,
     workflows: Sequence[type] = WORKFLOWS,
+    heartbeat_throttle: timedelta | None = None,
 ) -> list[Worker]:
+    """`heartbeat_throttle` caps how long a cancel waits to reach a running activity."""
     queue = task_queue or settings.task_queue
+    beat: dict[str, Any] = {}
+    if heartbeat_throttle is not None:
+        beat = {
+            "max_heartbeat_throttle_interval": heartbeat_throttle,
+            "default_heartbeat_throttle_interval": heartbeat_throttle,
+        }
     main = Worker(
         client,
         task_queue=queue,
         workflows=list(workflows),
         activities=activities.main,
         graceful_shutdown_timeout=timedelta(seconds=10),
+        **beat,
     )
     provider = Worker(
         client,
@@ -78,6 +88,7 @@ def create_workers(
         activities=activities.vast,
         max_task_queue_activities_per_second=settings.vast_calls_per_second,
         graceful_shutdown_timeout=timedelta(seconds=10),
+        **beat,
     )
     return [main, provider]
 

@@ -15,6 +15,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.errors import vast_errors
+from warmpool.errors import VastAuthError, VastCreateFailed, VastRateLimited, VastRequestRejected
 from warmpool.instance_token import derive_instance_token
 from warmpool.listing import SharedListing
 from warmpool.models import (
@@ -30,6 +31,9 @@ from warmpool.vast import CreateRequest, VastClient, port_env, to_summary, to_vi
 CREATE_SENT = "create-sent"
 """Heartbeat detail recorded just before a create: a retry that sees it waits for the label to
 appear in the listing before it may create again (a create can succeed before it is visible)."""
+
+
+CREATE_REFUSED = "create-refused"
 
 
 class SearchInput(Model):
@@ -144,11 +148,16 @@ class VastActivities:
             activity.heartbeat(CREATE_SENT)
             try:
                 instance_id = await self._client.create_instance(input.offer_id, request)
-            except Exception as exc:
-                contract = getattr(exc, "new_contract", None)
-                if isinstance(contract, int):
-                    activity.logger.warning("failed create left instance %s: destroying", contract)
-                    await self._client.destroy_instance(contract)
+            except VastCreateFailed as exc:
+                if exc.new_contract is not None:
+                    activity.logger.warning(
+                        "failed create left instance %s: destroying", exc.new_contract
+                    )
+                    await self._client.destroy_instance(exc.new_contract)
+                raise
+            except (VastRateLimited, VastRequestRejected, VastAuthError):
+                # A definite refusal: nothing was created, so a retry need not wait to adopt.
+                activity.heartbeat(CREATE_REFUSED)
                 raise
         return RentResult(instance_id=instance_id, adopted=False)
 

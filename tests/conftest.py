@@ -68,3 +68,13 @@ async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
     )
     yield env
     await env.shutdown()
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _quiet_structlog() -> None:
+    """Library debug events (e.g. every Vast.ai call) stay out of test output."""
+    import logging
+
+    import structlog
+
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.INFO))

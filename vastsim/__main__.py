@@ -22,7 +22,9 @@ from vastsim.simulator import Simulator
 
 
 def _config(argv: list[str]) -> SimConfig:
-    parser = argparse.ArgumentParser(prog="python -m vastsim", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m vastsim", description="Serve the Vast.ai + ComfyUI simulator on loopback."
+    )
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--api-key", default=SimConfig().api_key.get_secret_value())

@@ -83,7 +83,9 @@ class ComfyEndpoint:
                 self._ports[container].refuse()
 
     def close(self) -> None:
-        self.comfy_down()
+        if self._comfy is not None:
+            self._comfy.shutdown()
+            self._comfy = None
         for port in self._ports.values():
             port.close()
         self._ports.clear()

@@ -171,10 +171,6 @@ def unauthorized() -> Response:
 def _rate_limited(fault: Fault, endpoint: str) -> Response:
     message = f"API requests too frequent endpoint threshold={_THRESHOLDS.get(endpoint, 1.0)}"
     variant = fault.value or ("destroy" if endpoint == "destroy" else "json")
-    headers = []
-    if fault.with_retry_after is not None:
-        seconds = fault.with_retry_after
-        headers.append(("Retry-After", f"{seconds:g}"))
     if variant == "text":
         response = text_response(429, message)
     elif variant == "destroy":
@@ -183,5 +179,6 @@ def _rate_limited(fault: Fault, endpoint: str) -> Response:
         )
     else:
         response = json_response(429, {"detail": message})
-    response.headers.extend(headers)
+    if fault.with_retry_after is not None:  # the real API never sends one; clients must cope
+        response.headers.append(("Retry-After", f"{fault.with_retry_after:g}"))
     return response

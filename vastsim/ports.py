@@ -11,9 +11,12 @@ we fill with our own never-accepted connections, after which the kernel drops fu
 from __future__ import annotations
 
 import contextlib
+import logging
 import socket
 
 from vastsim.httpserver import Handler, HttpServer
+
+log = logging.getLogger(__name__)
 
 
 def reserve(host: str, port: int = 0) -> socket.socket:
@@ -44,16 +47,22 @@ class HostPort:
         await self._server.start(sock)
 
     def refuse(self) -> None:
-        """Stop answering, drop open connections, keep the number reserved."""
+        """Stop answering, drop open connections, keep the number reserved.
+
+        Re-binding can lose a race with another socket taking the number in between; connects
+        are then still refused (nothing of ours listens), we only cannot listen there again.
+        """
         if self._server is None:
             return
         self._server.close()
         self._server = None
-        self._sock = reserve(self._host, self.port)
+        try:
+            self._sock = reserve(self._host, self.port)
+        except OSError as exc:
+            log.warning("port %s taken by another socket after close: %s", self.port, exc)
 
     def firewall(self) -> None:
-        """From now on connects time out instead of being refused or answered."""
-        self.refuse()
+        """From now on connects time out instead of being refused (call before listening)."""
         if self._sock is None or self._fillers:
             return
         self._sock.listen(0)

@@ -108,7 +108,8 @@ async def validate_ports(
 ) -> PortReport:
     """Probe all candidates at once; the URL is the first READY one in preference order.
 
-    `firewall` only when every candidate timed out (refused means "not up yet", not blocked);
+    `firewall` when no candidate accepted TCP and every *mapped* candidate timed out (refused
+    means "not up yet", not blocked; the direct port is a guess, so its refusal proves nothing);
     `unauthorized` when some candidate refused our token and none is ready.
     """
     async with _borrow(client) as http:
@@ -120,10 +121,13 @@ async def validate_ports(
         )
     outcomes = [r.outcome for r in reports]
     ready = next((r for r in reports if r.outcome == ProbeOutcome.READY), None)
+    mapped = [r for r in reports if r.name.startswith("mapped-")] or list(reports)
     return PortReport(
         candidates=list(reports),
         url=base_url(ready.host, ready.port) if ready else None,
-        firewall=bool(outcomes) and all(o == ProbeOutcome.TIMEOUT for o in outcomes),
+        firewall=bool(mapped)
+        and not any(r.tcp_ok for r in reports)
+        and all(r.outcome == ProbeOutcome.TIMEOUT for r in mapped),
         unauthorized=ready is None and ProbeOutcome.UNAUTHORIZED in outcomes,
     )
 

@@ -10,7 +10,6 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio.common import RetryPolicy
-from temporalio.workflow import ActivityCancellationType
 
 from warmpool.models import SlotConfig
 
@@ -81,7 +80,6 @@ def await_ready(cfg: SlotConfig) -> dict[str, Any]:
     """
     one_try = cfg.tcp_timeout + cfg.http_timeout + timedelta(seconds=10)
     return {
-        "cancellation_type": ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         "schedule_to_close_timeout": cfg.readiness_timeout,
         "start_to_close_timeout": one_try,
         "retry_policy": RetryPolicy(
@@ -110,11 +108,13 @@ def warmup(cfg: SlotConfig) -> dict[str, Any]:
 
 
 def watch(cfg: SlotConfig, poll: timedelta) -> dict[str, Any]:
-    """Runs as long as the slot serves; the heartbeat timeout replaces a process watchdog."""
+    """Runs as long as the slot serves; the heartbeat timeout replaces a process watchdog.
+
+    Cancelled with the default TRY_CANCEL: the slot moves on at once, and the watch learns of
+    the cancel at its next (throttled) heartbeat; until then it only pings, which is harmless.
+    """
     beat = cfg.keepalive_interval + cfg.keepalive_timeout
     return {
-        # The slot moves on only once the watch has stopped pinging: no probe outlives its slot.
-        "cancellation_type": ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         "start_to_close_timeout": timedelta(days=3650),
         "heartbeat_timeout": beat * 2 + timedelta(seconds=60),
         "retry_policy": RetryPolicy(

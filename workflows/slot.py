@@ -107,7 +107,24 @@ class WarmSlotWorkflow:
                 await self._phases[self._rt.state]()
             except Retired:
                 continue
+            except ActivityError as err:
+                self._activity_failed(err)
         return self.status()
+
+    def _activity_failed(self, err: ActivityError) -> None:
+        """An activity gave up after its retries: never fail the slot while it holds money."""
+        cause = err.cause
+        detail = f"{err.activity_type} failed: {cause or err}"
+        self._rt.last_failure = detail[:500]
+        workflow.logger.warning("slot %s: %s", self._input.index, detail)
+        if self._rt.state == S.TERMINATING:
+            return  # the destroy loop handles its own failures
+        if self._rt.instance is not None:
+            self._fail(FailureReason.FATAL_STATUS, detail, exclude=False)
+            self._enter(S.TERMINATING, detail)
+        else:
+            self._rt.counters.consecutive_failures += 1
+            self._enter(S.BACKOFF, detail)
 
     def _should_continue_as_new(self) -> bool:
         info = workflow.info()
@@ -333,7 +350,7 @@ class WarmSlotWorkflow:
                     disk_gb=cfg.disk_gb,
                     runtype=cfg.runtype,
                     onstart=cfg.onstart,
-                    ports=[cfg.comfy_port, cfg.comfy_internal_port],
+                    ports=[cfg.comfy_port],
                 ),
                 **options.rent(self._queue),
             )

@@ -1,0 +1,138 @@
+"""A real stack per test: dev server + simulator over HTTP + a worker with the real activities."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AsyncExitStack
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+from temporalio.client import Client, WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
+
+from activities import WorkerActivities, build_activities
+from tests.helpers import new_queue
+from vastsim import SimConfig, Simulator
+from warmpool.labels import slot_workflow_id
+from warmpool.models import SlotInput, SlotStatus
+from warmpool.secrets import EnvSecretStore, FileSecretStore, LayeredSecretStore, SecretName
+from warmpool.settings import Settings
+from worker import create_workers
+
+INSTANCE_SECRET = "integration-instance-secret"
+
+FAST = {
+    "poll_active_ms": 200,
+    "poll_idle_ms": 500,
+    "poll_default_ms": 500,
+    "keepalive_interval_ms": 200,
+    "keepalive_timeout_ms": 500,
+    "keepalive_max_failures": 3,
+    "token_cache_ms": 60_000,
+    "readiness_initial_s": 0.2,
+    "readiness_max_s": 1.0,
+    "readiness_timeout_s": 15,
+    "provision_timeout_s": 30,
+    "fatal_grace_s": 1.0,
+    "retry_backoff_initial_s": 0.2,
+    "retry_backoff_max_s": 1.0,
+    "tcp_timeout_s": 0.5,
+    "http_timeout_s": 1.0,
+    "vast_calls_per_second": 100,
+    "min_direct_ports": 2,
+    "min_inet_down": 0,
+    "min_reliability": 0,
+    "max_dph": 5,
+}
+FAST_SIM = SimConfig(provision_s=0.1, created_s=0.1, loading_s=0.2, comfy_boot_s=0.4)
+
+
+@dataclass
+class Stack:
+    env: WorkflowEnvironment
+    sim: Simulator
+    settings: Settings
+    queue: str
+    secrets: LayeredSecretStore
+    activities: WorkerActivities
+
+    @property
+    def client(self) -> Client:
+        return self.env.client
+
+    async def start_slot(
+        self, index: int = 0, **config: object
+    ) -> WorkflowHandle[object, SlotStatus]:
+        slot_config = self.settings.slot_config().model_copy(update=config)
+        return await self.client.start_workflow(
+            "WarmSlotWorkflow",
+            SlotInput(pool="it", index=index, config=slot_config),
+            id=slot_workflow_id(f"it-{self.queue}", index),
+            task_queue=self.queue,
+            result_type=SlotStatus,
+        )
+
+
+StackFactory = Callable[..., "AsyncIterator[Stack]"]
+
+
+@pytest.fixture
+async def stack_factory(
+    dev_env: WorkflowEnvironment, tmp_path: Path
+) -> AsyncIterator[Callable[..., object]]:
+    """Build a stack with optional simulator config and a transport wrapper for the client."""
+    async with AsyncExitStack() as exits:
+
+        async def make(
+            sim_config: SimConfig = FAST_SIM,
+            wrap: Callable[[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport] | None = None,
+            **overrides: object,
+        ) -> Stack:
+            sim = await exits.enter_async_context(Simulator(sim_config))
+            settings = Settings(**{**FAST, **overrides})  # type: ignore[arg-type]
+            files = FileSecretStore(tmp_path / "secrets")
+            secrets = LayeredSecretStore(
+                [
+                    files,
+                    EnvSecretStore(
+                        {
+                            "VASTAI_API_KEY": sim.api_key,
+                            "WARMPOOL_INSTANCE_SECRET": INSTANCE_SECRET,
+                        }
+                    ),
+                ]
+            )
+            transport = wrap(httpx.AsyncHTTPTransport()) if wrap else None
+            acts = build_activities(
+                settings,
+                secrets,
+                vast_base_url=sim.base_url,
+                hf_base_url=sim.hf_base_url,
+                civitai_base_url=sim.civitai_base_url,
+                transport=transport,
+            )
+            exits.push_async_callback(acts.aclose)
+            queue = new_queue()
+            for worker in create_workers(
+                dev_env.client,
+                settings,
+                acts,
+                task_queue=queue,
+                heartbeat_throttle=timedelta(seconds=0.2),
+            ):
+                await exits.enter_async_context(worker)
+            return Stack(dev_env, sim, settings, queue, secrets, acts)
+
+        yield make
+
+
+def assert_no_orphans(sim: Simulator) -> None:
+    """After a test every slot is retired: no instance may still bill."""
+    live = sim.live_instances()
+    assert live == [], f"instances left behind: {live}"
+
+
+__all__ = ["FAST", "FAST_SIM", "INSTANCE_SECRET", "Stack", "SecretName", "assert_no_orphans"]
