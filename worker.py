@@ -39,6 +39,10 @@ from workflows.options import vast_queue
 
 log = logging.getLogger("warmpool.worker")
 
+HEARTBEAT_THROTTLE = timedelta(seconds=20)
+"""A cancelled watch (retire, lease change) stops within this; 1,000 watching slots then send
+about 50 heartbeats a second to the server."""
+
 SIM_INSTANCE_SECRET = "simulator-only-instance-secret"
 """Used only with the embedded simulator, whose instances are not real."""
 
@@ -64,16 +68,14 @@ def create_workers(
     *,
     task_queue: str | None = None,
     workflows: Sequence[type] = WORKFLOWS,
-    heartbeat_throttle: timedelta | None = None,
+    heartbeat_throttle: timedelta = HEARTBEAT_THROTTLE,
 ) -> list[Worker]:
     """`heartbeat_throttle` caps how long a cancel waits to reach a running activity."""
     queue = task_queue or settings.task_queue
-    beat: dict[str, Any] = {}
-    if heartbeat_throttle is not None:
-        beat = {
-            "max_heartbeat_throttle_interval": heartbeat_throttle,
-            "default_heartbeat_throttle_interval": heartbeat_throttle,
-        }
+    beat: dict[str, Any] = {
+        "max_heartbeat_throttle_interval": heartbeat_throttle,
+        "default_heartbeat_throttle_interval": heartbeat_throttle,
+    }
     main = Worker(
         client,
         task_queue=queue,

@@ -10,6 +10,7 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio.common import RetryPolicy
+from temporalio.workflow import ActivityCancellationType
 
 from warmpool.models import SlotConfig
 
@@ -110,11 +111,12 @@ def warmup(cfg: SlotConfig) -> dict[str, Any]:
 def watch(cfg: SlotConfig, poll: timedelta) -> dict[str, Any]:
     """Runs as long as the slot serves; the heartbeat timeout replaces a process watchdog.
 
-    Cancelled with the default TRY_CANCEL: the slot moves on at once, and the watch learns of
-    the cancel at its next (throttled) heartbeat; until then it only pings, which is harmless.
+    The slot waits for the cancel to complete, so no watch outlives its slot or pings an
+    instance being destroyed; the worker's heartbeat throttle bounds that wait.
     """
     beat = cfg.keepalive_interval + cfg.keepalive_timeout
     return {
+        "cancellation_type": ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         "start_to_close_timeout": timedelta(days=3650),
         "heartbeat_timeout": beat * 2 + timedelta(seconds=60),
         "retry_policy": RetryPolicy(
