@@ -1,0 +1,45 @@
+"""The operator CLI behind `starter.py`: one module per command group, each with `register`."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+from collections.abc import Sequence
+
+from warmpool.cli import slot
+from warmpool.cli.common import CliError, Command, Parser
+from warmpool.settings import SettingsError, load_settings
+from warmpool.temporal import connect
+
+GROUPS = [slot]
+
+
+def build_parser() -> Parser:
+    parser = Parser(prog="starter.py", description="Operate comfy-warmpool pools and slots.")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    groups = parser.add_subparsers(dest="group", required=True, parser_class=Parser)
+    for group in GROUPS:
+        group.register(groups)
+    return parser
+
+
+async def run(argv: Sequence[str]) -> int:
+    args = build_parser().parse_args(argv)
+    settings = load_settings()
+    try:
+        client = await connect(settings)
+    except RuntimeError as exc:
+        raise CliError(f"cannot reach Temporal at {settings.temporal_address}: {exc}") from None
+    func: Command = args.func
+    await func(client, settings, args)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        return asyncio.run(run(sys.argv[1:] if argv is None else argv))
+    except (CliError, SettingsError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.code if isinstance(exc, CliError) else 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,189 @@
+"""What can an operator do with one slot? `slot start|status|wait|retire|list`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from datetime import UTC, datetime
+
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from temporalio.service import RPCError
+
+from warmpool import search_attributes as sa
+from warmpool.cli.common import CliError, Parser, emit, json_flag, pool_name, slot_index
+from warmpool.labels import slot_workflow_id
+from warmpool.models import SlotInput, SlotStatus
+from warmpool.settings import Settings
+
+SLOT_WORKFLOW = "WarmSlotWorkflow"
+
+
+def _ago(when: datetime | None) -> str:
+    if when is None:
+        return "-"
+    seconds = (datetime.now(UTC) - when).total_seconds()
+    return f"{seconds:.0f}s ago" if seconds < 120 else f"{seconds / 60:.0f}m ago"
+
+
+def render_slot(status: SlotStatus) -> str:
+    inst = status.instance
+    rows = [
+        ("slot", status.workflow_id),
+        ("state", f"{status.state.value} (since {_ago(status.state_since)})"),
+        ("attempt", str(status.attempt)),
+        ("instance", f"{inst.id} on machine {inst.machine_id}" if inst else "-"),
+        ("status", f"{inst.actual_status} / {inst.status_msg}" if inst else "-"),
+        ("address", f"{inst.public_ip} ports {inst.ports}" if inst else "-"),
+        (
+            "direct ports",
+            f"{inst.direct_port_start}-{inst.direct_port_end}" if inst else "-",
+        ),
+        ("price", f"${inst.dph_total}/h" if inst and inst.dph_total is not None else "-"),
+        ("image", status.image_used or "-"),
+        ("url", status.connection_url or "-"),
+        ("lease", f"{status.lease.lease_id} by {status.lease.holder}" if status.lease else "-"),
+        ("time to ready", f"{status.time_to_ready_s:.1f}s" if status.time_to_ready_s else "-"),
+        ("last failure", status.last_failure or "-"),
+        ("blocked", status.blocked_reason or "-"),
+        (
+            "counters",
+            ", ".join(f"{k}={v}" for k, v in status.counters.model_dump().items()),
+        ),
+    ]
+    width = max(len(k) for k, _ in rows)
+    lines = [f"{k:<{width}}  {v}" for k, v in rows]
+    lines.append("transitions:")
+    for t in status.transitions[-10:]:
+        lines.append(f"  {t.at:%H:%M:%S}  {t.to_state.value:<16} {t.reason}")
+    return "\n".join(lines)
+
+
+async def slot_status(client: Client, pool: str, index: int) -> SlotStatus:
+    handle = client.get_workflow_handle(slot_workflow_id(pool, index))
+    try:
+        status: SlotStatus = await handle.query("status", result_type=SlotStatus)
+    except RPCError as exc:
+        raise CliError(f"slot {slot_workflow_id(pool, index)}: {exc.message}") from None
+    return status
+
+
+async def cmd_slot_start(client: Client, settings: Settings, args: argparse.Namespace) -> None:
+    wf_id = slot_workflow_id(args.pool, args.index)
+    try:
+        await client.start_workflow(
+            SLOT_WORKFLOW,
+            SlotInput(pool=args.pool, index=args.index, config=settings.slot_config()),
+            id=wf_id,
+            task_queue=settings.task_queue,
+            search_attributes=sa_for(args.pool),
+        )
+    except RPCError as exc:
+        raise CliError(f"cannot start {wf_id}: {exc.message}") from None
+    emit(args, {"workflow_id": wf_id, "started": True}, f"started {wf_id}")
+    if args.wait_ready:
+        await wait_ready(client, args)
+
+
+def sa_for(pool: str) -> TypedSearchAttributes:
+    """Set at start so a slot is listed by pool before its first transition."""
+    return TypedSearchAttributes(
+        [
+            SearchAttributePair(sa.POOL_NAME, pool),
+            SearchAttributePair(sa.SLOT_STATE, "PREFLIGHT"),
+            SearchAttributePair(sa.INSTANCE_ID, 0),
+        ]
+    )
+
+
+async def wait_ready(client: Client, args: argparse.Namespace) -> None:
+    deadline = asyncio.get_running_loop().time() + args.timeout
+    while True:
+        status = await slot_status(client, args.pool, args.index)
+        if status.connection_url and status.state.value in ("READY", "LEASED"):
+            emit(args, status.model_dump(mode="json"), f"READY {status.connection_url}")
+            return
+        if status.state.value in ("BLOCKED", "DONE"):
+            raise CliError(f"slot is {status.state.value}: {status.blocked_reason or ''}")
+        if asyncio.get_running_loop().time() > deadline:
+            raise CliError(f"not READY after {args.timeout:.0f}s (state {status.state.value})")
+        await asyncio.sleep(0.5)
+
+
+async def cmd_slot_status(client: Client, settings: Settings, args: argparse.Namespace) -> None:
+    status = await slot_status(client, args.pool, args.index)
+    emit(args, status.model_dump(mode="json"), render_slot(status))
+
+
+async def cmd_slot_wait(client: Client, settings: Settings, args: argparse.Namespace) -> None:
+    await wait_ready(client, args)
+
+
+async def cmd_slot_retire(client: Client, settings: Settings, args: argparse.Namespace) -> None:
+    wf_id = slot_workflow_id(args.pool, args.index)
+    handle = client.get_workflow_handle(wf_id, result_type=SlotStatus)
+    try:
+        await handle.signal("retire", args.reason)
+    except RPCError as exc:
+        raise CliError(f"cannot retire {wf_id}: {exc.message}") from None
+    if not args.wait:
+        emit(args, {"workflow_id": wf_id, "retiring": True}, f"retiring {wf_id}")
+        return
+    try:
+        final = await asyncio.wait_for(handle.result(), args.timeout)
+    except TimeoutError:
+        raise CliError(f"{wf_id} still retiring after {args.timeout:.0f}s") from None
+    emit(args, final.model_dump(mode="json"), f"retired {wf_id}: {final.state.value}")
+
+
+async def cmd_slot_list(client: Client, settings: Settings, args: argparse.Namespace) -> None:
+    query = f"WorkflowType = '{SLOT_WORKFLOW}' AND ExecutionStatus = 'Running'"
+    if args.pool:
+        query += f" AND {sa.POOL_NAME.name} = '{args.pool}'"
+    if args.state:
+        query += f" AND {sa.SLOT_STATE.name} = '{args.state.upper()}'"
+    rows = []
+    async for wf in client.list_workflows(query):
+        attrs = wf.typed_search_attributes
+        rows.append(
+            {
+                "workflow_id": wf.id,
+                "state": attrs.get(sa.SLOT_STATE),
+                "instance_id": attrs.get(sa.INSTANCE_ID),
+                "running": wf.status == WorkflowExecutionStatus.RUNNING,
+            }
+        )
+    human = "\n".join(
+        f"{r['workflow_id']:<36} {r['state'] or '-':<16} {r['instance_id'] or '-'}" for r in rows
+    )
+    emit(args, rows, human or "no slots")
+
+
+def register(groups: argparse._SubParsersAction[Parser]) -> None:
+    slot = groups.add_parser("slot", help="one slot workflow")
+    cmds = slot.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    def with_slot(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        p.add_argument("--pool", type=pool_name, default="default")
+        p.add_argument("--index", type=slot_index, default=0)
+        json_flag(p)
+        return p
+
+    start = with_slot(cmds.add_parser("start", help="start a slot workflow"))
+    start.add_argument("--wait-ready", action="store_true", help="wait until READY")
+    start.add_argument("--timeout", type=float, default=600.0)
+    start.set_defaults(func=cmd_slot_start)
+    with_slot(cmds.add_parser("status", help="show a slot")).set_defaults(func=cmd_slot_status)
+    wait = with_slot(cmds.add_parser("wait", help="wait until a slot is READY"))
+    wait.add_argument("--timeout", type=float, default=600.0)
+    wait.set_defaults(func=cmd_slot_wait)
+    retire = with_slot(cmds.add_parser("retire", help="destroy the instance and finish"))
+    retire.add_argument("--reason", default="operator retire")
+    retire.add_argument("--wait", action="store_true", help="wait until the instance is destroyed")
+    retire.add_argument("--timeout", type=float, default=300.0)
+    retire.set_defaults(func=cmd_slot_retire)
+    listing = cmds.add_parser("list", help="running slots (from search attributes)")
+    listing.add_argument("--pool", type=pool_name)
+    listing.add_argument("--state", help="e.g. READY")
+    json_flag(listing)
+    listing.set_defaults(func=cmd_slot_list)
