@@ -46,6 +46,11 @@ class WarmupInput(Model):
     timeout: timedelta
 
 
+class CleanInput(Model):
+    label: str
+    url: str
+
+
 class WatchInput(Model):
     label: str
     url: str
@@ -150,7 +155,7 @@ class ComfyActivities:
                 raise ApplicationError(str(exc), type="WarmupFailed", non_retryable=True) from None
 
     @activity.defn(name="comfy.clean")
-    async def clean(self, input: WarmupInput) -> None:
+    async def clean(self, input: CleanInput) -> None:
         """After a lease: clear the queue, interrupt, free memory, then prove it still answers."""
         async with ComfyClient(input.url, self._token(input.label)) as comfy:
             await comfy.clean()

@@ -11,8 +11,8 @@ import re
 from pydantic import BaseModel
 
 LABEL_ROOT = "wp."
-POOL_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,23}$")
-_LABEL_RE = re.compile(r"^wp\.([a-z0-9][a-z0-9-]{0,23})\.(\d{1,5})\.(\d{1,7})$")
+POOL_NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]{0,23}", re.ASCII)
+_LABEL_RE = re.compile(r"wp\.([a-z0-9][a-z0-9-]{0,23})\.([0-9]{1,5})\.([0-9]{1,7})", re.ASCII)
 
 
 class SlotLabel(BaseModel):
@@ -26,7 +26,7 @@ class SlotLabel(BaseModel):
 
 def validate_pool_name(name: str) -> str:
     """Pool names end up in labels, workflow ids and search attributes: keep them plain."""
-    if not POOL_NAME_RE.match(name):
+    if not POOL_NAME_RE.fullmatch(name):
         raise ValueError(
             f"invalid pool name {name!r}: use 1-24 lower-case letters, digits or '-', "
             "starting with a letter or digit"
@@ -46,7 +46,7 @@ def parse_label(label: str | None) -> SlotLabel | None:
     """The slot a label names, or None when the instance is not ours."""
     if not label:
         return None
-    m = _LABEL_RE.match(label)
+    m = _LABEL_RE.fullmatch(label)
     if m is None:
         return None
     return SlotLabel(pool=m.group(1), slot=int(m.group(2)), attempt=int(m.group(3)))

@@ -136,8 +136,10 @@ def assess(
 def backoff_delay(
     consecutive_failures: int, initial: timedelta, maximum: timedelta, jitter: float
 ) -> timedelta:
-    """Exponential backoff with jitter in [0.5, 1.0) of the step: `jitter` is a random in [0, 1)."""
-    step = initial * (2 ** max(0, consecutive_failures - 1))
-    step = min(step, maximum)
-    delay: timedelta = step * (0.5 + jitter / 2)
-    return delay
+    """Exponential backoff with jitter in [0.5, 1.0) of the step: `jitter` is a random in [0, 1).
+
+    The exponent is capped so that hours of failures never overflow a timedelta.
+    """
+    exponent = min(max(0, consecutive_failures - 1), 32)
+    step = min(initial.total_seconds() * 2.0**exponent, maximum.total_seconds())
+    return timedelta(seconds=step * (0.5 + jitter / 2))

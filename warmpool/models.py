@@ -198,6 +198,7 @@ class SlotConfig(Model):
     retry_backoff_max: timedelta = timedelta(minutes=10)
     transitions_kept: int = 30
     collect_logs: bool = False
+    recycle_after_lease: bool = False
 
 
 class SlotRuntime(Model):
@@ -232,6 +233,8 @@ class SlotInput(Model):
     index: int
     config: SlotConfig = Field(default_factory=SlotConfig)
     runtime: SlotRuntime | None = None
+    report_to: str | None = None
+    """The pool workflow id that receives a `slot_event` signal after every transition."""
 
 
 class SlotStatus(Model):
@@ -260,3 +263,147 @@ class SlotStatus(Model):
     warmup_seconds: float | None
     excluded_machines: list[int]
     log_tail: list[str]
+
+
+class SlotEvent(Model):
+    """A slot's report to its pool after every transition (signal `slot_event`)."""
+
+    index: int
+    state: SlotState
+    at: datetime
+    reason: str
+    connection_url: str | None = None
+    instance_id: int | None = None
+    dph_total: float | None = None
+    failure: FailureReason | None = None
+    lease_id: str | None = None
+
+
+class LeaseEndRequest(Model):
+    lease_id: str
+    reason: str
+
+
+class PoolConfig(Model):
+    """What the pool keeps: `min_ready` idle READY slots, never more than `max_slots` in all."""
+
+    min_ready: int = Field(default=1, ge=0, le=10_000)
+    max_slots: int = Field(default=4, ge=0, le=10_000)
+    budget_dph: float | None = Field(default=None, gt=0)
+    safe_mode_after: int = Field(default=5, ge=1)
+    max_lease: timedelta = timedelta(hours=8)
+    default_lease: timedelta = timedelta(hours=1)
+    recycle_after_lease: bool = False
+    slot: SlotConfig = Field(default_factory=SlotConfig)
+
+
+class SlotView(Model):
+    """The pool's mirror of one slot, kept from its events."""
+
+    index: int
+    state: SlotState
+    since: datetime
+    reason: str = ""
+    connection_url: str | None = None
+    instance_id: int | None = None
+    dph_total: float | None = None
+    lease_id: str | None = None
+    retiring: bool = False
+
+
+class PoolLease(Model):
+    lease_id: str
+    holder: str
+    request_id: str
+    slot: int
+    connection_url: str
+    granted_at: datetime
+    leased_until: datetime
+    ended_at: datetime | None = None
+    end_reason: str | None = None
+
+
+class LeaseRequest(Model):
+    holder: str = Field(min_length=1, max_length=200)
+    duration: timedelta | None = None
+    request_id: str = Field(min_length=1, max_length=200)
+    wait_for: timedelta = timedelta(0)
+    """With the `request_lease` signal: how long the request may wait for capacity."""
+
+
+class LeaseGrant(Model):
+    lease_id: str
+    slot_id: str
+    connection_url: str
+    leased_until: datetime
+
+
+class RenewRequest(Model):
+    lease_id: str
+    duration: timedelta | None = None
+
+
+class WaitingRequest(Model):
+    request: LeaseRequest
+    since: datetime
+    deadline: datetime
+
+
+class LeaseLookup(Model):
+    """Answer of the `lease_request` query for a waited-on request id."""
+
+    request_id: str
+    status: str  # pending | granted | expired | unknown
+    grant: LeaseGrant | None = None
+    reason: str | None = None
+
+
+class ResizeRequest(Model):
+    min_ready: int | None = Field(default=None, ge=0, le=10_000)
+    max_slots: int | None = Field(default=None, ge=0, le=10_000)
+    budget_dph: float | None = Field(default=None, gt=0)
+
+
+class PoolFailure(Model):
+    at: datetime
+    slot: int
+    reason: str
+
+
+class PoolRuntime(Model):
+    slots: dict[int, SlotView] = Field(default_factory=dict)
+    leases: dict[str, PoolLease] = Field(default_factory=dict)
+    request_ids: dict[str, str] = Field(default_factory=dict)
+    waiting: list[WaitingRequest] = Field(default_factory=list)
+    expired_waits: dict[str, str] = Field(default_factory=dict)
+    next_index: int = 0
+    consecutive_failures: int = 0
+    safe_mode: bool = False
+    safe_reason: str | None = None
+    draining: bool = False
+    failures: list[PoolFailure] = Field(default_factory=list)
+    granted_total: int = 0
+
+
+class PoolInput(Model):
+    pool: str
+    config: PoolConfig = Field(default_factory=PoolConfig)
+    runtime: PoolRuntime | None = None
+
+
+class PoolStatus(Model):
+    pool: str
+    config: PoolConfig
+    slots: list[SlotView]
+    counts: dict[str, int]
+    idle_ready: int
+    spend_per_hour: float
+    budget_limited: bool
+    safe_mode: bool
+    safe_reason: str | None
+    draining: bool
+    active_leases: list[PoolLease]
+    recent_leases: list[PoolLease]
+    waiting: int
+    failures: list[PoolFailure]
+    granted_total: int

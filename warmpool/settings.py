@@ -15,6 +15,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+from dotenv import load_dotenv
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -58,7 +59,9 @@ class Settings(BaseSettings):
         default="127.0.0.1:7233", validation_alias=_env("TEMPORAL_ADDRESS")
     )
     temporal_namespace: str = Field(default="default", validation_alias=_env("TEMPORAL_NAMESPACE"))
-    task_queue: str = Field(default="warmpool", validation_alias=_env("WARMPOOL_TASK_QUEUE"))
+    task_queue: str = Field(
+        default="warmpool", min_length=1, validation_alias=_env("WARMPOOL_TASK_QUEUE")
+    )
     vast_calls_per_second: float = Field(default=2.0, gt=0)
     """Ceiling on Vast.ai activity starts per second, enforced by the Temporal server across
     every worker (`max_task_queue_activities_per_second` on the provider task queue)."""
@@ -209,7 +212,12 @@ def _variable_name(loc: str) -> str:
 
 
 def load_settings(**overrides: Any) -> Settings:
-    """Read the settings, turning a validation error into one line naming the variable."""
+    """Read the settings, turning a validation error into one line naming the variable.
+
+    `.env` is loaded into the process environment first (never overriding it), so the secret
+    store, which reads the environment, sees a `VASTAI_API_KEY` kept there too.
+    """
+    load_dotenv(Path(".env"), override=False)
     try:
         settings = Settings(**overrides)
     except ValidationError as exc:

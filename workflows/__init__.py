@@ -1,7 +1,9 @@
 """Workflow code only: deterministic, no I/O. `WORKFLOWS` is what a worker registers."""
 
+from workflows.pool import WarmPoolWorkflow
 from workflows.slot import WarmSlotWorkflow
+from workflows.token_watch import TokenWatchWorkflow
 
-WORKFLOWS: list[type] = [WarmSlotWorkflow]
+WORKFLOWS: list[type] = [WarmPoolWorkflow, WarmSlotWorkflow, TokenWatchWorkflow]
 
-__all__ = ["WORKFLOWS", "WarmSlotWorkflow"]
+__all__ = ["WORKFLOWS", "TokenWatchWorkflow", "WarmPoolWorkflow", "WarmSlotWorkflow"]

@@ -20,6 +20,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
     from activities.comfy import (
+        CleanInput,
         ComfyActivities,
         ProbeInput,
         WarmupInput,
@@ -34,8 +35,11 @@ with workflow.unsafe.imports_passed_through():
     from warmpool.models import (
         FailureReason,
         InstanceView,
+        Lease,
         LeaseEnd,
+        LeaseEndRequest,
         PortReport,
+        SlotEvent,
         SlotInput,
         SlotRuntime,
         SlotState,
@@ -70,6 +74,9 @@ class WarmSlotWorkflow:
         self._rented_at: datetime | None = None
         self._resume_requested = False
         self._block_after_terminate: str | None = None
+        self._needs_clean = False
+        self._failure: FailureReason | None = None
+        self._outbox: set[asyncio.Task[None]] = set()
         self._phases: dict[SlotState, Callable[[], Awaitable[None]]] = {
             S.PREFLIGHT: self._preflight,
             S.BLOCKED: self._blocked,
@@ -97,10 +104,16 @@ class WarmSlotWorkflow:
             if self._rt.retiring and self._rt.state not in (S.TERMINATING, S.DRAINING):
                 self._enter(S.DRAINING, "retire requested")
             if self._should_continue_as_new():
-                await workflow.wait_condition(workflow.all_handlers_finished)
+                await workflow.wait_condition(
+                    lambda: workflow.all_handlers_finished() and not self._outbox
+                )
                 workflow.continue_as_new(
                     SlotInput(
-                        pool=input.pool, index=input.index, config=self._cfg, runtime=self._rt
+                        pool=input.pool,
+                        index=input.index,
+                        config=self._cfg,
+                        runtime=self._rt,
+                        report_to=input.report_to,
                     )
                 )
             try:
@@ -109,6 +122,7 @@ class WarmSlotWorkflow:
                 continue
             except ActivityError as err:
                 self._activity_failed(err)
+        await workflow.wait_condition(lambda: not self._outbox)  # the pool hears DONE
         return self.status()
 
     def _activity_failed(self, err: ActivityError) -> None:
@@ -176,6 +190,29 @@ class WarmSlotWorkflow:
         """Lift BLOCKED (e.g. after an operator fixed a token): preflight runs again at once."""
         self._resume_requested = True
 
+    @workflow.signal
+    def assign_lease(self, lease: Lease) -> None:
+        """The pool (the lease authority) leased this slot; a slot not READY refuses it."""
+        rt = self._rt
+        if rt.lease is not None and rt.lease.lease_id == lease.lease_id:
+            rt.lease = lease  # a renewal
+            return
+        if rt.state == S.READY and rt.lease is None and not rt.retiring and not self._needs_clean:
+            rt.lease = lease
+            rt.counters.leases += 1
+            self._enter(S.LEASED, f"leased to {lease.holder} ({lease.lease_id})")
+            return
+        self._report(f"lease refused: slot is {rt.state.value}", lease_id=lease.lease_id)
+
+    @workflow.signal
+    def end_lease(self, request: LeaseEndRequest) -> None:
+        """Release or expiry: clean ComfyUI (or recycle) before serving anyone else."""
+        lease = self._rt.lease
+        if lease is None or lease.lease_id != request.lease_id:
+            return
+        self._end_lease(request.reason)
+        self._needs_clean = True
+
     # ---- helpers --------------------------------------------------------------------------
 
     def _now(self) -> datetime:
@@ -196,6 +233,38 @@ class WarmSlotWorkflow:
         rt.state_since = self._now()
         workflow.logger.info("slot %s -> %s: %s", self._input.index, state, reason[:300])
         self._upsert()
+        self._report(reason, failure=self._failure)
+        self._failure = None
+
+    def _report(
+        self, reason: str, *, failure: FailureReason | None = None, lease_id: str | None = None
+    ) -> None:
+        """Tell the pool (if any) about this slot; fire-and-forget, awaited before CAN."""
+        if not self._input.report_to:
+            return
+        rt = self._rt
+        event = SlotEvent(
+            index=self._input.index,
+            state=rt.state,
+            at=self._now(),
+            reason=reason[:300],
+            connection_url=rt.connection_url,
+            instance_id=rt.instance.id if rt.instance else None,
+            dph_total=rt.instance.dph_total if rt.instance else None,
+            failure=failure,
+            lease_id=lease_id or (rt.lease.lease_id if rt.lease else None),
+        )
+        task = asyncio.create_task(self._send(event))
+        self._outbox.add(task)
+        task.add_done_callback(self._outbox.discard)
+
+    async def _send(self, event: SlotEvent) -> None:
+        assert self._input.report_to is not None
+        pool = workflow.get_external_workflow_handle(self._input.report_to)
+        try:
+            await pool.signal("slot_event", event)
+        except Exception as exc:  # a missing pool must not fail the slot
+            workflow.logger.warning("cannot report to %s: %s", self._input.report_to, exc)
 
     def _upsert(self) -> None:
         instance_id = self._rt.instance.id if self._rt.instance else 0
@@ -220,6 +289,7 @@ class WarmSlotWorkflow:
         c.failures += 1
         c.consecutive_failures += 1
         c.failures_by_reason[reason.value] = c.failures_by_reason.get(reason.value, 0) + 1
+        self._failure = reason
         rt.last_failure = f"{reason.value}: {detail}"[:500]
         machine = rt.instance.machine_id if rt.instance else None
         if machine is None and rt.offer is not None:
@@ -503,6 +573,9 @@ class WarmSlotWorkflow:
         rt = self._rt
         cfg = self._cfg
         assert rt.instance is not None and rt.connection_url is not None
+        if self._needs_clean:
+            await self._after_lease()
+            return
         mode = rt.state
         poll = cfg.poll_active if mode == S.LEASED else cfg.poll_idle
         handle = workflow.start_activity_method(
@@ -524,7 +597,11 @@ class WarmSlotWorkflow:
         )
         await workflow.wait_condition(
             lambda: (
-                handle.done() or rt.state != mode or rt.retiring or self._should_continue_as_new()
+                handle.done()
+                or rt.state != mode
+                or rt.retiring
+                or self._needs_clean
+                or self._should_continue_as_new()
             )
         )
         if not handle.done():
@@ -545,6 +622,26 @@ class WarmSlotWorkflow:
         self._end_lease(f"slot lost: {result.reason.value}: {result.detail}")
         self._fail(result.reason, result.detail)
         self._enter(S.TERMINATING, f"{result.reason.value}: {result.detail}")
+
+    async def _after_lease(self) -> None:
+        """Clear the queue, interrupt, free memory and check it answers; or recycle."""
+        rt = self._rt
+        self._needs_clean = False
+        assert rt.connection_url is not None
+        if self._cfg.recycle_after_lease:
+            self._enter(S.TERMINATING, "recycling after lease")
+            return
+        try:
+            await workflow.execute_activity_method(
+                ComfyActivities.clean,
+                CleanInput(label=self._label, url=rt.connection_url),
+                **options.clean(self._cfg),
+            )
+        except ActivityError as err:
+            self._fail(FailureReason.KEEPALIVE_LOST, f"clean after lease failed: {err.cause}")
+            self._enter(S.TERMINATING, rt.last_failure or "clean failed")
+            return
+        self._enter(S.READY, "cleaned after lease")
 
     def _end_lease(self, reason: str) -> None:
         lease = self._rt.lease

@@ -15,7 +15,7 @@ from datetime import UTC, datetime, timedelta
 from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
-from activities.comfy import ProbeInput, WarmupInput, WatchInput, WatchResult
+from activities.comfy import CleanInput, ProbeInput, WarmupInput, WatchInput, WatchResult
 from activities.tokens import TokenCheckInput
 from activities.vast import DestroyResult, RentInput, RentResult, SearchInput
 from warmpool.models import (
@@ -52,6 +52,8 @@ class FakeCloud:
     instances: dict[int, FakeInstance] = field(default_factory=dict)
     calls: Counter[str] = field(default_factory=Counter)
     next_id: int = 10_000_000
+    kill_on_watch: set[int] = field(default_factory=set)
+    """Instance ids whose next watch reports keepalive lost (e.g. while leased)."""
 
     def scenario(self, machine: int) -> str:
         return self.scenarios.get(machine, "ok")
@@ -70,6 +72,7 @@ class FakeCloud:
             self.validate_ports,
             self.watch,
             self.warmup,
+            self.clean,
         ]
 
     @activity.defn(name="tokens.check")
@@ -110,8 +113,12 @@ class FakeCloud:
                 type="VastRateLimited",
                 next_retry_delay=timedelta(seconds=1),
             )
-        self.next_id += 1
         machine = input.offer_id - 100
+        if any(i.machine_id == machine for i in self.live()):
+            raise ApplicationError(
+                "no_such_ask: offer already rented", type="VastOfferUnavailable", non_retryable=True
+            )
+        self.next_id += 1
         self.instances[self.next_id] = FakeInstance(
             id=self.next_id,
             machine_id=machine,
@@ -229,14 +236,19 @@ class FakeCloud:
     async def warmup(self, input: WarmupInput) -> float:
         return 1.5
 
+    @activity.defn(name="comfy.clean")
+    async def clean(self, input: CleanInput) -> None:
+        self.calls["comfy.clean"] += 1
+
     @activity.defn(name="comfy.watch")
     async def watch(self, input: WatchInput) -> WatchResult:
         self.calls["comfy.watch"] += 1
         inst = self.instances[input.instance_id]
-        if self.scenario(inst.machine_id) == "keepalive_lost":
+        if self.scenario(inst.machine_id) == "keepalive_lost" or inst.id in self.kill_on_watch:
             return WatchResult(
                 reason=FailureReason.KEEPALIVE_LOST, detail=f"{input.max_failures} pings failed"
             )
-        while True:
+        while inst.id not in self.kill_on_watch:
             activity.heartbeat()
             await asyncio.sleep(0.05)
+        return WatchResult(reason=FailureReason.KEEPALIVE_LOST, detail="pings failed")

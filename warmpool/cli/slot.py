@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from warmpool import search_attributes as sa
@@ -78,6 +79,8 @@ async def cmd_slot_start(client: Client, settings: Settings, args: argparse.Name
             task_queue=settings.task_queue,
             search_attributes=sa_for(args.pool),
         )
+    except WorkflowAlreadyStartedError:
+        raise CliError(f"{wf_id} is already running") from None
     except RPCError as exc:
         raise CliError(f"cannot start {wf_id}: {exc.message}") from None
     emit(args, {"workflow_id": wf_id, "started": True}, f"started {wf_id}")

@@ -1,0 +1,149 @@
+"""Which slot history does the replay test check? This script records it, from a real run.
+
+    .venv/bin/python scripts/record_history.py [--out tests/histories/slot_lifecycle.json]
+
+An in-process Temporal dev server, the simulator and a worker with the real activities run one
+slot through its whole lifecycle: the first instance fails with "no space left on device" (destroyed
+at once, replaced on another machine), the second reaches READY and then loses ComfyUI (keepalive
+loss, replaced), the third reaches READY, and a retire ends the slot in DONE. The history is
+written as JSON for `tests/workflows/test_replay.py`, which replays it against the current
+workflow code: re-record after an intended change to the workflow's commands, never to hide
+an unintended one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from temporalio.client import WorkflowHandle  # noqa: E402
+from temporalio.contrib.pydantic import pydantic_data_converter  # noqa: E402
+from temporalio.testing import WorkflowEnvironment  # noqa: E402
+
+from activities import build_activities  # noqa: E402
+from tests.integration.conftest import FAST, FAST_SIM, INSTANCE_SECRET  # noqa: E402
+from vastsim import Fault, Simulator  # noqa: E402
+from warmpool import search_attributes as sa  # noqa: E402
+from warmpool.instance_token import derive_instance_token  # noqa: E402
+from warmpool.labels import slot_workflow_id  # noqa: E402
+from warmpool.logging import configure_logging  # noqa: E402
+from warmpool.models import SlotInput, SlotState, SlotStatus  # noqa: E402
+from warmpool.secrets import EnvSecretStore, LayeredSecretStore, current_values  # noqa: E402
+from warmpool.settings import Settings  # noqa: E402
+from worker import create_workers  # noqa: E402
+
+DEFAULT_OUT = ROOT / "tests" / "histories" / "slot_lifecycle.json"
+POOL = "replay"
+QUEUE = "replay-recording"
+TIME_LIMIT_S = 120.0
+
+
+async def wait_for(
+    handle: WorkflowHandle[object, SlotStatus], predicate: Callable[[SlotStatus], bool]
+) -> SlotStatus:
+    """Poll the status query: the recording only moves on once the slot is where we expect."""
+    while True:
+        status: SlotStatus = await handle.query("status", result_type=SlotStatus)
+        if predicate(status):
+            return status
+        await asyncio.sleep(0.1)
+
+
+async def record() -> str:
+    """Run the stack, record one lifecycle, shut everything down; return the history JSON."""
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=str(Path(sys.executable).parent / "temporal"),
+        data_converter=pydantic_data_converter,
+        search_attributes=sa.ALL,
+    )
+    try:
+        async with Simulator(FAST_SIM) as sim:
+            secrets = LayeredSecretStore(
+                [
+                    EnvSecretStore(
+                        {"VASTAI_API_KEY": sim.api_key, "WARMPOOL_INSTANCE_SECRET": INSTANCE_SECRET}
+                    )
+                ]
+            )
+            configure_logging(level="WARNING", secret_values=lambda: current_values(secrets))
+            settings = Settings(**FAST)  # type: ignore[arg-type]
+            acts = build_activities(
+                settings,
+                secrets,
+                vast_base_url=sim.base_url,
+                hf_base_url=sim.hf_base_url,
+                civitai_base_url=sim.civitai_base_url,
+            )
+            workers = create_workers(
+                env.client,
+                settings,
+                acts,
+                task_queue=QUEUE,
+                heartbeat_throttle=timedelta(seconds=0.2),
+            )
+            try:
+                async with workers[0], workers[1], asyncio.timeout(TIME_LIMIT_S):
+                    text = await run_lifecycle(env, sim, settings)
+            finally:
+                await acts.aclose()
+    finally:
+        await env.shutdown()
+    return text
+
+
+async def run_lifecycle(env: WorkflowEnvironment, sim: Simulator, settings: Settings) -> str:
+    """Drive one slot through failures, replacements and retire; return its history as JSON.
+
+    The history is checked for secrets first: it is committed to the repository.
+    """
+    sim.add_fault(Fault(kind="no_space", count=1))
+    handle = await env.client.start_workflow(
+        "WarmSlotWorkflow",
+        SlotInput(pool=POOL, index=0, config=settings.slot_config()),
+        id=slot_workflow_id(POOL, 0),
+        task_queue=QUEUE,
+        result_type=SlotStatus,
+    )
+    first_ready = await wait_for(
+        handle,
+        lambda s: s.state == SlotState.READY and s.counters.failures_by_reason == {"no_space": 1},
+    )
+    if first_ready.instance is None:
+        raise SystemExit("record_history: a READY slot without an instance")
+    await sim.kill_comfy(first_ready.instance.id)
+    await wait_for(
+        handle, lambda s: s.state == SlotState.READY and s.counters.keepalive_losses == 1
+    )
+    await handle.signal("retire", "recording over")
+    final = await handle.result()
+    if final.state != SlotState.DONE or sim.live_instances():
+        raise SystemExit(f"record_history: the slot did not end cleanly: {final.state}")
+    text = (await handle.fetch_history()).to_json()
+    labels = [f"wp.{POOL}.0.{attempt}" for attempt in range(1, final.attempt + 1)]
+    tokens = [derive_instance_token(INSTANCE_SECRET.encode(), label) for label in labels]
+    if any(secret in text for secret in [sim.api_key, INSTANCE_SECRET, *tokens]):
+        raise SystemExit("record_history: a secret reached the history; nothing written")
+    return text
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the JSON")
+    args = parser.parse_args()
+    text = asyncio.run(record())
+    out: Path = args.out
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text + "\n")
+    print(f"wrote {out} ({len(text)} characters)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

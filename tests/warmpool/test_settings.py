@@ -1,0 +1,224 @@
+"""Settings from the environment: the names operators rely on, their units, and the errors."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from warmpool.models import SlotConfig
+from warmpool.settings import Settings, SettingsError, load_settings
+
+OURS = ("WARMPOOL_", "WARM_POOL_", "COMFYUI_", "TOKEN_", "SSH_", "VASTAI_", "TEMPORAL_")
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Neither the developer's shell nor a .env in the repository may leak into these tests."""
+    for name in list(os.environ):
+        if name.startswith(OURS) or name in ("HF_ENDPOINT", "CIVITAI_BASE_URL"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(tmp_path)
+
+
+def test_defaults_match_design_and_the_slot_config_defaults() -> None:
+    settings = load_settings()
+    assert settings.temporal_address == "127.0.0.1:7233"
+    assert settings.temporal_namespace == "default"
+    assert settings.task_queue == "warmpool"
+    assert settings.vast_task_queue == "warmpool-vast"
+    assert settings.vastai_base_url is None
+    assert settings.hf_endpoint == "https://huggingface.co"
+    assert settings.civitai_base_url == "https://civitai.com"
+    assert settings.require_tokens == ["vast"]
+    config = settings.slot_config()
+    assert config.disk_gb == 250 and config.constraints.min_disk_gb == 250
+    assert (config.poll_active, config.poll_idle, config.poll_default) == (
+        timedelta(seconds=30),
+        timedelta(seconds=180),
+        timedelta(seconds=120),
+    )
+    assert config.keepalive_interval == timedelta(seconds=30)
+    assert config.keepalive_timeout == timedelta(seconds=5)
+    assert config.keepalive_max_failures == 5
+    assert config.fatal_grace == timedelta(seconds=120)
+    assert config.readiness_timeout == timedelta(minutes=5)
+    # One source of defaults: a slot started without settings behaves like one started with them.
+    assert config == SlotConfig()
+
+
+SEEDS: list[tuple[str, str, Callable[[SlotConfig], object] | None]] = [
+    ("WARM_POOL_POLL_ACTIVE_INTERVAL_MS", "poll_active_ms", lambda c: c.poll_active),
+    ("WARM_POOL_POLL_IDLE_INTERVAL_MS", "poll_idle_ms", lambda c: c.poll_idle),
+    ("WARM_POOL_POLL_INTERVAL_MS", "poll_default_ms", lambda c: c.poll_default),
+    ("COMFYUI_KEEPALIVE_INTERVAL_MS", "keepalive_interval_ms", lambda c: c.keepalive_interval),
+    ("COMFYUI_KEEPALIVE_TIMEOUT_MS", "keepalive_timeout_ms", lambda c: c.keepalive_timeout),
+    ("COMFYUI_KEEPALIVE_MAX_FAILURES", "keepalive_max_failures", None),
+    ("TOKEN_VALIDATION_CACHE_MS", "token_cache_ms", None),
+    ("TOKEN_PERIODIC_CHECK_MS", "token_check_ms", None),
+    ("SSH_READY_TIMEOUT_MS", "ssh_ready_timeout_ms", None),
+    ("SSH_KEEPALIVE_INTERVAL_MS", "ssh_keepalive_interval_ms", None),
+    ("SSH_KEEPALIVE_MAX_MISS", "ssh_keepalive_max_miss", None),
+    ("SSH_MAX_CONSECUTIVE_FAILURES", "ssh_max_consecutive_failures", None),
+]
+
+
+def test_every_seed_variable_keeps_its_name_and_unit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """All set at once, each to a different value, so a crossed mapping cannot pass."""
+    values = {name: 1_001 + i for i, (name, _, _) in enumerate(SEEDS)}
+    for name, value in values.items():
+        monkeypatch.setenv(name, str(value))
+    settings = load_settings()
+    config = settings.slot_config()
+    for name, field, duration in SEEDS:
+        assert getattr(settings, field) == values[name], name
+        if duration is not None:
+            assert duration(config) == timedelta(milliseconds=values[name]), name
+    assert config.keepalive_max_failures == values["COMFYUI_KEEPALIVE_MAX_FAILURES"]
+
+
+def test_prefixed_settings_reach_the_slot_config(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name, value in {
+        "WARMPOOL_IMAGE": "vastai/comfyui:v2",
+        "WARMPOOL_FALLBACK_IMAGE": "vastai/comfyui:slim",
+        "WARMPOOL_DISK_GB": "300",
+        "WARMPOOL_MIN_DISK_GB": "280",
+        "WARMPOOL_MAX_DPH": "0.55",
+        "WARMPOOL_NUM_GPUS": "2",
+        "WARMPOOL_FATAL_GRACE_S": "45",
+        "WARMPOOL_PROVISION_TIMEOUT_S": "900",
+        "WARMPOOL_WARMUP_WORKFLOW": "/etc/warmpool/warmup.json",
+        "WARMPOOL_FATAL_PATTERNS": "No Space Left On Device, CUDA error",
+        "WARMPOOL_TASK_QUEUE": "studio",
+        "TEMPORAL_ADDRESS": "temporal.internal:7233",
+        "TEMPORAL_NAMESPACE": "prod",
+        "HF_ENDPOINT": "http://127.0.0.1:9/hf",
+    }.items():
+        monkeypatch.setenv(name, value)
+    settings = load_settings()
+    config = settings.slot_config()
+    assert (config.image, config.fallback_image) == ("vastai/comfyui:v2", "vastai/comfyui:slim")
+    assert config.disk_gb == 300 and config.constraints.min_disk_gb == 280
+    assert config.constraints.max_dph == 0.55 and config.constraints.num_gpus == 2
+    assert config.fatal_grace == timedelta(seconds=45)
+    assert config.provision_timeout == timedelta(seconds=900)
+    assert config.warmup_workflow == "/etc/warmpool/warmup.json"
+    assert config.fatal_patterns == ["no space left on device", "cuda error"]
+    assert (settings.task_queue, settings.vast_task_queue) == ("studio", "studio-vast")
+    assert settings.temporal_address == "temporal.internal:7233"
+    assert settings.temporal_namespace == "prod"
+    assert settings.hf_endpoint == "http://127.0.0.1:9/hf"
+
+
+def test_gpu_names_is_a_comma_list(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WARMPOOL_GPU_NAMES", " RTX 4090, RTX 3090 ,, ")
+    config = load_settings().slot_config()
+    assert config.constraints.gpu_names == ["RTX 4090", "RTX 3090"]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("vast,hf,civitai", ["vast", "hf", "civitai"]), ("hf", ["hf"]), ("", [])],
+)
+def test_require_tokens_is_a_comma_list(
+    monkeypatch: pytest.MonkeyPatch, value: str, expected: list[str]
+) -> None:
+    monkeypatch.setenv("WARMPOOL_REQUIRE_TOKENS", value)
+    assert load_settings().slot_config().require_tokens == expected
+
+
+def test_require_tokens_rejects_an_unknown_service(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WARMPOOL_REQUIRE_TOKENS", "vast,github")
+    with pytest.raises(SettingsError, match="WARMPOOL_REQUIRE_TOKENS") as info:
+        load_settings()
+    assert "github" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("WARMPOOL_MAX_DPH", "cheap"),
+        ("WARMPOOL_MIN_RELIABILITY", "2"),
+        ("WARMPOOL_DISK_GB", "4"),
+        ("WARMPOOL_SIM_FAULT_MIX", "lots"),
+        ("WARMPOOL_COMFY_PORT", "70000"),
+        ("WARM_POOL_POLL_ACTIVE_INTERVAL_MS", "30s"),
+        ("WARM_POOL_POLL_IDLE_INTERVAL_MS", "0"),
+        ("COMFYUI_KEEPALIVE_MAX_FAILURES", "0"),
+        ("TOKEN_VALIDATION_CACHE_MS", "-1"),
+        ("SSH_MAX_CONSECUTIVE_FAILURES", "-1"),
+    ],
+)
+def test_a_bad_value_fails_with_one_line_naming_the_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str
+) -> None:
+    monkeypatch.setenv(name, value)
+    with pytest.raises(SettingsError) as info:
+        load_settings()
+    message = str(info.value)
+    assert name in message and "\n" not in message
+    assert info.value.__cause__ is None and info.value.__suppress_context__
+
+
+def test_inconsistent_readiness_intervals_are_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WARMPOOL_READINESS_INITIAL_S", "60")
+    monkeypatch.setenv("WARMPOOL_READINESS_MAX_S", "30")
+    with pytest.raises(SettingsError, match="WARMPOOL_READINESS_INITIAL_S"):
+        load_settings()
+
+
+def test_dotenv_file_is_read_and_the_environment_wins(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    (tmp_path / ".env").write_text(
+        "WARM_POOL_POLL_ACTIVE_INTERVAL_MS=1234\n"
+        "WARMPOOL_GPU_NAMES=RTX 4090,A100\n"
+        "WARMPOOL_MAX_DPH=0.7\n"
+    )
+    monkeypatch.setenv("WARMPOOL_MAX_DPH", "0.4")
+    config = load_settings().slot_config()
+    assert config.poll_active == timedelta(milliseconds=1234)
+    assert config.constraints.gpu_names == ["RTX 4090", "A100"]
+    assert config.constraints.max_dph == 0.4
+
+
+def test_a_bad_value_in_dotenv_is_named_too(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text("COMFYUI_KEEPALIVE_TIMEOUT_MS=five\n")
+    with pytest.raises(SettingsError, match="COMFYUI_KEEPALIVE_TIMEOUT_MS"):
+        load_settings()
+
+
+def test_without_key_or_url_the_simulator_is_the_provider() -> None:
+    assert load_settings().uses_simulator
+
+
+def test_an_empty_key_counts_as_unset(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VASTAI_API_KEY", "")
+    assert load_settings().uses_simulator
+
+
+def test_a_key_selects_vast_and_stays_out_of_the_settings(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("VASTAI_API_KEY", "sk-live-do-not-print")
+    settings = load_settings()
+    assert not settings.uses_simulator
+    assert "sk-live-do-not-print" not in repr(settings)
+    assert "sk-live-do-not-print" not in settings.model_dump_json()
+
+
+def test_a_base_url_selects_that_provider(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("VASTAI_BASE_URL", "http://127.0.0.1:9/api/v0")
+    settings = load_settings()
+    assert not settings.uses_simulator
+    assert settings.vastai_base_url == "http://127.0.0.1:9/api/v0"
+
+
+def test_overrides_take_field_names() -> None:
+    """Tests and tools build settings by field name (populate_by_name)."""
+    settings = load_settings(poll_active_ms=200, max_dph=3)
+    assert settings.slot_config().poll_active == timedelta(milliseconds=200)
+    assert isinstance(settings, Settings) and settings.max_dph == 3

@@ -1,0 +1,261 @@
+"""WarmPoolWorkflow rules on the dev server, with real slots and a scripted provider underneath.
+
+The dev server (not time-skipping): READY slots always run a watch activity, which stops the
+time-skipping server from skipping, and the dev server's tiny continue-as-new threshold makes
+pools and slots continue-as-new during these tests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import Worker
+
+from tests.helpers import new_queue
+from tests.workflows.fakes import FakeCloud
+from warmpool.labels import pool_workflow_id
+from warmpool.leasing import retry_transient
+from warmpool.models import (
+    LeaseRequest,
+    PoolConfig,
+    PoolInput,
+    PoolStatus,
+    RenewRequest,
+    ResizeRequest,
+    SlotConfig,
+    SlotState,
+)
+from workflows import WORKFLOWS
+from workflows.options import vast_queue
+from workflows.pool import WarmPoolWorkflow
+
+S = SlotState
+Pool = WorkflowHandle[WarmPoolWorkflow, PoolStatus]
+
+
+@asynccontextmanager
+async def running_pool(
+    env: WorkflowEnvironment, cloud: FakeCloud, config: PoolConfig
+) -> AsyncIterator[Pool]:
+    queue = new_queue()
+    acts = cloud.activities()
+    beat = {
+        "max_heartbeat_throttle_interval": timedelta(seconds=0.2),
+        "default_heartbeat_throttle_interval": timedelta(seconds=0.2),
+    }
+    name = f"p{uuid.uuid4().hex[:8]}"
+    async with (
+        Worker(env.client, task_queue=queue, workflows=WORKFLOWS, activities=acts, **beat),
+        Worker(env.client, task_queue=vast_queue(queue), activities=acts, **beat),
+    ):
+        handle = await env.client.start_workflow(
+            WarmPoolWorkflow.run,
+            PoolInput(pool=name, config=config),
+            id=pool_workflow_id(name),
+            task_queue=queue,
+        )
+        yield handle
+        await handle.signal(WarmPoolWorkflow.drain)
+        for lease in (await handle.query(WarmPoolWorkflow.status)).active_leases:
+            await upd(handle, WarmPoolWorkflow.release, lease.lease_id)
+        final = await handle.result()
+        assert final.slots == []
+        assert cloud.live() == [], "an instance outlived its pool"
+
+
+async def wait_pool(
+    env: WorkflowEnvironment,
+    handle: Pool,
+    predicate: Callable[[PoolStatus], bool],
+    attempts: int = 600,
+) -> PoolStatus:
+    status = None
+    for _ in range(attempts):
+        status = await handle.query(WarmPoolWorkflow.status)
+        if predicate(status):
+            return status
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"pool condition not reached: {status}")
+
+
+def fast(**kw: object) -> PoolConfig:
+    """Real-time tests on the dev server: every interval of the scripted provider is short."""
+    slot = SlotConfig(
+        poll_active=timedelta(seconds=0.05),
+        poll_idle=timedelta(seconds=0.2),
+        retry_backoff_initial=timedelta(seconds=0.05),
+        retry_backoff_max=timedelta(seconds=0.2),
+        fatal_grace=timedelta(seconds=0.2),
+        readiness_initial_interval=timedelta(seconds=0.05),
+    )
+    return PoolConfig(slot=slot).model_copy(update=kw)
+
+
+async def upd(handle: Pool, update: Any, arg: Any) -> Any:
+    """An update, retrying what is transient (e.g. racing the pool's continue-as-new)."""
+    return await retry_transient(lambda: handle.execute_update(update, arg))
+
+
+def idle(n: int) -> Callable[[PoolStatus], bool]:
+    return lambda s: s.idle_ready >= n
+
+
+def req(holder: str = "alice", minutes: float = 30, rid: str | None = None) -> LeaseRequest:
+    return LeaseRequest(
+        holder=holder, duration=timedelta(minutes=minutes), request_id=rid or uuid.uuid4().hex
+    )
+
+
+async def test_pool_keeps_min_ready_idle_and_leases_idempotently(
+    dev_env: WorkflowEnvironment,
+) -> None:
+    cloud = FakeCloud(machines=8)
+    async with running_pool(dev_env, cloud, fast(min_ready=2, max_slots=4)) as pool:
+        await wait_pool(dev_env, pool, idle(2))
+        request = req()
+        grant = await upd(pool, WarmPoolWorkflow.lease, request)
+        again = await upd(pool, WarmPoolWorkflow.lease, request)
+        assert again == grant, "the same request id returns the same lease"
+        assert grant.connection_url.startswith("http://127.0.0.1:")
+        # the pool replaces the leased slot to keep two idle ones
+        status = await wait_pool(
+            dev_env, pool, lambda s: s.idle_ready == 2 and s.counts.get("LEASED") == 1
+        )
+        assert len(status.slots) == 3 and len(status.active_leases) == 1
+        released = await upd(pool, WarmPoolWorkflow.release, grant.lease_id)
+        assert released.end_reason == "released"
+        assert (await upd(pool, WarmPoolWorkflow.release, grant.lease_id)).ended_at
+        await wait_pool(dev_env, pool, lambda s: "LEASED" not in s.counts)
+        assert cloud.calls["comfy.clean"] == 1, "a released slot is cleaned before reuse"
+
+
+async def test_no_capacity_is_a_clear_error_and_never_two_leases(
+    dev_env: WorkflowEnvironment,
+) -> None:
+    cloud = FakeCloud(machines=4)
+    async with running_pool(dev_env, cloud, fast(min_ready=1, max_slots=1)) as pool:
+        await wait_pool(dev_env, pool, idle(1))
+        await upd(pool, WarmPoolWorkflow.lease, req("a"))
+        with pytest.raises(WorkflowUpdateFailedError) as err:
+            await upd(pool, WarmPoolWorkflow.lease, req("b"))
+        assert isinstance(err.value.cause, ApplicationError)
+        assert err.value.cause.type == "NoCapacity"
+        status = await pool.query(WarmPoolWorkflow.status)
+        assert len(status.active_leases) == 1
+
+
+async def test_invalid_lease_requests_are_rejected_before_history(
+    dev_env: WorkflowEnvironment,
+) -> None:
+    cloud = FakeCloud(machines=2)
+    async with running_pool(dev_env, cloud, fast(min_ready=0, max_slots=1)) as pool:
+        for bad in (req(minutes=-5), req(minutes=60 * 24)):
+            with pytest.raises(WorkflowUpdateFailedError) as err:
+                await upd(pool, WarmPoolWorkflow.lease, bad)
+            assert "duration" in str(err.value.cause)
+        with pytest.raises(WorkflowUpdateFailedError) as err:
+            await upd(pool, WarmPoolWorkflow.release, "nope")
+        assert "unknown lease" in str(err.value.cause)
+        with pytest.raises(WorkflowUpdateFailedError) as err:
+            await upd(pool, WarmPoolWorkflow.resize, ResizeRequest(min_ready=5))
+        assert "exceeds max_slots" in str(err.value.cause)
+        status = await pool.query(WarmPoolWorkflow.status)
+        assert status.active_leases == [] and status.config.min_ready == 0
+
+
+async def test_lease_expires_on_a_durable_timer_and_renew_extends(
+    dev_env: WorkflowEnvironment,
+) -> None:
+    cloud = FakeCloud(machines=6)
+    async with running_pool(dev_env, cloud, fast(min_ready=2, max_slots=3)) as pool:
+        await wait_pool(dev_env, pool, idle(2))
+        short = await upd(pool, WarmPoolWorkflow.lease, req("a", minutes=0.03))
+        long = await upd(pool, WarmPoolWorkflow.lease, req("b", minutes=0.03))
+        renewed = await upd(
+            pool,
+            WarmPoolWorkflow.renew,
+            RenewRequest(lease_id=long.lease_id, duration=timedelta(hours=2)),
+        )
+        assert renewed.leased_until > long.leased_until
+        await wait_pool(dev_env, pool, lambda s: len(s.active_leases) == 1)
+        info = await pool.query(WarmPoolWorkflow.lease_info, short.lease_id)
+        assert info is not None and info.end_reason == "expired"
+        still = await pool.query(WarmPoolWorkflow.lease_info, long.lease_id)
+        assert still is not None and still.ended_at is None
+
+
+async def test_keepalive_lost_while_leased_ends_the_lease_with_a_reason(
+    dev_env: WorkflowEnvironment,
+) -> None:
+    cloud = FakeCloud(machines=6)
+    async with running_pool(dev_env, cloud, fast(min_ready=1, max_slots=2)) as pool:
+        await wait_pool(dev_env, pool, idle(1))
+        grant = await upd(pool, WarmPoolWorkflow.lease, req())
+        leased = list(cloud.live())
+        cloud.kill_on_watch.update(i.id for i in leased)
+        status = await wait_pool(dev_env, pool, lambda s: not s.active_leases)
+        info = await pool.query(WarmPoolWorkflow.lease_info, grant.lease_id)
+        assert info is not None and info.end_reason is not None
+        assert "keepalive_lost" in info.end_reason
+        assert status.failures and "keepalive_lost" in status.failures[-1].reason
+
+
+async def test_resize_down_never_retires_a_leased_slot(dev_env: WorkflowEnvironment) -> None:
+    cloud = FakeCloud(machines=8)
+    async with running_pool(dev_env, cloud, fast(min_ready=3, max_slots=4)) as pool:
+        await wait_pool(dev_env, pool, idle(3))
+        grant = await upd(pool, WarmPoolWorkflow.lease, req())
+        await upd(pool, WarmPoolWorkflow.resize, ResizeRequest(min_ready=0, max_slots=1))
+        status = await wait_pool(dev_env, pool, lambda s: len(s.slots) == 1)
+        assert status.slots[0].lease_id == grant.lease_id
+        assert status.slots[0].state == S.LEASED
+
+
+async def test_safe_mode_after_repeated_failures_then_resume(dev_env: WorkflowEnvironment) -> None:
+    cloud = FakeCloud(machines=6, scenarios=dict.fromkeys(range(1, 7), "no_space"))
+    config = fast(min_ready=1, max_slots=2, safe_mode_after=3)
+    async with running_pool(dev_env, cloud, config) as pool:
+        status = await wait_pool(dev_env, pool, lambda s: s.safe_mode)
+        assert status.safe_reason and "no_space" in status.safe_reason
+        renting = cloud.calls["create"]
+        await asyncio.sleep(1.5)
+        assert cloud.calls["create"] <= renting + 1, "safe mode stops renting"
+        cloud.scenarios.clear()
+        await pool.signal(WarmPoolWorkflow.resume)
+        await wait_pool(dev_env, pool, lambda s: not s.safe_mode and s.idle_ready >= 1)
+
+
+async def test_budget_cap_limits_slots(dev_env: WorkflowEnvironment) -> None:
+    cloud = FakeCloud(machines=8)
+    # scripted offers cost $0.31-0.38/h; at a $0.35 cap, $0.70/h buys two slots, not four
+    config = fast(min_ready=4, max_slots=4, budget_dph=0.7)
+    config.slot.constraints.max_dph = 0.35
+    async with running_pool(dev_env, cloud, config) as pool:
+        status = await wait_pool(dev_env, pool, lambda s: s.idle_ready >= 2 and s.budget_limited)
+        await asyncio.sleep(1)
+        status = await pool.query(WarmPoolWorkflow.status)
+        assert len(status.slots) == 2
+        assert status.spend_per_hour <= 0.7
+
+
+async def test_waiting_request_is_granted_when_capacity_arrives(
+    dev_env: WorkflowEnvironment,
+) -> None:
+    cloud = FakeCloud(machines=4)
+    async with running_pool(dev_env, cloud, fast(min_ready=1, max_slots=2)) as pool:
+        waiting = req("w", rid="wait-1").model_copy(update={"wait_for": timedelta(minutes=20)})
+        await pool.signal(WarmPoolWorkflow.request_lease, waiting)
+        lookup = await pool.query(WarmPoolWorkflow.lease_request, "wait-1")
+        assert lookup.status in ("pending", "granted")
+        await wait_pool(dev_env, pool, lambda s: len(s.active_leases) == 1)
+        lookup = await pool.query(WarmPoolWorkflow.lease_request, "wait-1")
+        assert lookup.status == "granted" and lookup.grant is not None

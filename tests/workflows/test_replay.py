@@ -1,0 +1,74 @@
+"""Do recorded slot histories still replay on today's workflow code? (no nondeterminism)
+
+Every `tests/histories/*.json` is replayed with the worker's workflows and converter. A failure
+means a code change would break running slots on deploy: patch the change (`workflow.patched`)
+or, for an intended break before any slot runs it, re-record with `scripts/record_history.py`.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from temporalio import workflow
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer
+
+from warmpool.models import SlotInput, SlotState, SlotStatus
+from workflows import WORKFLOWS
+
+HISTORIES = Path(__file__).resolve().parent.parent / "histories"
+LIFECYCLE = HISTORIES / "slot_lifecycle.json"
+
+
+def history_files() -> list[Path]:
+    return sorted(HISTORIES.glob("*.json"))
+
+
+def load(path: Path) -> WorkflowHistory:
+    return WorkflowHistory.from_json(path.stem, path.read_text())
+
+
+def test_histories_are_recorded() -> None:
+    assert LIFECYCLE in history_files(), "run scripts/record_history.py"
+
+
+@pytest.mark.parametrize("path", history_files(), ids=lambda p: p.name)
+async def test_history_replays_without_nondeterminism(path: Path) -> None:
+    replayer = Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
+    result = await replayer.replay_workflow(load(path), raise_on_replay_failure=False)
+    assert result.replay_failure is None, f"{path.name}: {result.replay_failure}"
+
+
+def test_lifecycle_history_covers_failure_replacement_and_retire() -> None:
+    """A re-recording must keep exercising the paths the replay is meant to protect."""
+    events = load(LIFECYCLE).events
+    done = events[-1]
+    assert done.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED
+    payloads = done.workflow_execution_completed_event_attributes.result.payloads
+    [status] = pydantic_data_converter.payload_converter.from_payloads(payloads, [SlotStatus])
+    assert isinstance(status, SlotStatus)
+    assert status.state == SlotState.DONE
+    assert status.counters.failures_by_reason == {"no_space": 1, "keepalive_lost": 1}
+    assert status.counters.rents == 3 and status.counters.destroys == 3
+    states = [t.to_state for t in status.transitions]
+    assert states.count(SlotState.READY) == 2 and SlotState.DRAINING in states
+
+
+@workflow.defn(name="WarmSlotWorkflow", sandboxed=False)
+class ReorderedSlotWorkflow:
+    """Same name, different first command: what a careless edit to the workflow looks like."""
+
+    @workflow.run
+    async def run(self, input: SlotInput) -> None:
+        await workflow.sleep(timedelta(seconds=1))
+
+
+async def test_replayer_catches_a_changed_workflow() -> None:
+    """Proves the replay test can fail: it is not vacuously green."""
+    replayer = Replayer(workflows=[ReorderedSlotWorkflow], data_converter=pydantic_data_converter)
+    result = await replayer.replay_workflow(load(LIFECYCLE), raise_on_replay_failure=False)
+    assert isinstance(result.replay_failure, workflow.NondeterminismError)

@@ -1,0 +1,77 @@
+"""How does a caller (CLI, gateway, tests) talk to a pool? Typed calls that retry what is transient.
+
+An update can be refused for reasons that say nothing about the request: more than 10 updates
+in flight on one workflow (RESOURCE_EXHAUSTED), or an update racing the pool's continue-as-new
+(WorkflowNotReady). Those are retried with jittered backoff; a real answer (a grant, or an
+ApplicationError such as NoCapacity) is returned or raised at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from temporalio.client import Client, WorkflowHandle
+from temporalio.service import RPCError, RPCStatusCode
+
+from warmpool.labels import pool_workflow_id
+from warmpool.models import LeaseGrant, LeaseRequest, PoolLease, PoolStatus, RenewRequest
+
+T = TypeVar("T")
+
+TRANSIENT = {
+    RPCStatusCode.RESOURCE_EXHAUSTED,
+    RPCStatusCode.UNAVAILABLE,
+    RPCStatusCode.FAILED_PRECONDITION,
+    RPCStatusCode.ABORTED,
+}
+
+
+async def retry_transient(
+    call: Callable[[], Awaitable[T]], *, attempts: int = 12, base: float = 0.02
+) -> T:
+    for attempt in range(attempts):
+        try:
+            return await call()
+        except RPCError as exc:
+            if exc.status not in TRANSIENT or attempt == attempts - 1:
+                raise
+            await asyncio.sleep(random.uniform(0, base * 2**attempt))
+    raise AssertionError("unreachable")
+
+
+def pool_handle(client: Client, pool: str) -> WorkflowHandle[object, PoolStatus]:
+    return client.get_workflow_handle(pool_workflow_id(pool), result_type=PoolStatus)
+
+
+async def acquire(client: Client, pool: str, request: LeaseRequest) -> LeaseGrant:
+    handle = pool_handle(client, pool)
+    return await retry_transient(
+        lambda: handle.execute_update("lease", request, result_type=LeaseGrant)
+    )
+
+
+async def renew(client: Client, pool: str, request: RenewRequest) -> LeaseGrant:
+    handle = pool_handle(client, pool)
+    return await retry_transient(
+        lambda: handle.execute_update("renew", request, result_type=LeaseGrant)
+    )
+
+
+async def release(client: Client, pool: str, lease_id: str) -> PoolLease:
+    handle = pool_handle(client, pool)
+    return await retry_transient(
+        lambda: handle.execute_update("release", lease_id, result_type=PoolLease)
+    )
+
+
+async def show(client: Client, pool: str, lease_id: str) -> PoolLease | None:
+    handle = pool_handle(client, pool)
+    result: PoolLease | None = await handle.query(
+        "lease_info",
+        lease_id,
+        result_type=PoolLease | None,  # type: ignore[arg-type]
+    )
+    return result

@@ -1,0 +1,525 @@
+"""What keeps a pool of slots warm and hands them out? WarmPoolWorkflow, one per named pool.
+
+The pool is the lease authority: a `lease` update picks an idle READY slot from the pool's
+own mirror of its slots and answers at once (no activity, no await), so two leases can never
+land on one slot and a lease costs one update round trip. Slots are child workflows with
+ParentClosePolicy.ABANDON (they survive the pool's continue-as-new) and report every
+transition back with a `slot_event` signal. Callers that want to wait for capacity send a
+`request_lease` signal and read its outcome with the `lease_request` query, so no update is
+held open for minutes (a workflow admits at most 10 in-flight updates).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+from datetime import datetime, timedelta
+
+from temporalio import workflow
+from temporalio.exceptions import ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from warmpool.labels import pool_workflow_id, slot_workflow_id
+    from warmpool.models import (
+        Lease,
+        LeaseEndRequest,
+        LeaseGrant,
+        LeaseLookup,
+        LeaseRequest,
+        PoolFailure,
+        PoolInput,
+        PoolLease,
+        PoolRuntime,
+        PoolStatus,
+        RenewRequest,
+        ResizeRequest,
+        SlotConfig,
+        SlotEvent,
+        SlotInput,
+        SlotState,
+        SlotView,
+        WaitingRequest,
+    )
+    from workflows.slot import WarmSlotWorkflow
+
+S = SlotState
+STARTING = {
+    S.PREFLIGHT,
+    S.SEARCHING,
+    S.RENTING,
+    S.PROVISIONING,
+    S.PROBING,
+    S.VALIDATING_PORTS,
+    S.BACKOFF,
+}
+SERVING = {S.READY, S.LEASED}
+GONE = {S.DONE}
+KEEP_FAILURES = 20
+KEEP_ENDED_LEASES = 50
+KEEP_REQUEST_IDS = 2_000
+MAX_WAIT = timedelta(minutes=30)
+
+
+def no_capacity(message: str) -> ApplicationError:
+    return ApplicationError(message, type="NoCapacity", non_retryable=True)
+
+
+@workflow.defn(name="WarmPoolWorkflow")
+class WarmPoolWorkflow:
+    @workflow.init
+    def __init__(self, input: PoolInput) -> None:
+        self._pool = input.pool
+        self._cfg = input.config
+        self._rt = input.runtime or PoolRuntime()
+        self._dirty = True
+        self._outbox: set[asyncio.Task[None]] = set()
+
+    # ---- run loop -------------------------------------------------------------------------
+
+    @workflow.run
+    async def run(self, input: PoolInput) -> PoolStatus:
+        while True:
+            self._dirty = False
+            self._expire(self._now())
+            self._grant_waiting()
+            await self._reconcile()
+            if self._rt.draining and not self._rt.slots:
+                return self.status()
+            if self._should_continue_as_new():
+                await workflow.wait_condition(
+                    lambda: workflow.all_handlers_finished() and not self._outbox
+                )
+                workflow.continue_as_new(
+                    PoolInput(pool=self._pool, config=self._cfg, runtime=self._rt)
+                )
+            try:
+                await workflow.wait_condition(
+                    lambda: self._dirty or self._should_continue_as_new(),
+                    timeout=self._next_deadline(),
+                )
+            except TimeoutError:
+                pass
+
+    def _should_continue_as_new(self) -> bool:
+        return workflow.info().is_continue_as_new_suggested()
+
+    def _next_deadline(self) -> timedelta:
+        """Sleep until the nearest lease expiry or waiting-request deadline (at most 1 h)."""
+        now = self._now()
+        times = [lease.leased_until for lease in self._active_leases()]
+        times += [w.deadline for w in self._rt.waiting]
+        if not times:
+            return timedelta(hours=1)
+        return max(min(times) - now, timedelta(milliseconds=1))
+
+    # ---- helpers --------------------------------------------------------------------------
+
+    def _now(self) -> datetime:
+        return workflow.now()
+
+    def _active_leases(self) -> list[PoolLease]:
+        return [lease for lease in self._rt.leases.values() if lease.ended_at is None]
+
+    def _idle_ready(self) -> list[SlotView]:
+        return sorted(
+            (
+                v
+                for v in self._rt.slots.values()
+                if v.state == S.READY and v.lease_id is None and not v.retiring and v.connection_url
+            ),
+            key=lambda v: v.since,
+        )
+
+    def _spend(self) -> float:
+        return sum(v.dph_total or 0.0 for v in self._rt.slots.values() if v.instance_id)
+
+    def _signal_slot(self, index: int, name: str, arg: object) -> None:
+        """Fire-and-forget signal to a slot; awaited before continue-as-new."""
+
+        async def send() -> None:
+            handle = workflow.get_external_workflow_handle(slot_workflow_id(self._pool, index))
+            try:
+                await handle.signal(name, arg)
+            except Exception as exc:  # a finished slot must not fail the pool
+                workflow.logger.warning("signal %s to slot %s failed: %s", name, index, exc)
+
+        task = asyncio.create_task(send())
+        self._outbox.add(task)
+        task.add_done_callback(self._outbox.discard)
+
+    def _end_lease(self, lease: PoolLease, reason: str, *, tell_slot: bool = True) -> None:
+        if lease.ended_at is not None:
+            return
+        lease.ended_at = self._now()
+        lease.end_reason = reason
+        view = self._rt.slots.get(lease.slot)
+        if view is not None and view.lease_id == lease.lease_id:
+            view.lease_id = None
+        if tell_slot:
+            self._signal_slot(
+                lease.slot, "end_lease", LeaseEndRequest(lease_id=lease.lease_id, reason=reason)
+            )
+        ended = sorted(
+            (x for x in self._rt.leases.values() if x.ended_at),
+            key=lambda x: x.ended_at or self._now(),
+        )
+        for old in ended[:-KEEP_ENDED_LEASES]:
+            del self._rt.leases[old.lease_id]
+        self._dirty = True
+
+    def _grant(self, request: LeaseRequest) -> LeaseGrant | None:
+        """Lease the longest-idle READY slot, or None; synchronous, so never two per slot."""
+        if request.request_id in self._rt.request_ids:
+            lease = self._rt.leases.get(self._rt.request_ids[request.request_id])
+            if lease is not None:
+                return self._grant_of(lease)
+        if self._rt.draining or self._rt.safe_mode:
+            return None
+        idle = self._idle_ready()
+        if not idle:
+            self._dirty = True  # replenish now
+            return None
+        view = idle[0]
+        assert view.connection_url is not None
+        now = self._now()
+        duration = request.duration or self._cfg.default_lease
+        lease = PoolLease(
+            lease_id=str(workflow.uuid4()),
+            holder=request.holder,
+            request_id=request.request_id,
+            slot=view.index,
+            connection_url=view.connection_url,
+            granted_at=now,
+            leased_until=now + duration,
+        )
+        self._rt.leases[lease.lease_id] = lease
+        self._rt.request_ids[request.request_id] = lease.lease_id
+        if len(self._rt.request_ids) > KEEP_REQUEST_IDS:
+            oldest = next(iter(self._rt.request_ids))
+            del self._rt.request_ids[oldest]
+        self._rt.granted_total += 1
+        view.lease_id = lease.lease_id
+        self._signal_slot(
+            view.index,
+            "assign_lease",
+            Lease(
+                lease_id=lease.lease_id,
+                holder=lease.holder,
+                request_id=lease.request_id,
+                granted_at=lease.granted_at,
+                leased_until=lease.leased_until,
+            ),
+        )
+        self._dirty = True
+        return self._grant_of(lease)
+
+    def _grant_of(self, lease: PoolLease) -> LeaseGrant:
+        return LeaseGrant(
+            lease_id=lease.lease_id,
+            slot_id=slot_workflow_id(self._pool, lease.slot),
+            connection_url=lease.connection_url,
+            leased_until=lease.leased_until,
+        )
+
+    def _expire(self, now: datetime) -> None:
+        for lease in self._active_leases():
+            if lease.leased_until <= now:
+                self._end_lease(lease, "expired")
+        for waiting in list(self._rt.waiting):
+            if waiting.deadline <= now:
+                self._rt.waiting.remove(waiting)
+                self._rt.expired_waits[waiting.request.request_id] = "no capacity before deadline"
+
+    def _grant_waiting(self) -> None:
+        while self._rt.waiting and self._idle_ready():
+            waiting = self._rt.waiting.pop(0)
+            self._grant(waiting.request)
+
+    def _check_lease_request(self, request: LeaseRequest) -> None:
+        duration = request.duration or self._cfg.default_lease
+        if duration <= timedelta(0):
+            raise ValueError(f"lease duration must be positive, got {duration}")
+        if duration > self._cfg.max_lease:
+            raise ValueError(f"lease duration {duration} exceeds the maximum {self._cfg.max_lease}")
+
+    # ---- reconcile ------------------------------------------------------------------------
+
+    async def _reconcile(self) -> None:
+        """Start, or retire, slots so that `min_ready` are idle and READY within the limits."""
+        views = [v for v in self._rt.slots.values() if not v.retiring]
+        idle = len(self._idle_ready())
+        # A slot terminating after a failure replaces itself: it still counts as starting.
+        starting = sum(1 for v in views if v.state in STARTING | {S.BLOCKED, S.TERMINATING})
+        if self._rt.draining:
+            for v in views:
+                self._retire(v, "pool draining")
+            return
+        # Shrink: idle READY slots first, then starting ones; never a leased slot.
+        excess_total = len(views) - self._cfg.max_slots
+        excess_idle = idle + starting - self._cfg.min_ready
+        for v in sorted(views, key=lambda v: (v.state != S.READY, -v.index)):
+            if excess_total <= 0 and excess_idle <= 0:
+                break
+            if v.lease_id is None and (v.state == S.READY or v.state in STARTING):
+                self._retire(v, "pool shrinking")
+                excess_total -= 1
+                excess_idle -= 1
+        if self._rt.safe_mode:
+            return
+        wanted = self._cfg.min_ready - (idle + starting)
+        room = self._cfg.max_slots - len([v for v in views if not v.retiring])
+        starts = []
+        for _ in range(max(0, min(wanted, room))):
+            if self._budget_limited():
+                break
+            starts.append(self._start_slot())
+        await asyncio.gather(*starts)
+
+    def _budget_limited(self) -> bool:
+        """Would one more slot at the price cap exceed the hourly budget?"""
+        budget = self._cfg.budget_dph
+        if budget is None:
+            return False
+        pending = sum(1 for v in self._rt.slots.values() if not v.instance_id and not v.retiring)
+        projected = self._spend() + (pending + 1) * self._cfg.slot.constraints.max_dph
+        return projected > budget
+
+    def _start_slot(self) -> Awaitable[object]:
+        """Reserve the slot now (so the budget sees it); the start completes when awaited."""
+        index = self._rt.next_index
+        self._rt.next_index += 1
+        now = self._now()
+        self._rt.slots[index] = SlotView(
+            index=index, state=S.PREFLIGHT, since=now, reason="starting"
+        )
+        return workflow.start_child_workflow(
+            WarmSlotWorkflow.run,
+            SlotInput(
+                pool=self._pool,
+                index=index,
+                config=self._slot_config(),
+                report_to=pool_workflow_id(self._pool),
+            ),
+            id=slot_workflow_id(self._pool, index),
+            parent_close_policy=workflow.ParentClosePolicy.ABANDON,
+        )
+
+    def _slot_config(self) -> SlotConfig:
+        return self._cfg.slot.model_copy(
+            update={"recycle_after_lease": self._cfg.recycle_after_lease}
+        )
+
+    def _retire(self, view: SlotView, reason: str) -> None:
+        if view.retiring:
+            return
+        view.retiring = True
+        self._signal_slot(view.index, "retire", reason)
+
+    # ---- messages -------------------------------------------------------------------------
+
+    @workflow.signal
+    def slot_event(self, event: SlotEvent) -> None:
+        view = self._rt.slots.get(event.index)
+        if view is None:
+            return  # a slot this pool no longer tracks
+        now = self._now()
+        if event.at < view.since and event.state != S.DONE:
+            return  # an older event delivered late
+        view.state = event.state
+        view.since = event.at
+        view.reason = event.reason
+        view.connection_url = event.connection_url
+        view.instance_id = event.instance_id
+        view.dph_total = event.dph_total
+        lease = self._rt.leases.get(view.lease_id) if view.lease_id else None
+        refused = event.lease_id is not None and event.reason.startswith("lease refused")
+        if refused and event.lease_id in self._rt.leases:
+            self._end_lease(self._rt.leases[event.lease_id], event.reason, tell_slot=False)
+        elif lease is not None and event.state not in SERVING:
+            self._end_lease(lease, f"slot lost: {event.reason}", tell_slot=False)
+        if event.failure is not None and event.state != S.READY:
+            self._rt.failures.append(
+                PoolFailure(
+                    at=now, slot=event.index, reason=f"{event.failure.value}: {event.reason}"
+                )
+            )
+            del self._rt.failures[:-KEEP_FAILURES]
+            self._rt.consecutive_failures += 1
+            if (
+                self._rt.consecutive_failures >= self._cfg.safe_mode_after
+                and not self._rt.safe_mode
+            ):
+                self._rt.safe_mode = True
+                self._rt.safe_reason = (
+                    f"{self._rt.consecutive_failures} provisions failed in a row; last: "
+                    f"{event.failure.value}: {event.reason}"
+                )
+                workflow.logger.warning(
+                    "pool %s in safe mode: %s", self._pool, self._rt.safe_reason
+                )
+                for v in self._rt.slots.values():
+                    if v.state in STARTING and v.lease_id is None:
+                        self._retire(v, "pool in safe mode")
+        if event.state == S.READY:
+            self._rt.consecutive_failures = 0
+        if event.state in GONE:
+            del self._rt.slots[event.index]
+        self._dirty = True
+
+    @workflow.update
+    def lease(self, request: LeaseRequest) -> LeaseGrant:
+        grant = self._grant(request)
+        if grant is None:
+            reason = (
+                "pool is draining"
+                if self._rt.draining
+                else f"pool in safe mode: {self._rt.safe_reason}"
+                if self._rt.safe_mode
+                else "no idle READY slot; a replacement is being prepared"
+            )
+            raise no_capacity(f"no capacity in pool {self._pool}: {reason}")
+        return grant
+
+    @lease.validator
+    def _validate_lease(self, request: LeaseRequest) -> None:
+        self._check_lease_request(request)
+
+    @workflow.signal
+    def request_lease(self, request: LeaseRequest) -> None:
+        """Lease when capacity allows, up to `wait_for`; the outcome is read by `lease_request`."""
+        try:
+            self._check_lease_request(request)
+        except ValueError as exc:
+            self._rt.expired_waits[request.request_id] = str(exc)
+            return
+        if request.request_id in self._rt.request_ids or any(
+            w.request.request_id == request.request_id for w in self._rt.waiting
+        ):
+            return
+        if self._grant(request) is None:
+            deadline = self._now() + min(request.wait_for, MAX_WAIT)
+            self._rt.waiting.append(
+                WaitingRequest(request=request, since=self._now(), deadline=deadline)
+            )
+            self._dirty = True
+
+    @workflow.query
+    def lease_request(self, request_id: str) -> LeaseLookup:
+        lease_id = self._rt.request_ids.get(request_id)
+        if lease_id is not None and lease_id in self._rt.leases:
+            return LeaseLookup(
+                request_id=request_id,
+                status="granted",
+                grant=self._grant_of(self._rt.leases[lease_id]),
+            )
+        if any(w.request.request_id == request_id for w in self._rt.waiting):
+            return LeaseLookup(request_id=request_id, status="pending")
+        if request_id in self._rt.expired_waits:
+            return LeaseLookup(
+                request_id=request_id, status="expired", reason=self._rt.expired_waits[request_id]
+            )
+        return LeaseLookup(request_id=request_id, status="unknown")
+
+    @workflow.update
+    def renew(self, request: RenewRequest) -> LeaseGrant:
+        lease = self._rt.leases[request.lease_id]
+        lease.leased_until = self._now() + (request.duration or self._cfg.default_lease)
+        self._signal_slot(
+            lease.slot,
+            "assign_lease",
+            Lease(
+                lease_id=lease.lease_id,
+                holder=lease.holder,
+                request_id=lease.request_id,
+                granted_at=lease.granted_at,
+                leased_until=lease.leased_until,
+            ),
+        )
+        self._dirty = True
+        return self._grant_of(lease)
+
+    @renew.validator
+    def _validate_renew(self, request: RenewRequest) -> None:
+        lease = self._rt.leases.get(request.lease_id)
+        if lease is None:
+            raise ValueError(f"unknown lease {request.lease_id}")
+        if lease.ended_at is not None:
+            raise ValueError(f"lease {request.lease_id} ended: {lease.end_reason}")
+        duration = request.duration or self._cfg.default_lease
+        if duration <= timedelta(0) or duration > self._cfg.max_lease:
+            raise ValueError(f"lease duration must be in (0, {self._cfg.max_lease}]")
+
+    @workflow.update
+    def release(self, lease_id: str) -> PoolLease:
+        """Idempotent: releasing an ended lease answers it as it ended."""
+        lease = self._rt.leases[lease_id]
+        self._end_lease(lease, "released")
+        return lease
+
+    @release.validator
+    def _validate_release(self, lease_id: str) -> None:
+        if lease_id not in self._rt.leases:
+            raise ValueError(f"unknown lease {lease_id}")
+
+    @workflow.query
+    def lease_info(self, lease_id: str) -> PoolLease | None:
+        return self._rt.leases.get(lease_id)
+
+    @workflow.signal
+    def prewarm(self) -> None:
+        """Bring the pool to its target now (also lifts nothing else)."""
+        self._dirty = True
+
+    @workflow.update
+    def resize(self, request: ResizeRequest) -> PoolStatus:
+        update = request.model_dump(exclude_none=True)
+        self._cfg = self._cfg.model_copy(update=update)
+        self._dirty = True
+        return self.status()
+
+    @resize.validator
+    def _validate_resize(self, request: ResizeRequest) -> None:
+        min_ready = self._cfg.min_ready if request.min_ready is None else request.min_ready
+        max_slots = self._cfg.max_slots if request.max_slots is None else request.max_slots
+        if min_ready > max_slots:
+            raise ValueError(f"min_ready {min_ready} exceeds max_slots {max_slots}")
+
+    @workflow.signal
+    def drain(self) -> None:
+        """Retire every slot once its lease ends; the pool finishes when none is left."""
+        self._rt.draining = True
+        self._dirty = True
+
+    @workflow.signal
+    def resume(self) -> None:
+        """Lift safe mode (and a drain) after an operator acted."""
+        self._rt.safe_mode = False
+        self._rt.safe_reason = None
+        self._rt.consecutive_failures = 0
+        self._rt.draining = False
+        self._dirty = True
+
+    @workflow.query
+    def status(self) -> PoolStatus:
+        views = sorted(self._rt.slots.values(), key=lambda v: v.index)
+        counts: dict[str, int] = {}
+        for v in views:
+            counts[v.state.value] = counts.get(v.state.value, 0) + 1
+        ended = [x for x in self._rt.leases.values() if x.ended_at is not None]
+        return PoolStatus(
+            pool=self._pool,
+            config=self._cfg,
+            slots=views,
+            counts=counts,
+            idle_ready=len(self._idle_ready()),
+            spend_per_hour=round(self._spend(), 4),
+            budget_limited=self._budget_limited(),
+            safe_mode=self._rt.safe_mode,
+            safe_reason=self._rt.safe_reason,
+            draining=self._rt.draining,
+            active_leases=self._active_leases(),
+            recent_leases=ended[-10:],
+            waiting=len(self._rt.waiting),
+            failures=self._rt.failures,
+            granted_total=self._rt.granted_total,
+        )
