@@ -1,7 +1,8 @@
 """What does `./scripts/run.sh` start? The whole stack on one machine, in the right order.
 
 Temporal dev server (SQLite file, Web UI, our search attributes) -> simulator process ->
-worker process -> a slot started through starter.py, waited on until READY. Every process
+worker process -> a pool (min_ready 2) started through starter.py, waited on until READY,
+then a lease acquired and released. Every process
 logs to .warmpool/logs/. Ctrl-C (or --once after READY) stops them all, worker first.
 """
 
@@ -122,45 +123,32 @@ def main() -> int:
         print(f"Temporal Web UI : http://127.0.0.1:{args.ui_port}")
         print(f"Simulator       : {urls['base_url']} (control {urls['control_url']})")
         print(f"Logs            : {LOGS}")
-        subprocess.run(
-            [sys.executable, "starter.py", "slot", "start", "--pool", args.pool, "--index", "0"],
-            env=env,
-            cwd=ROOT,
-            check=True,
-        )
-        subprocess.run(
-            [
-                sys.executable,
-                "starter.py",
-                "slot",
-                "wait",
-                "--pool",
-                args.pool,
-                "--index",
-                "0",
-                "--timeout",
-                "300",
-            ],
-            env=env,
-            cwd=ROOT,
-            check=True,
-        )
-        print(f"first READY after {time.monotonic() - started:.1f}s")
-        subprocess.run(
-            [sys.executable, "starter.py", "slot", "status", "--pool", args.pool],
-            env=env,
-            cwd=ROOT,
-            check=True,
-        )
-        if args.once:
-            subprocess.run(
-                [sys.executable, "starter.py", "slot", "retire", "--pool", args.pool, "--wait"],
+
+        def cli(*argv: str) -> str:
+            done = subprocess.run(
+                [sys.executable, "starter.py", *argv],
                 env=env,
                 cwd=ROOT,
                 check=True,
+                stdout=subprocess.PIPE,
+                text=True,
             )
+            return done.stdout
+
+        pool = ["--pool", args.pool]
+        print(cli("pool", "start", *pool, "--min-ready", "2", "--max-slots", "4"), end="")
+        cli("pool", "wait", *pool, "--ready", "1", "--timeout", "300")
+        print(f"first READY after {time.monotonic() - started:.1f}s")
+        print(cli("pool", "wait", *pool, "--ready", "2", "--timeout", "300"))
+        grant = json.loads(
+            cli("--json", "lease", "acquire", *pool, "--holder", "demo-user", "--duration", "600")
+        )
+        print(f"leased {grant['lease_id']} -> {grant['connection_url']}")
+        print(cli("lease", "release", *pool, grant["lease_id"]), end="")
+        if args.once:
+            print(cli("pool", "drain", *pool, "--wait"), end="")
             return 0
-        print("running; Ctrl-C to stop (slots keep their state in the SQLite file)")
+        print("running; Ctrl-C to stop (pools keep their state in the SQLite file)")
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         signal.sigwait({signal.SIGINT, signal.SIGTERM})
         return 0

@@ -6,12 +6,12 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-from warmpool.cli import slot, tokens
+from warmpool.cli import pool, slot, tokens
 from warmpool.cli.common import CliError, Command, Parser
 from warmpool.settings import SettingsError, load_settings
 from warmpool.temporal import connect
 
-GROUPS = [slot, tokens]
+GROUPS = [pool, slot, tokens]
 
 
 def build_parser() -> Parser:
