@@ -81,6 +81,7 @@ def create_workers(
         task_queue=queue,
         workflows=list(workflows),
         activities=activities.main,
+        max_concurrent_activities=settings.max_concurrent_activities,
         graceful_shutdown_timeout=timedelta(seconds=10),
         **beat,
     )

@@ -61,7 +61,7 @@ def build_activities(
 
     async def vast_identity() -> str:
         user = await client.current_user()
-        return f"user {user.id}"
+        return str(user.id)
 
     validator = TokenValidator(
         secrets,

@@ -18,8 +18,10 @@ provisioning slots can poll (each poll is one provider activity, whatever the li
 Every SDK worker runs at most 100 activities and each READY slot holds one (its watch), so the
 process runs ceil(N/90) worker pairs on one shared set of activities (one listing).
 
-Time on 2 shared cores: ~2.5 min for the defaults. `--slots 1000 --ramp-timeout 900` takes ~12
-min: the ramp (~1.6 slots/s) is bound by the worker's CPU, which READY slots' keepalives eat.
+Time on 2 shared cores: ~2.5 min for the defaults (READY), ~40 s with --phase provisioning.
+`--slots 1000 --ramp-timeout 900` takes ~12 min READY: the ramp (~1.6 slots/s) is bound by the
+worker's CPU, which READY slots' keepalives eat. 1,000 provisioning slots do not fit at scale 10:
+their polls are ~330 provider activities/s, and the dev server saturates near 200 slots.
 
     .venv/bin/python bench/api_calls_per_period.py [--slots 10 100] [--phase ready|provisioning]
 """
@@ -32,7 +34,6 @@ import math
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any
 
 from harness import (
     FAST_SIM,
@@ -101,6 +102,8 @@ async def measure(n: int, args: argparse.Namespace) -> Result:
     phase = SlotState.READY if args.phase == "ready" else SlotState.PROVISIONING
     base: SimConfig = FAST_SIM if phase == SlotState.READY else LOADING_FOREVER
     settings = scaled_settings(args.scale, **LOOSE_OFFERS, vast_calls_per_second=args.vast_rate)
+    if phase == SlotState.PROVISIONING:
+        settings["provision_timeout_s"] = 10**6  # the instances never load: keep the slots
     async with (
         SimProcess(base.model_copy(update={"offers": 4 * n})) as sim,
         stack(
@@ -116,14 +119,10 @@ async def measure(n: int, args: argparse.Namespace) -> Result:
         await start_few_at_a_time(bench, n, period / n, args.in_flight)
         await bench.wait_count(n, phase, within=args.ramp_timeout)
         ramp = time.monotonic() - started
-        before, cpu0, sim_cpu0, t0 = (
-            await sim.stats(),
-            cpu_seconds(),
-            cpu_seconds(sim.pid),
-            time.monotonic(),
-        )
+        before, t0 = await sim.call_counts(), time.monotonic()
+        cpu0, sim_cpu0 = cpu_seconds(), cpu_seconds(sim.pid)
         await asyncio.sleep(period * args.periods)
-        after, cpu1, sim_cpu1 = await sim.stats(), cpu_seconds(), cpu_seconds(sim.pid)
+        after, cpu1, sim_cpu1 = await sim.call_counts(), cpu_seconds(), cpu_seconds(sim.pid)
         periods = (time.monotonic() - t0) / period
         rss = rss_mb()
         still = await bench.count(phase)
@@ -133,7 +132,7 @@ async def measure(n: int, args: argparse.Namespace) -> Result:
         slots=n,
         ramp_s=ramp,
         period_s=period * args.scale,
-        per_period=per_period(before["call_counts"], after["call_counts"], periods),
+        per_period=per_period(before, after, periods),
         rss_mb=rss,
         cpu_s_per_period=(cpu1 - cpu0) / periods,
         sim_cpu_s_per_period=(sim_cpu1 - sim_cpu0) / periods,
@@ -141,7 +140,7 @@ async def measure(n: int, args: argparse.Namespace) -> Result:
     )
 
 
-def per_period(before: dict[str, Any], after: dict[str, Any], periods: float) -> dict[str, float]:
+def per_period(before: dict[str, int], after: dict[str, int], periods: float) -> dict[str, float]:
     return {
         key: (after.get(key, 0) - before.get(key, 0)) / periods
         for key in after

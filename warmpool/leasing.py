@@ -21,6 +21,15 @@ from warmpool.models import LeaseGrant, LeaseRequest, PoolLease, PoolStatus, Ren
 
 T = TypeVar("T")
 
+MAX_IN_FLIGHT = 8
+"""Updates this process keeps in flight per pool: the server admits at most 10 per workflow."""
+_gates: dict[str, asyncio.Semaphore] = {}
+
+
+def _gate(pool: str) -> asyncio.Semaphore:
+    return _gates.setdefault(pool, asyncio.Semaphore(MAX_IN_FLIGHT))
+
+
 TRANSIENT = {
     RPCStatusCode.RESOURCE_EXHAUSTED,
     RPCStatusCode.UNAVAILABLE,
@@ -48,9 +57,10 @@ def pool_handle(client: Client, pool: str) -> WorkflowHandle[object, PoolStatus]
 
 async def acquire(client: Client, pool: str, request: LeaseRequest) -> LeaseGrant:
     handle = pool_handle(client, pool)
-    return await retry_transient(
-        lambda: handle.execute_update("lease", request, result_type=LeaseGrant)
-    )
+    async with _gate(pool):
+        return await retry_transient(
+            lambda: handle.execute_update("lease", request, result_type=LeaseGrant)
+        )
 
 
 async def renew(client: Client, pool: str, request: RenewRequest) -> LeaseGrant:

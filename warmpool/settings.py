@@ -62,6 +62,8 @@ class Settings(BaseSettings):
     task_queue: str = Field(
         default="warmpool", min_length=1, validation_alias=_env("WARMPOOL_TASK_QUEUE")
     )
+    max_concurrent_activities: int = Field(default=2000, ge=1)
+    """Per worker; every READY or LEASED slot holds one long-running watch activity."""
     vast_calls_per_second: float = Field(default=2.0, gt=0)
     """Ceiling on Vast.ai activity starts per second, enforced by the Temporal server across
     every worker (`max_task_queue_activities_per_second` on the provider task queue)."""

@@ -56,6 +56,7 @@ VISIBILITY_GRACE = timedelta(minutes=2)
 """A new contract can be invisible to show/list for a while (vastai-api.md §3): not "gone"."""
 BLOCKED_RECHECK = timedelta(minutes=10)
 MAX_EXCLUDED = 50
+OFFER_SPREAD = 5
 MAX_HISTORY_EVENTS = 8_000
 
 
@@ -395,7 +396,9 @@ class WarmSlotWorkflow:
             self._fail(FailureReason.NO_OFFERS, "no offer matches the constraints", exclude=False)
             self._enter(S.BACKOFF, "no offers")
             return
-        rt.offer = offers[0]
+        # Spread slots that search together over the cheapest few offers: if all took the
+        # cheapest, all but one would lose the race and search again (O(n^2) searches).
+        rt.offer = offers[workflow.random().randrange(min(len(offers), OFFER_SPREAD))]
         self._enter(
             S.RENTING,
             f"offer {rt.offer.id} on machine {rt.offer.machine_id} at ${rt.offer.dph_total}/h",

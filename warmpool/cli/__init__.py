@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 from warmpool.cli import pool, slot, tokens
 from warmpool.cli.common import CliError, Command, Parser
+from warmpool.logging import configure_logging
 from warmpool.settings import SettingsError, load_settings
 from warmpool.temporal import connect
 
@@ -26,6 +27,8 @@ def build_parser() -> Parser:
 async def run(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
     settings = load_settings()
+    # stdout is for results (`--json` must parse); library logs go to stderr, warnings only.
+    configure_logging(json=False, level="WARNING", secret_values=lambda: [])
     try:
         client = await connect(settings)
     except RuntimeError as exc:
