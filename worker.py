@@ -24,6 +24,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from activities import WorkerActivities, build_activities
+from warmpool.cli.tokens import ensure_token_watch
 from warmpool.logging import configure_logging
 from warmpool.secrets import (
     EnvSecretStore,
@@ -146,6 +147,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             async with contextlib.AsyncExitStack() as stack:
                 for worker in workers:
                     await stack.enter_async_context(worker)
+                await ensure_token_watch(client, settings)  # periodic token validation
                 log.info(
                     "worker running on task queues %s and %s",
                     settings.task_queue,

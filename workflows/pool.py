@@ -199,8 +199,12 @@ class WarmPoolWorkflow:
             del self._rt.request_ids[oldest]
         self._rt.granted_total += 1
         view.lease_id = lease.lease_id
+        return self._tell_slot(lease)
+
+    def _tell_slot(self, lease: PoolLease) -> LeaseGrant:
+        """Send a granted or renewed lease to its slot (the slot's copy is for status only)."""
         self._signal_slot(
-            view.index,
+            lease.slot,
             "assign_lease",
             Lease(
                 lease_id=lease.lease_id,
@@ -424,19 +428,7 @@ class WarmPoolWorkflow:
     def renew(self, request: RenewRequest) -> LeaseGrant:
         lease = self._rt.leases[request.lease_id]
         lease.leased_until = self._now() + (request.duration or self._cfg.default_lease)
-        self._signal_slot(
-            lease.slot,
-            "assign_lease",
-            Lease(
-                lease_id=lease.lease_id,
-                holder=lease.holder,
-                request_id=lease.request_id,
-                granted_at=lease.granted_at,
-                leased_until=lease.leased_until,
-            ),
-        )
-        self._dirty = True
-        return self._grant_of(lease)
+        return self._tell_slot(lease)
 
     @renew.validator
     def _validate_renew(self, request: RenewRequest) -> None:

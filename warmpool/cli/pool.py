@@ -6,6 +6,7 @@ import argparse
 import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
@@ -263,8 +264,8 @@ def register(groups: argparse._SubParsersAction[Parser]) -> None:
     pool = groups.add_parser("pool", help="a warm pool")
     cmds = pool.add_subparsers(dest="command", required=True, parser_class=Parser)
 
-    def sub(name: str, help: str) -> argparse.ArgumentParser:
-        p = cmds.add_parser(name, help=help)
+    def sub(name: str, help: str, group: Any = cmds) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = group.add_parser(name, help=help)
         p.add_argument("--pool", type=pool_name, default="default")
         json_flag(p)
         return p
@@ -297,10 +298,7 @@ def register(groups: argparse._SubParsersAction[Parser]) -> None:
     lcmds = lease.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     def lsub(name: str, help: str) -> argparse.ArgumentParser:
-        p = lcmds.add_parser(name, help=help)
-        p.add_argument("--pool", type=pool_name, default="default")
-        json_flag(p)
-        return p
+        return sub(name, help, lcmds)
 
     acquire = lsub("acquire", "lease a READY instance")
     acquire.add_argument("--holder", required=True)
