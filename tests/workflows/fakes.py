@@ -94,11 +94,12 @@ class FakeCloud:
     async def search(self, input: SearchInput) -> list[OfferSummary]:
         self.calls["vast.search_offers"] += 1
         busy = {i.machine_id for i in self.live()}
+        # One offer at a time: the scenario's machine order stays the rent order.
         return [
             OfferSummary(id=100 + m, machine_id=m, dph_total=0.3 + m / 100, disk_space=300)
             for m in range(1, self.machines + 1)
             if m not in input.exclude_machines and m not in busy
-        ]
+        ][:1]
 
     @activity.defn(name="vast.rent")
     async def rent(self, input: RentInput) -> RentResult:
