@@ -21,12 +21,12 @@ from warmpool.logging import (
 )
 
 VAST_KEY = "a1b2c3d4e5f60718293a4b5c6d7e8f90"
-HF_TOKEN = "hf_AbCdEfGhIjKlMnOp"
+FAKE_HF = "hf_AbCdEfGhIjKlMnOp"
 
 
 @pytest.fixture
 def secrets() -> list[str]:
-    return [VAST_KEY, HF_TOKEN]
+    return [VAST_KEY, FAKE_HF]
 
 
 @pytest.fixture
@@ -119,8 +119,8 @@ def test_structlog_processor_redacts_event_and_nested_fields(secrets: list[str])
     with capture_logs(processors=[Redactor(lambda: secrets)]) as logs:
         structlog.get_logger().info(
             f"calling with {VAST_KEY}",
-            headers={"Authorization": f"Bearer {HF_TOKEN}", "Accept": "json"},
-            nested=[{"deep": [f"token={HF_TOKEN}"]}, ("tuple", VAST_KEY)],
+            headers={"Authorization": f"Bearer {FAKE_HF}", "Accept": "json"},
+            nested=[{"deep": [f"token={FAKE_HF}"]}, ("tuple", VAST_KEY)],
             api_key="short",
             instance_secret="whatever-it-is",
             token_version="1a2b3c4d",
@@ -130,7 +130,7 @@ def test_structlog_processor_redacts_event_and_nested_fields(secrets: list[str])
         )
     [event] = logs
     dumped = json.dumps(event)
-    assert VAST_KEY not in dumped and HF_TOKEN not in dumped
+    assert VAST_KEY not in dumped and FAKE_HF not in dumped
     assert event["event"] == "calling with ***"
     assert event["headers"] == {"Authorization": "***", "Accept": "json"}
     assert event["api_key"] == "***" and event["instance_secret"] == "***"
@@ -141,12 +141,12 @@ def test_structlog_processor_redacts_event_and_nested_fields(secrets: list[str])
 
 def test_configured_logger_writes_redacted_json(output: io.StringIO) -> None:
     log = get_logger("warmpool.test")
-    log.info("rent", key=VAST_KEY, url=f"http://x/?token={HF_TOKEN}")
+    log.info("rent", key=VAST_KEY, url=f"http://x/?token={FAKE_HF}")
     [line] = lines(output)
     assert line["event"] == "rent"
     assert line["logger"] == "warmpool.test"
     assert line["level"] == "info"
-    assert VAST_KEY not in output.getvalue() and HF_TOKEN not in output.getvalue()
+    assert VAST_KEY not in output.getvalue() and FAKE_HF not in output.getvalue()
 
 
 def test_exception_tracebacks_are_redacted(output: io.StringIO) -> None:
@@ -164,7 +164,7 @@ def test_exception_tracebacks_are_redacted(output: io.StringIO) -> None:
 
 def test_stdlib_records_are_redacted_through_the_formatter(output: io.StringIO) -> None:
     logging.getLogger("temporalio.worker").warning(
-        "activity %s failed with %s", "vast.rent", f"Bearer {HF_TOKEN}"
+        "activity %s failed with %s", "vast.rent", f"Bearer {FAKE_HF}"
     )
     [line] = lines(output)
     assert line["event"] == "activity vast.rent failed with Bearer ***"
@@ -182,7 +182,7 @@ def test_filter_protects_other_root_handlers(secrets: list[str]) -> None:
         configure_logging(json=True, secret_values=lambda: secrets, stream=io.StringIO())
         logging.getLogger("httpx").info("HTTP Request: GET http://x/?api_key=%s", VAST_KEY)
         try:
-            raise RuntimeError(HF_TOKEN)
+            raise RuntimeError(FAKE_HF)
         except RuntimeError:
             logging.getLogger("paramiko").error("boom", exc_info=True)
     finally:
@@ -194,7 +194,7 @@ def test_filter_protects_other_root_handlers(secrets: list[str]) -> None:
         structlog.reset_defaults()
     text = plain.getvalue()
     assert "api_key=***" in text and "RuntimeError" in text
-    assert VAST_KEY not in text and HF_TOKEN not in text
+    assert VAST_KEY not in text and FAKE_HF not in text
     assert any(isinstance(f, RedactingFilter) for f in handler.filters)
 
 
@@ -218,9 +218,9 @@ def test_console_renderer_when_not_json(secrets: list[str]) -> None:
     stream = io.StringIO()
     try:
         configure_logging(json=None, secret_values=lambda: secrets, stream=stream)  # not a TTY
-        get_logger("a").info("hello", token=HF_TOKEN)
+        get_logger("a").info("hello", token=FAKE_HF)
         configure_logging(json=False, secret_values=lambda: secrets, stream=stream)
-        get_logger("b").info("console line", token=HF_TOKEN)
+        get_logger("b").info("console line", token=FAKE_HF)
     finally:
         root.handlers[:] = saved_handlers
         root.setLevel(saved_level)
@@ -228,4 +228,4 @@ def test_console_renderer_when_not_json(secrets: list[str]) -> None:
     first, second = stream.getvalue().splitlines()
     assert json.loads(first)["event"] == "hello"
     assert "console line" in second and not second.startswith("{")
-    assert HF_TOKEN not in stream.getvalue()
+    assert FAKE_HF not in stream.getvalue()

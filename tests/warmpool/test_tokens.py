@@ -11,8 +11,8 @@ import pytest
 from warmpool.secrets import EnvSecretStore, SecretName, fingerprint
 from warmpool.tokens import TokenCheck, TokenService, TokenValidator
 
-HF_TOKEN = "hf_GoodToken1234567890"
-CIVITAI_TOKEN = "civitai-token-abcdef"
+FAKE_HF = "hf_GoodToken1234567890"
+FAKE_CIVITAI = "civitai-token-abcdef"
 HF = "http://hf.test"
 CIVITAI = "http://civitai.test"
 
@@ -47,7 +47,7 @@ class FakeServices:
             return self.fail_with(request)
         token = request.headers.get("authorization", "").removeprefix("Bearer ")
         if request.url.host == "hf.test" and request.url.path == "/api/whoami-v2":
-            if token != HF_TOKEN:
+            if token != FAKE_HF:
                 return httpx.Response(
                     401, json={"error": "Invalid credentials in Authorization header"}
                 )
@@ -60,7 +60,7 @@ class FakeServices:
                 },
             )
         if request.url.host == "civitai.test" and request.url.path == "/api/v1/me":
-            if token != CIVITAI_TOKEN:
+            if token != FAKE_CIVITAI:
                 return httpx.Response(401, json={"error": "Unauthorized"})
             return httpx.Response(
                 200,
@@ -98,15 +98,15 @@ def assert_no_token(check: TokenCheck, *tokens: str) -> None:
 
 async def test_hf_valid_token_reports_identity_and_role() -> None:
     services = FakeServices()
-    validator = make_validator(MutableStore(hf=HF_TOKEN), services)
+    validator = make_validator(MutableStore(hf=FAKE_HF), services)
     check = await validator.check(TokenService.HF)
     assert check.ok and check.configured and not check.transient
     assert check.identity == "alice"
     assert "role read" in check.detail
-    assert check.version == fingerprint(HF_TOKEN)
+    assert check.version == fingerprint(FAKE_HF)
     assert services.requests[0].url == "http://hf.test/api/whoami-v2"
-    assert services.requests[0].headers["authorization"] == f"Bearer {HF_TOKEN}"
-    assert_no_token(check, HF_TOKEN)
+    assert services.requests[0].headers["authorization"] == f"Bearer {FAKE_HF}"
+    assert_no_token(check, FAKE_HF)
 
 
 async def test_hf_bad_token_is_invalid_not_transient() -> None:
@@ -119,14 +119,14 @@ async def test_hf_bad_token_is_invalid_not_transient() -> None:
 
 async def test_civitai_uses_me_with_bearer_and_reports_user() -> None:
     services = FakeServices()
-    check = await make_validator(MutableStore(civitai=CIVITAI_TOKEN), services).check(
+    check = await make_validator(MutableStore(civitai=FAKE_CIVITAI), services).check(
         TokenService.CIVITAI
     )
     assert check.ok and check.identity == "bob"
     request = services.requests[0]
     assert request.url.path == "/api/v1/me"
     assert "token" not in request.url.params
-    assert request.headers["authorization"] == f"Bearer {CIVITAI_TOKEN}"
+    assert request.headers["authorization"] == f"Bearer {FAKE_CIVITAI}"
 
 
 async def test_civitai_bad_token_and_banned_user_are_invalid() -> None:
@@ -136,7 +136,7 @@ async def test_civitai_bad_token_and_banned_user_are_invalid() -> None:
     )
     assert not bad.ok and not bad.transient and bad.detail.startswith("401")
     services.civitai_status = "banned"
-    banned = await make_validator(MutableStore(civitai=CIVITAI_TOKEN), services).check(
+    banned = await make_validator(MutableStore(civitai=FAKE_CIVITAI), services).check(
         TokenService.CIVITAI
     )
     assert not banned.ok and not banned.transient
@@ -166,7 +166,7 @@ async def test_unknown_answers_are_transient(
 ) -> None:
     services = FakeServices()
     services.fail_with = failure
-    check = await make_validator(MutableStore(hf=HF_TOKEN), services).check(TokenService.HF)
+    check = await make_validator(MutableStore(hf=FAKE_HF), services).check(TokenService.HF)
     assert not check.ok and check.configured and check.transient
     assert check.detail.startswith("could not check:")
 
@@ -178,16 +178,16 @@ async def test_network_error_is_transient_and_never_quotes_the_token() -> None:
         raise httpx.ConnectError(f"refused while sending {request.headers['authorization']}")
 
     services.fail_with = refuse
-    check = await make_validator(MutableStore(hf=HF_TOKEN), services).check(TokenService.HF)
+    check = await make_validator(MutableStore(hf=FAKE_HF), services).check(TokenService.HF)
     assert check.transient and not check.ok
     assert "ConnectError" in check.detail
-    assert_no_token(check, HF_TOKEN)
+    assert_no_token(check, FAKE_HF)
 
 
 async def test_transient_results_are_not_cached() -> None:
     services = FakeServices()
     services.fail_with = lambda r: httpx.Response(502)
-    validator = make_validator(MutableStore(hf=HF_TOKEN), services)
+    validator = make_validator(MutableStore(hf=FAKE_HF), services)
     assert (await validator.check(TokenService.HF)).transient
     services.fail_with = None
     assert (await validator.check(TokenService.HF)).ok
@@ -196,7 +196,7 @@ async def test_transient_results_are_not_cached() -> None:
 
 async def test_results_are_cached_for_the_ttl_and_force_bypasses() -> None:
     services, clock = FakeServices(), Clock()
-    validator = make_validator(MutableStore(hf=HF_TOKEN), services, clock, cache_ttl=60.0)
+    validator = make_validator(MutableStore(hf=FAKE_HF), services, clock, cache_ttl=60.0)
     first = await validator.check(TokenService.HF)
     clock.now += 59
     assert await validator.check(TokenService.HF) == first
@@ -213,15 +213,15 @@ async def test_rotated_token_is_rechecked_at_once() -> None:
     store = MutableStore(hf="hf_OldRevokedToken00")
     validator = make_validator(store, services, cache_ttl=3600.0)
     assert not (await validator.check(TokenService.HF)).ok
-    store.set(SecretName.HF, HF_TOKEN)
+    store.set(SecretName.HF, FAKE_HF)
     check = await validator.check(TokenService.HF)
-    assert check.ok and check.version == fingerprint(HF_TOKEN)
+    assert check.ok and check.version == fingerprint(FAKE_HF)
     assert len(services.requests) == 2
 
 
 async def test_concurrent_checks_share_one_request() -> None:
     services = FakeServices()
-    validator = make_validator(MutableStore(hf=HF_TOKEN), services)
+    validator = make_validator(MutableStore(hf=FAKE_HF), services)
     results = await asyncio.gather(*(validator.check(TokenService.HF) for _ in range(5)))
     assert all(r.ok for r in results)
     assert len(services.requests) == 1
