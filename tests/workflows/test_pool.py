@@ -42,6 +42,28 @@ S = SlotState
 Pool = WorkflowHandle[WarmPoolWorkflow, PoolStatus]
 
 
+@pytest.fixture(scope="module")
+async def pool_env() -> AsyncIterator[WorkflowEnvironment]:
+    """A dev server of this module's own (no workflows left running by other suites), with
+    the same tiny continue-as-new threshold so pools and slots continue-as-new here too."""
+    from temporalio.contrib.pydantic import pydantic_data_converter
+
+    from tests.conftest import _binary
+    from warmpool import search_attributes as sa
+
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=_binary("temporal"),
+        data_converter=pydantic_data_converter,
+        search_attributes=sa.ALL,
+        dev_server_extra_args=[
+            "--dynamic-config-value",
+            "limit.historyCount.suggestContinueAsNew=50",
+        ],
+    )
+    yield env
+    await env.shutdown()
+
+
 @asynccontextmanager
 async def running_pool(
     env: WorkflowEnvironment, cloud: FakeCloud, config: PoolConfig
@@ -67,7 +89,11 @@ async def running_pool(
         await handle.signal(WarmPoolWorkflow.drain)
         for lease in (await handle.query(WarmPoolWorkflow.status)).active_leases:
             await upd(handle, WarmPoolWorkflow.release, lease.lease_id)
-        final = await handle.result()
+        try:
+            final = await asyncio.wait_for(handle.result(), 60)
+        except TimeoutError:
+            status = await handle.query(WarmPoolWorkflow.status)
+            raise AssertionError(f"pool did not drain: {status.slots}") from None
         assert final.slots == []
         assert cloud.live() == [], "an instance outlived its pool"
 
@@ -116,11 +142,11 @@ def req(holder: str = "alice", minutes: float = 30, rid: str | None = None) -> L
 
 
 async def test_pool_keeps_min_ready_idle_and_leases_idempotently(
-    dev_env: WorkflowEnvironment,
+    pool_env: WorkflowEnvironment,
 ) -> None:
     cloud = FakeCloud(machines=8)
-    async with running_pool(dev_env, cloud, fast(min_ready=2, max_slots=4)) as pool:
-        await wait_pool(dev_env, pool, idle(2))
+    async with running_pool(pool_env, cloud, fast(min_ready=2, max_slots=4)) as pool:
+        await wait_pool(pool_env, pool, idle(2))
         request = req()
         grant = await upd(pool, WarmPoolWorkflow.lease, request)
         again = await upd(pool, WarmPoolWorkflow.lease, request)
@@ -128,22 +154,22 @@ async def test_pool_keeps_min_ready_idle_and_leases_idempotently(
         assert grant.connection_url.startswith("http://127.0.0.1:")
         # the pool replaces the leased slot to keep two idle ones
         status = await wait_pool(
-            dev_env, pool, lambda s: s.idle_ready == 2 and s.counts.get("LEASED") == 1
+            pool_env, pool, lambda s: s.idle_ready == 2 and s.counts.get("LEASED") == 1
         )
         assert len(status.slots) == 3 and len(status.active_leases) == 1
         released = await upd(pool, WarmPoolWorkflow.release, grant.lease_id)
         assert released.end_reason == "released"
         assert (await upd(pool, WarmPoolWorkflow.release, grant.lease_id)).ended_at
-        await wait_pool(dev_env, pool, lambda s: "LEASED" not in s.counts)
+        await wait_pool(pool_env, pool, lambda s: "LEASED" not in s.counts)
         assert cloud.calls["comfy.clean"] == 1, "a released slot is cleaned before reuse"
 
 
 async def test_no_capacity_is_a_clear_error_and_never_two_leases(
-    dev_env: WorkflowEnvironment,
+    pool_env: WorkflowEnvironment,
 ) -> None:
     cloud = FakeCloud(machines=4)
-    async with running_pool(dev_env, cloud, fast(min_ready=1, max_slots=1)) as pool:
-        await wait_pool(dev_env, pool, idle(1))
+    async with running_pool(pool_env, cloud, fast(min_ready=1, max_slots=1)) as pool:
+        await wait_pool(pool_env, pool, idle(1))
         await upd(pool, WarmPoolWorkflow.lease, req("a"))
         with pytest.raises(WorkflowUpdateFailedError) as err:
             await upd(pool, WarmPoolWorkflow.lease, req("b"))
@@ -154,10 +180,10 @@ async def test_no_capacity_is_a_clear_error_and_never_two_leases(
 
 
 async def test_invalid_lease_requests_are_rejected_before_history(
-    dev_env: WorkflowEnvironment,
+    pool_env: WorkflowEnvironment,
 ) -> None:
     cloud = FakeCloud(machines=2)
-    async with running_pool(dev_env, cloud, fast(min_ready=0, max_slots=1)) as pool:
+    async with running_pool(pool_env, cloud, fast(min_ready=0, max_slots=1)) as pool:
         for bad in (req(minutes=-5), req(minutes=60 * 24)):
             with pytest.raises(WorkflowUpdateFailedError) as err:
                 await upd(pool, WarmPoolWorkflow.lease, bad)
@@ -173,11 +199,11 @@ async def test_invalid_lease_requests_are_rejected_before_history(
 
 
 async def test_lease_expires_on_a_durable_timer_and_renew_extends(
-    dev_env: WorkflowEnvironment,
+    pool_env: WorkflowEnvironment,
 ) -> None:
     cloud = FakeCloud(machines=6)
-    async with running_pool(dev_env, cloud, fast(min_ready=2, max_slots=3)) as pool:
-        await wait_pool(dev_env, pool, idle(2))
+    async with running_pool(pool_env, cloud, fast(min_ready=2, max_slots=3)) as pool:
+        await wait_pool(pool_env, pool, idle(2))
         short = await upd(pool, WarmPoolWorkflow.lease, req("a", minutes=0.03))
         long = await upd(pool, WarmPoolWorkflow.lease, req("b", minutes=0.03))
         renewed = await upd(
@@ -186,7 +212,7 @@ async def test_lease_expires_on_a_durable_timer_and_renew_extends(
             RenewRequest(lease_id=long.lease_id, duration=timedelta(hours=2)),
         )
         assert renewed.leased_until > long.leased_until
-        await wait_pool(dev_env, pool, lambda s: len(s.active_leases) == 1)
+        await wait_pool(pool_env, pool, lambda s: len(s.active_leases) == 1)
         info = await pool.query(WarmPoolWorkflow.lease_info, short.lease_id)
         assert info is not None and info.end_reason == "expired"
         still = await pool.query(WarmPoolWorkflow.lease_info, long.lease_id)
@@ -194,53 +220,53 @@ async def test_lease_expires_on_a_durable_timer_and_renew_extends(
 
 
 async def test_keepalive_lost_while_leased_ends_the_lease_with_a_reason(
-    dev_env: WorkflowEnvironment,
+    pool_env: WorkflowEnvironment,
 ) -> None:
     cloud = FakeCloud(machines=6)
-    async with running_pool(dev_env, cloud, fast(min_ready=1, max_slots=2)) as pool:
-        await wait_pool(dev_env, pool, idle(1))
+    async with running_pool(pool_env, cloud, fast(min_ready=1, max_slots=2)) as pool:
+        await wait_pool(pool_env, pool, idle(1))
         grant = await upd(pool, WarmPoolWorkflow.lease, req())
         leased = list(cloud.live())
         cloud.kill_on_watch.update(i.id for i in leased)
-        status = await wait_pool(dev_env, pool, lambda s: not s.active_leases)
+        status = await wait_pool(pool_env, pool, lambda s: not s.active_leases)
         info = await pool.query(WarmPoolWorkflow.lease_info, grant.lease_id)
         assert info is not None and info.end_reason is not None
         assert "keepalive_lost" in info.end_reason
         assert status.failures and "keepalive_lost" in status.failures[-1].reason
 
 
-async def test_resize_down_never_retires_a_leased_slot(dev_env: WorkflowEnvironment) -> None:
+async def test_resize_down_never_retires_a_leased_slot(pool_env: WorkflowEnvironment) -> None:
     cloud = FakeCloud(machines=8)
-    async with running_pool(dev_env, cloud, fast(min_ready=3, max_slots=4)) as pool:
-        await wait_pool(dev_env, pool, idle(3))
+    async with running_pool(pool_env, cloud, fast(min_ready=3, max_slots=4)) as pool:
+        await wait_pool(pool_env, pool, idle(3))
         grant = await upd(pool, WarmPoolWorkflow.lease, req())
         await upd(pool, WarmPoolWorkflow.resize, ResizeRequest(min_ready=0, max_slots=1))
-        status = await wait_pool(dev_env, pool, lambda s: len(s.slots) == 1)
+        status = await wait_pool(pool_env, pool, lambda s: len(s.slots) == 1)
         assert status.slots[0].lease_id == grant.lease_id
         assert status.slots[0].state == S.LEASED
 
 
-async def test_safe_mode_after_repeated_failures_then_resume(dev_env: WorkflowEnvironment) -> None:
+async def test_safe_mode_after_repeated_failures_then_resume(pool_env: WorkflowEnvironment) -> None:
     cloud = FakeCloud(machines=6, scenarios=dict.fromkeys(range(1, 7), "no_space"))
     config = fast(min_ready=1, max_slots=2, safe_mode_after=3)
-    async with running_pool(dev_env, cloud, config) as pool:
-        status = await wait_pool(dev_env, pool, lambda s: s.safe_mode)
+    async with running_pool(pool_env, cloud, config) as pool:
+        status = await wait_pool(pool_env, pool, lambda s: s.safe_mode)
         assert status.safe_reason and "no_space" in status.safe_reason
         renting = cloud.calls["create"]
         await asyncio.sleep(1.5)
         assert cloud.calls["create"] <= renting + 1, "safe mode stops renting"
         cloud.scenarios.clear()
         await pool.signal(WarmPoolWorkflow.resume)
-        await wait_pool(dev_env, pool, lambda s: not s.safe_mode and s.idle_ready >= 1)
+        await wait_pool(pool_env, pool, lambda s: not s.safe_mode and s.idle_ready >= 1)
 
 
-async def test_budget_cap_limits_slots(dev_env: WorkflowEnvironment) -> None:
+async def test_budget_cap_limits_slots(pool_env: WorkflowEnvironment) -> None:
     cloud = FakeCloud(machines=8)
     # scripted offers cost $0.31-0.38/h; at a $0.35 cap, $0.70/h buys two slots, not four
     config = fast(min_ready=4, max_slots=4, budget_dph=0.7)
     config.slot.constraints.max_dph = 0.35
-    async with running_pool(dev_env, cloud, config) as pool:
-        status = await wait_pool(dev_env, pool, lambda s: s.idle_ready >= 2 and s.budget_limited)
+    async with running_pool(pool_env, cloud, config) as pool:
+        status = await wait_pool(pool_env, pool, lambda s: s.idle_ready >= 2 and s.budget_limited)
         await asyncio.sleep(1)
         status = await pool.query(WarmPoolWorkflow.status)
         assert len(status.slots) == 2
@@ -248,14 +274,14 @@ async def test_budget_cap_limits_slots(dev_env: WorkflowEnvironment) -> None:
 
 
 async def test_waiting_request_is_granted_when_capacity_arrives(
-    dev_env: WorkflowEnvironment,
+    pool_env: WorkflowEnvironment,
 ) -> None:
     cloud = FakeCloud(machines=4)
-    async with running_pool(dev_env, cloud, fast(min_ready=1, max_slots=2)) as pool:
+    async with running_pool(pool_env, cloud, fast(min_ready=1, max_slots=2)) as pool:
         waiting = req("w", rid="wait-1").model_copy(update={"wait_for": timedelta(minutes=20)})
         await pool.signal(WarmPoolWorkflow.request_lease, waiting)
         lookup = await pool.query(WarmPoolWorkflow.lease_request, "wait-1")
         assert lookup.status in ("pending", "granted")
-        await wait_pool(dev_env, pool, lambda s: len(s.active_leases) == 1)
+        await wait_pool(pool_env, pool, lambda s: len(s.active_leases) == 1)
         lookup = await pool.query(WarmPoolWorkflow.lease_request, "wait-1")
         assert lookup.status == "granted" and lookup.grant is not None
