@@ -17,7 +17,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from activities.vast import instance_secret
-from warmpool.comfy import ComfyClient, ComfyError, ComfyPromptFailed
+from warmpool.comfy import ComfyClient, ComfyPromptFailed
 from warmpool.errors import VastError
 from warmpool.instance_token import derive_instance_token
 from warmpool.lifecycle import Verdict, assess, backoff_delay
@@ -214,6 +214,3 @@ class ComfyActivities:
                             detail=f"{failures} keepalive pings failed in a row",
                         )
                 await asyncio.sleep(input.keepalive_interval.total_seconds())
-
-
-__all__ = ["ComfyActivities", "ComfyError"]

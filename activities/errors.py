@@ -18,9 +18,7 @@ from temporalio.exceptions import ApplicationError
 
 from warmpool.errors import (
     VastAuthError,
-    VastCreateFailed,
     VastError,
-    VastOfferUnavailable,
     VastRateLimited,
     VastRequestRejected,
 )
@@ -44,9 +42,8 @@ def to_application_error(exc: VastError, attempt: int) -> ApplicationError:
         return ApplicationError(
             str(exc), type=name, next_retry_delay=rate_limit_delay(exc.retry_after, attempt)
         )
-    if isinstance(exc, VastCreateFailed | VastOfferUnavailable | VastAuthError):
-        return ApplicationError(str(exc), type=name, non_retryable=True)
-    if isinstance(exc, VastRequestRejected):
+    if isinstance(exc, VastRequestRejected | VastAuthError):
+        # includes VastOfferUnavailable and VastCreateFailed: the workflow decides what next
         return ApplicationError(str(exc), type=name, non_retryable=True)
     return ApplicationError(str(exc), type=name)
 

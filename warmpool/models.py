@@ -197,7 +197,6 @@ class SlotConfig(Model):
     retry_backoff_initial: timedelta = timedelta(seconds=10)
     retry_backoff_max: timedelta = timedelta(minutes=10)
     transitions_kept: int = 30
-    collect_logs: bool = False
     recycle_after_lease: bool = False
 
 

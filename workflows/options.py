@@ -108,7 +108,7 @@ def warmup(cfg: SlotConfig) -> dict[str, Any]:
     }
 
 
-def watch(cfg: SlotConfig, poll: timedelta) -> dict[str, Any]:
+def watch(cfg: SlotConfig) -> dict[str, Any]:
     """Runs as long as the slot serves; the heartbeat timeout replaces a process watchdog.
 
     The slot waits for the cancel to complete, so no watch outlives its slot or pings an

@@ -596,7 +596,7 @@ class WarmSlotWorkflow:
                 comfy_port=cfg.comfy_port,
                 internal_port=cfg.comfy_internal_port,
             ),
-            **options.watch(cfg, poll),
+            **options.watch(cfg),
         )
         await workflow.wait_condition(
             lambda: (
