@@ -308,6 +308,8 @@ class SlotView(Model):
     dph_total: float | None = None
     lease_id: str | None = None
     retiring: bool = False
+    attempt_started: datetime | None = None
+    """When the slot's current rental attempt began (RENTING); READY minus this is time to READY."""
 
 
 class PoolLease(Model):
@@ -369,6 +371,29 @@ class PoolFailure(Model):
     reason: str
 
 
+READY_BUCKETS: tuple[float, ...] = (30, 60, 120, 180, 300, 600, 900, 1800, 3600)
+"""Upper bounds (seconds) of the time-to-READY histogram; one more bucket holds the rest."""
+
+
+class PoolStats(Model):
+    """Cumulative counters the gateway exports as metrics; they survive continue-as-new."""
+
+    provisions_started: int = 0
+    provisions_ready: int = 0
+    failures_by_reason: dict[str, int] = Field(default_factory=dict)
+    ready_bucket_counts: list[int] = Field(default_factory=lambda: [0] * (len(READY_BUCKETS) + 1))
+    ready_seconds_sum: float = 0.0
+
+    def observe_ready(self, seconds: float) -> None:
+        self.provisions_ready += 1
+        self.ready_seconds_sum += seconds
+        index = next((i for i, b in enumerate(READY_BUCKETS) if seconds <= b), len(READY_BUCKETS))
+        self.ready_bucket_counts[index] += 1
+
+    def observe_failure(self, reason: str) -> None:
+        self.failures_by_reason[reason] = self.failures_by_reason.get(reason, 0) + 1
+
+
 class PoolRuntime(Model):
     slots: dict[int, SlotView] = Field(default_factory=dict)
     leases: dict[str, PoolLease] = Field(default_factory=dict)
@@ -382,6 +407,7 @@ class PoolRuntime(Model):
     draining: bool = False
     failures: list[PoolFailure] = Field(default_factory=list)
     granted_total: int = 0
+    stats: PoolStats = Field(default_factory=PoolStats)
 
 
 class PoolInput(Model):
@@ -406,3 +432,4 @@ class PoolStatus(Model):
     waiting: int
     failures: list[PoolFailure]
     granted_total: int
+    stats: PoolStats

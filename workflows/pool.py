@@ -329,6 +329,7 @@ class WarmPoolWorkflow:
         now = self._now()
         if event.at < view.since and event.state != S.DONE:
             return  # an older event delivered late
+        self._count(view, event)
         view.state = event.state
         view.since = event.at
         view.reason = event.reason
@@ -369,6 +370,19 @@ class WarmPoolWorkflow:
         if event.state in GONE:
             del self._rt.slots[event.index]
         self._dirty = True
+
+    def _count(self, view: SlotView, event: SlotEvent) -> None:
+        """Keep the cumulative provisioning figures (attempts, READY, time to READY, failures)."""
+        stats = self._rt.stats
+        if event.state == S.RENTING and view.state != S.RENTING:
+            stats.provisions_started += 1
+            view.attempt_started = event.at
+        elif event.state == S.READY and view.attempt_started is not None:
+            stats.observe_ready((event.at - view.attempt_started).total_seconds())
+            view.attempt_started = None
+        if event.failure is not None and event.state != S.READY:
+            stats.observe_failure(event.failure.value)
+            view.attempt_started = None
 
     @workflow.update
     def lease(self, request: LeaseRequest) -> LeaseGrant:
@@ -514,4 +528,5 @@ class WarmPoolWorkflow:
             waiting=len(self._rt.waiting),
             failures=self._rt.failures,
             granted_total=self._rt.granted_total,
+            stats=self._rt.stats,
         )
