@@ -52,7 +52,8 @@ STARTING = {
     S.VALIDATING_PORTS,
     S.BACKOFF,
 }
-SERVING = {S.READY, S.LEASED}
+SERVING = {S.READY, S.LEASED, S.DRAINING}
+"""States in which a slot still serves its lease: a retiring slot waits for the lease to end."""
 GONE = {S.DONE}
 KEEP_FAILURES = 20
 KEEP_ENDED_LEASES = 50

@@ -15,7 +15,7 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import WorkflowExecutionStatus, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
@@ -86,6 +86,9 @@ async def running_pool(
             task_queue=queue,
         )
         yield handle
+        if (await handle.describe()).status != WorkflowExecutionStatus.RUNNING:
+            assert cloud.live() == [], "an instance outlived its pool"
+            return
         await handle.signal(WarmPoolWorkflow.drain)
         for lease in (await handle.query(WarmPoolWorkflow.status)).active_leases:
             await upd(handle, WarmPoolWorkflow.release, lease.lease_id)
@@ -285,3 +288,46 @@ async def test_waiting_request_is_granted_when_capacity_arrives(
         await wait_pool(pool_env, pool, lambda s: len(s.active_leases) == 1)
         lookup = await pool.query(WarmPoolWorkflow.lease_request, "wait-1")
         assert lookup.status == "granted" and lookup.grant is not None
+
+
+async def test_a_burst_of_100_leases_on_10_ready_slots_grants_exactly_10_distinct(
+    pool_env: WorkflowEnvironment,
+) -> None:
+    cloud = FakeCloud(machines=30)
+    async with running_pool(pool_env, cloud, fast(min_ready=10, max_slots=10)) as pool:
+        await wait_pool(pool_env, pool, idle(10))
+        outcomes = await asyncio.gather(
+            *(upd(pool, WarmPoolWorkflow.lease, req(f"u{i}")) for i in range(100)),
+            return_exceptions=True,
+        )
+        grants = [o for o in outcomes if not isinstance(o, BaseException)]
+        refused = [o for o in outcomes if isinstance(o, WorkflowUpdateFailedError)]
+        others = [o for o in outcomes if o not in grants and o not in refused]
+        assert others == [], f"neither a grant nor a clear refusal: {others[:3]}"
+        assert len(grants) == 10 and len(refused) == 90
+        assert len({g.slot_id for g in grants}) == 10, "a slot was leased twice"
+        assert len({g.lease_id for g in grants}) == 10
+        for err in refused:
+            assert isinstance(err.cause, ApplicationError) and err.cause.type == "NoCapacity"
+            assert "no capacity" in str(err.cause)
+        status = await pool.query(WarmPoolWorkflow.status)
+        assert len(status.active_leases) == 10
+        assert len({lease.slot for lease in status.active_leases}) == 10
+
+
+async def test_drain_lets_a_lease_run_until_released_then_retires_the_slot(
+    pool_env: WorkflowEnvironment,
+) -> None:
+    cloud = FakeCloud(machines=3)
+    async with running_pool(pool_env, cloud, fast(min_ready=1, max_slots=1)) as pool:
+        await wait_pool(pool_env, pool, idle(1))
+        grant = await upd(pool, WarmPoolWorkflow.lease, req("keeper"))
+        await pool.signal(WarmPoolWorkflow.drain)
+        status = await wait_pool(pool_env, pool, lambda s: s.counts.get("DRAINING") == 1)
+        assert [lease.lease_id for lease in status.active_leases] == [grant.lease_id], (
+            "a draining slot still serves its lease"
+        )
+        released = await upd(pool, WarmPoolWorkflow.release, grant.lease_id)
+        assert released.end_reason == "released"
+        final = await asyncio.wait_for(pool.result(), 30)
+        assert final.slots == [] and cloud.live() == []
