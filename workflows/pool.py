@@ -126,7 +126,11 @@ class WarmPoolWorkflow:
             (
                 v
                 for v in self._rt.slots.values()
-                if v.state == S.READY and v.lease_id is None and not v.retiring and v.connection_url
+                if v.state == S.READY
+                and v.lease_id is None
+                and not v.cleaning
+                and not v.retiring
+                and v.connection_url
             ),
             key=lambda v: v.since,
         )
@@ -156,6 +160,7 @@ class WarmPoolWorkflow:
         view = self._rt.slots.get(lease.slot)
         if view is not None and view.lease_id == lease.lease_id:
             view.lease_id = None
+            view.cleaning = True
         if tell_slot:
             self._signal_slot(
                 lease.slot, "end_lease", LeaseEndRequest(lease_id=lease.lease_id, reason=reason)
@@ -331,6 +336,8 @@ class WarmPoolWorkflow:
         if event.at < view.since and event.state != S.DONE:
             return  # an older event delivered late
         self._count(view, event)
+        if event.state == S.READY:
+            view.cleaning = False
         view.state = event.state
         view.since = event.at
         view.reason = event.reason

@@ -331,3 +331,21 @@ async def test_drain_lets_a_lease_run_until_released_then_retires_the_slot(
         assert released.end_reason == "released"
         final = await asyncio.wait_for(pool.result(), 30)
         assert final.slots == [] and cloud.live() == []
+
+
+async def test_lease_cycles_survive_the_slot_continuing_as_new_between_release_and_clean(
+    pool_env: WorkflowEnvironment,
+) -> None:
+    """A slot that continues-as-new after a release must still clean and serve again."""
+    cloud = FakeCloud(machines=3)
+    async with running_pool(pool_env, cloud, fast(min_ready=1, max_slots=1)) as pool:
+        status = await wait_pool(pool_env, pool, idle(1))
+        slot = pool_env.client.get_workflow_handle(f"{pool.id}/slot-{status.slots[0].index}")
+        first_run = (await slot.describe()).run_id
+        for cycle in range(12):
+            await wait_pool(pool_env, pool, idle(1))
+            grant = await upd(pool, WarmPoolWorkflow.lease, req(f"c{cycle}"))
+            await upd(pool, WarmPoolWorkflow.release, grant.lease_id)
+        await wait_pool(pool_env, pool, idle(1))
+        assert (await slot.describe()).run_id != first_run, "the slot never continued-as-new"
+        assert cloud.calls["comfy.clean"] == 12, "every release was cleaned before reuse"
