@@ -7,11 +7,13 @@ may re-send a few batches: every batch carries its lines' byte positions and the
 only `SshLogBatch.unseen()` lines. Nothing is lost (the cursor only moves after a signal went out)
 and nothing is kept twice.
 
-Failure handling is Temporal's, not ours: a dropped or silent connection raises `SshConnectError`
-and `SSH_FOLLOW_RETRY_POLICY` reconnects with capped exponential backoff, forever; a dead worker
-stops heartbeating and `SSH_FOLLOW_HEARTBEAT_TIMEOUT` moves the attempt elsewhere. A rejected or
-missing key is `ApplicationError(type="SshAuthError", non_retryable=True)`. The activity returns
-only on a fatal line; the slot cancels it when it leaves PROVISIONING.
+Failure handling is Temporal's, not ours (`workflows.options.ssh_follow`): a dropped or silent
+connection raises `SshConnectError` and the retry policy reconnects with capped exponential
+backoff, forever; a dead worker stops heartbeating and the heartbeat timeout moves the attempt
+elsewhere. A rejected or missing key is `ApplicationError(type="SshAuthError",
+non_retryable=True)`. The activity returns only on a fatal line; the slot cancels it when the
+instance is READY or destroyed. A first attempt starts from `resume_from` (what the slot already
+holds, e.g. after its continue-as-new); a retried one from its last heartbeat.
 
 The private key comes from `key_provider` at call time (the worker's secret store, rotatable),
 never from the input.
@@ -21,20 +23,16 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Iterator, Sequence
-from datetime import timedelta
 from itertools import groupby
 from typing import Any
 
 import paramiko
 from pydantic import Field
 from temporalio import activity
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 
-from warmpool.models import Model
+from warmpool.models import SSH_FATAL_PATTERNS, SSH_LOG_PATHS, Model
 from warmpool.ssh import (
-    DEFAULT_FATAL_PATTERNS,
-    DEFAULT_LOG_PATHS,
     LogCursor,
     LogFollower,
     LogLine,
@@ -44,18 +42,6 @@ from warmpool.ssh import (
 
 SSH_LOG_SIGNAL = "ssh_log"
 
-SSH_FOLLOW_HEARTBEAT_TIMEOUT = timedelta(seconds=30)
-"""A worker that stops heartbeating this long is presumed dead; the attempt is retried elsewhere."""
-
-SSH_FOLLOW_RETRY_POLICY = RetryPolicy(
-    initial_interval=timedelta(seconds=2),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=300),
-    maximum_attempts=0,
-    non_retryable_error_types=["SshAuthError"],
-)
-"""Reconnect forever, backing off to 5 minutes; a rejected key fails the activity at once."""
-
 
 class SshFollowInput(Model):
     workflow_id: str
@@ -63,12 +49,14 @@ class SshFollowInput(Model):
     host: str
     port: int
     username: str = "root"
-    paths: list[str] = Field(default_factory=lambda: list(DEFAULT_LOG_PATHS))
-    fatal_patterns: list[str] = Field(default_factory=lambda: list(DEFAULT_FATAL_PATTERNS))
+    paths: list[str] = Field(default_factory=lambda: list(SSH_LOG_PATHS))
+    fatal_patterns: list[str] = Field(default_factory=lambda: list(SSH_FATAL_PATTERNS))
     poll_interval_s: float = Field(default=2.0, gt=0)
     keepalive_interval_s: float = Field(default=15, gt=0)
     keepalive_max_missed: int = Field(default=3, ge=1)
     batch_lines: int = Field(default=50, ge=1)
+    resume_from: LogCursor = Field(default_factory=LogCursor)
+    """Where a first attempt starts: the positions the slot already holds lines up to."""
 
 
 class SshFollowResult(Model):
@@ -136,7 +124,7 @@ class SshLogActivities:
     async def follow_logs(self, input: SshFollowInput) -> SshFollowResult:
         """Stream new log lines to the slot until a fatal line (returned) or cancellation."""
         follower = self._follower(input)
-        progress = _Progress(activity.info().heartbeat_details)
+        progress = _Progress(activity.info().heartbeat_details, input.resume_from)
         beating = asyncio.create_task(progress.beat_while_blocked(input.poll_interval_s))
         try:
             while True:
@@ -222,10 +210,12 @@ def _batches(lines: list[LogLine], size: int) -> Iterator[list[LogLine]]:
 class _Progress:
     """The delivered position: heartbeated each time it moves, and while a poll blocks."""
 
-    def __init__(self, details: Sequence[Any]) -> None:
-        """Resume from the last heartbeat (a dict after the data converter), else the start."""
-        start = details[0] if details else {}
-        self.current = SshFollowProgress.model_validate(start)
+    def __init__(self, details: Sequence[Any], start: LogCursor) -> None:
+        """Resume from the last heartbeat (a dict after the data converter), else from `start`."""
+        if details:
+            self.current = SshFollowProgress.model_validate(details[0])
+        else:
+            self.current = SshFollowProgress(cursor=start)
 
     def move(self, cursor: LogCursor, delivered: int) -> None:
         self.current = SshFollowProgress(

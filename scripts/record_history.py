@@ -5,10 +5,12 @@
 An in-process Temporal dev server, the simulator and a worker with the real activities run one
 slot through its whole lifecycle: the first instance fails with "no space left on device" (destroyed
 at once, replaced on another machine), the second reaches READY and then loses ComfyUI (keepalive
-loss, replaced), the third reaches READY, and a retire ends the slot in DONE. The history is
-written as JSON for `tests/workflows/test_replay.py`, which replays it against the current
-workflow code: re-record after an intended change to the workflow's commands, never to hide
-an unintended one.
+loss, replaced), the third reaches READY, and a retire ends the slot in DONE. Every instance's
+logs are followed over SSH (a private sshd on loopback, as in the tests; `scripts/ensure-sshd.sh`
+installs it), so the history holds `ssh_log` signals and collectors cancelled at READY. The
+history is written as JSON for `tests/workflows/test_replay.py`, which replays it against the
+current workflow code: re-record after an intended change to the workflow's commands, never to
+hide an unintended one.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import tempfile
 from collections.abc import Callable
 from datetime import timedelta
 from pathlib import Path
@@ -29,6 +32,7 @@ from temporalio.testing import WorkflowEnvironment  # noqa: E402
 
 from activities import build_activities  # noqa: E402
 from tests.integration.conftest import FAST, FAST_SIM, INSTANCE_SECRET  # noqa: E402
+from tests.sshd import Sshd, running_sshd  # noqa: E402
 from vastsim import Fault, Simulator  # noqa: E402
 from warmpool import search_attributes as sa  # noqa: E402
 from warmpool.instance_token import derive_instance_token  # noqa: E402
@@ -43,6 +47,7 @@ DEFAULT_OUT = ROOT / "tests" / "histories" / "slot_lifecycle.json"
 POOL = "replay"
 QUEUE = "replay-recording"
 TIME_LIMIT_S = 120.0
+PROVISIONING_LOG = ("pulling image vastai/comfyui", "downloading models", "starting ComfyUI")
 
 
 async def wait_for(
@@ -58,22 +63,40 @@ async def wait_for(
 
 async def record() -> str:
     """Run the stack, record one lifecycle, shut everything down; return the history JSON."""
+    with tempfile.TemporaryDirectory() as tmp, running_sshd(Path(tmp)) as sshd:
+        log = Path(tmp) / "provisioning.log"
+        log.write_text("".join(f"{line}\n" for line in PROVISIONING_LOG))
+        return await record_with(sshd, log)
+
+
+async def record_with(sshd: Sshd, log: Path) -> str:
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(Path(sys.executable).parent / "temporal"),
         data_converter=pydantic_data_converter,
         search_attributes=sa.ALL,
     )
+    sim_config = FAST_SIM.model_copy(update={"ssh_host": sshd.host, "ssh_port": sshd.port})
     try:
-        async with Simulator(FAST_SIM) as sim:
+        async with Simulator(sim_config) as sim:
             secrets = LayeredSecretStore(
                 [
                     EnvSecretStore(
-                        {"VASTAI_API_KEY": sim.api_key, "WARMPOOL_INSTANCE_SECRET": INSTANCE_SECRET}
+                        {
+                            "VASTAI_API_KEY": sim.api_key,
+                            "WARMPOOL_INSTANCE_SECRET": INSTANCE_SECRET,
+                            "WARMPOOL_SSH_KEY": sshd.client_key_pem,
+                        }
                     )
                 ]
             )
             configure_logging(level="WARNING", secret_values=lambda: current_values(secrets))
-            settings = Settings(**FAST)  # type: ignore[arg-type]
+            settings = Settings(  # type: ignore[arg-type]
+                **FAST,
+                ssh_logs=True,
+                ssh_user=sshd.username,
+                ssh_log_paths=[str(log)],
+                ssh_poll_interval_s=0.05,
+            )
             acts = build_activities(
                 settings,
                 secrets,
@@ -90,7 +113,7 @@ async def record() -> str:
             )
             try:
                 async with workers[0], workers[1], asyncio.timeout(TIME_LIMIT_S):
-                    text = await run_lifecycle(env, sim, settings)
+                    text = await run_lifecycle(env, sim, settings, [sshd.client_key_pem])
             finally:
                 await acts.aclose()
     finally:
@@ -98,10 +121,13 @@ async def record() -> str:
     return text
 
 
-async def run_lifecycle(env: WorkflowEnvironment, sim: Simulator, settings: Settings) -> str:
+async def run_lifecycle(
+    env: WorkflowEnvironment, sim: Simulator, settings: Settings, secrets: list[str]
+) -> str:
     """Drive one slot through failures, replacements and retire; return its history as JSON.
 
-    The history is checked for secrets first: it is committed to the repository.
+    The history is checked for secrets first (`secrets` and the ones derived here): it is
+    committed to the repository.
     """
     sim.add_fault(Fault(kind="no_space", count=1))
     handle = await env.client.start_workflow(
@@ -125,10 +151,12 @@ async def run_lifecycle(env: WorkflowEnvironment, sim: Simulator, settings: Sett
     final = await handle.result()
     if final.state != SlotState.DONE or sim.live_instances():
         raise SystemExit(f"record_history: the slot did not end cleanly: {final.state}")
+    if final.log_tail.count(PROVISIONING_LOG[-1]) < 2:
+        raise SystemExit("record_history: the SSH collector delivered too little; run it again")
     text = (await handle.fetch_history()).to_json()
     labels = [f"wp.{POOL}.0.{attempt}" for attempt in range(1, final.attempt + 1)]
     tokens = [derive_instance_token(INSTANCE_SECRET.encode(), label) for label in labels]
-    if any(secret in text for secret in [sim.api_key, INSTANCE_SECRET, *tokens]):
+    if any(secret in text for secret in [sim.api_key, INSTANCE_SECRET, *tokens, *secrets]):
         raise SystemExit("record_history: a secret reached the history; nothing written")
     return text
 

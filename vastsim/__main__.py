@@ -1,7 +1,7 @@
 """How does a chaos script or a developer run the simulator as its own process?
 
     python -m vastsim [--host 127.0.0.1] [--port 0] [--api-key K] [--speed F] [--offers N]
-                      [--seed S] [--fault-mix none|default]
+                      [--seed S] [--fault-mix none|default] [--ssh-host H --ssh-port P]
 
 It prints one JSON line with its URLs once it listens, then serves until SIGTERM or SIGINT.
 """
@@ -32,6 +32,8 @@ def _config(argv: list[str]) -> SimConfig:
     parser.add_argument("--offers", type=int, default=40)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--fault-mix", choices=["none", "default"], default="none")
+    parser.add_argument("--ssh-host", help="SSH server every instance reports (ssh_host)")
+    parser.add_argument("--ssh-port", type=int, help="its port (ssh_port)")
     args = parser.parse_args(argv)
     return SimConfig(
         host=args.host,
@@ -41,6 +43,8 @@ def _config(argv: list[str]) -> SimConfig:
         offers=args.offers,
         seed=args.seed,
         fault_mix=args.fault_mix,
+        ssh_host=args.ssh_host,
+        ssh_port=args.ssh_port,
     )
 
 

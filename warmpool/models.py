@@ -165,6 +165,24 @@ class SlotCounters(Model):
     failures_by_reason: dict[str, int] = Field(default_factory=dict)
 
 
+SSH_LOG_PATHS: tuple[str, ...] = (
+    "/var/log/portal/provisioning.log",
+    "/var/log/portal/comfyui.log",
+)
+"""Where Vast.ai's base image writes the provisioning script's output and ComfyUI's own log."""
+
+SSH_FATAL_PATTERNS: tuple[str, ...] = (
+    "no space left on device",
+    "CUDA error",
+    "out of memory",
+    "failed to download",
+    "download failed",
+    "HTTP Error 401",
+    "HTTP Error 403",
+)
+"""Log lines that doom a rental (case-insensitive substrings or regexes): destroy at once."""
+
+
 class SlotConfig(Model):
     """Every non-secret setting a slot needs; built from Settings by whoever starts the slot."""
 
@@ -198,6 +216,17 @@ class SlotConfig(Model):
     retry_backoff_max: timedelta = timedelta(minutes=10)
     transitions_kept: int = 30
     recycle_after_lease: bool = False
+    ssh_logs: bool = False
+    """Follow the instance's logs over SSH while it starts (the worker holds the SSH key)."""
+    ssh_username: str = "root"
+    ssh_log_paths: list[str] = Field(default_factory=lambda: list(SSH_LOG_PATHS))
+    ssh_fatal_patterns: list[str] = Field(default_factory=lambda: list(SSH_FATAL_PATTERNS))
+    ssh_poll_interval: timedelta = timedelta(seconds=2)
+    ssh_keepalive_interval: timedelta = timedelta(seconds=15)
+    ssh_keepalive_max_miss: int = Field(default=3, ge=1)
+    ssh_heartbeat_timeout: timedelta = timedelta(seconds=30)
+    ssh_retry_max_interval: timedelta = timedelta(minutes=5)
+    log_tail_lines: int = Field(default=50, ge=1, le=1000)
 
 
 class SlotRuntime(Model):
@@ -219,12 +248,24 @@ class SlotRuntime(Model):
     last_failure: str | None = None
     blocked_reason: str | None = None
     retiring: bool = False
+    needs_clean: bool = False
+    """A lease ended: clean ComfyUI (or recycle) before serving anyone else."""
+    block_after_terminate: str | None = None
+    """A configuration error found while validating: BLOCKED once the instance is destroyed."""
     ready_since: datetime | None = None
     state_since: datetime | None = None
     provision_started: datetime | None = None
     time_to_ready_s: float | None = None
     warmup_seconds: float | None = None
     log_tail: list[str] = Field(default_factory=list)
+    log_lines_total: int = 0
+    """Lines ever added to `log_tail`: a reader diffs it to print only new lines."""
+    log_instance_id: int | None = None
+    log_positions: dict[str, tuple[int, int]] = Field(default_factory=dict)
+    """Per log path of `log_instance_id`: the (epoch, end) reached; older lines are dropped."""
+    log_error: str | None = None
+    log_failed_instance: int | None = None
+    """The instance whose collector failed for good (e.g. key rejected): not started again."""
 
 
 class SlotInput(Model):
@@ -262,6 +303,8 @@ class SlotStatus(Model):
     warmup_seconds: float | None
     excluded_machines: list[int]
     log_tail: list[str]
+    log_lines_total: int = 0
+    log_error: str | None = None
 
 
 class SlotEvent(Model):
@@ -308,6 +351,8 @@ class SlotView(Model):
     dph_total: float | None = None
     lease_id: str | None = None
     retiring: bool = False
+    cleaning: bool = False
+    """A lease ended: not idle until the slot reports READY again (after its clean)."""
     attempt_started: datetime | None = None
     """When the slot's current rental attempt began (RENTING); READY minus this is time to READY."""
 

@@ -19,7 +19,9 @@ from dotenv import load_dotenv
 from pydantic import AliasChoices, Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from warmpool.models import OfferConstraints, SlotConfig
+from warmpool.labels import validate_pool_name
+from warmpool.models import SSH_FATAL_PATTERNS, SSH_LOG_PATHS, OfferConstraints, SlotConfig
+from warmpool.secrets import EnvSecretStore, FileSecretStore, LayeredSecretStore, SecretName
 
 DEFAULT_VAST_BASE_URL = "https://console.vast.ai/api/v0"
 
@@ -67,6 +69,8 @@ class Settings(BaseSettings):
     vast_calls_per_second: float = Field(default=2.0, gt=0)
     """Ceiling on Vast.ai activity starts per second, enforced by the Temporal server across
     every worker (`max_task_queue_activities_per_second` on the provider task queue)."""
+    vast_timeout_s: float = Field(default=30.0, gt=0)
+    """Timeout of one Vast.ai HTTP call; a call that hangs longer fails and is retried."""
 
     # Offers and rent.
     image: str = "vastai/comfyui:latest"
@@ -110,6 +114,22 @@ class Settings(BaseSettings):
         default=0, ge=0, validation_alias=_env("SSH_MAX_CONSECUTIVE_FAILURES")
     )
 
+    # SSH log collector (the key itself is a secret: WARMPOOL_SSH_KEY or the secret store).
+    ssh_logs: bool | None = None
+    """Follow provisioning logs over SSH; unset means "when an SSH key is configured"."""
+    ssh_key_set: bool = Field(default=False, exclude=True)
+    ssh_user: str = Field(default="root", min_length=1)
+    ssh_log_paths: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(SSH_LOG_PATHS), min_length=1
+    )
+    ssh_fatal_patterns: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: list(SSH_FATAL_PATTERNS)
+    )
+    ssh_log_tail_lines: int = Field(default=50, ge=1, le=1000)
+    ssh_poll_interval_s: float = Field(default=2.0, gt=0)
+    ssh_heartbeat_timeout_s: float = Field(default=30.0, gt=0)
+    ssh_retry_max_s: float = Field(default=300.0, gt=0)
+
     # Slot timings (seconds).
     provision_timeout_s: float = Field(default=1200.0, gt=0)
     fatal_grace_s: float = Field(default=120.0, ge=0)
@@ -126,11 +146,40 @@ class Settings(BaseSettings):
     log_level: str = "INFO"
     log_json: bool | None = None
 
+    # Worker metrics: Temporal's runtime metrics and ours (keepalive pings) for Prometheus.
+    worker_metrics_addr: str | None = None
+    """`host:port` where the worker serves `/metrics`; unset = no metrics endpoint."""
+
+    # Gateway (`python -m warmpool.gateway`); its admin key is a secret (`ADMIN_API_KEY`).
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = Field(default=3000, ge=0, le=65535)
+    gateway_pools: Annotated[list[str], NoDecode] = Field(
+        default_factory=lambda: ["default"], min_length=1
+    )
+    """Pools the gateway serves; the first is used when a request names none."""
+    gateway_connect_timeout_s: float = Field(default=5.0, gt=0)
+    gateway_read_timeout_s: float = Field(default=60.0, gt=0)
+    gateway_temporal_timeout_s: float = Field(default=10.0, gt=0)
+    gateway_max_wait_s: float = Field(default=120.0, ge=0)
+    gateway_lease_cache_s: float = Field(default=1.0, ge=0)
+    gateway_token_check_timeout_s: float = Field(default=30.0, gt=0)
+    gateway_worker_metrics: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    """Workers' `/metrics` URLs that the gateway's `/metrics` includes."""
+
     # Embedded simulator (used when VASTAI_API_KEY is unset).
     sim_speed: float = Field(default=1.0, gt=0)
     sim_fault_mix: Literal["none", "default"] = "none"
 
-    @field_validator("gpu_names", "require_tokens", "fatal_patterns", mode="before")
+    @field_validator(
+        "gpu_names",
+        "require_tokens",
+        "fatal_patterns",
+        "ssh_log_paths",
+        "ssh_fatal_patterns",
+        "gateway_pools",
+        "gateway_worker_metrics",
+        mode="before",
+    )
     @classmethod
     def _split_csv(cls, value: Any) -> Any:
         if isinstance(value, str):
@@ -143,6 +192,13 @@ class Settings(BaseSettings):
         unknown = sorted(set(value) - {"vast", "hf", "civitai"})
         if unknown:
             raise ValueError(f"unknown service(s) {unknown}; use vast, hf, civitai")
+        return value
+
+    @field_validator("gateway_pools")
+    @classmethod
+    def _pool_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            validate_pool_name(name)
         return value
 
     @model_validator(mode="after")
@@ -200,6 +256,16 @@ class Settings(BaseSettings):
             warmup_workflow=str(self.warmup_workflow) if self.warmup_workflow else None,
             retry_backoff_initial=timedelta(seconds=self.retry_backoff_initial_s),
             retry_backoff_max=timedelta(seconds=self.retry_backoff_max_s),
+            ssh_logs=self.ssh_key_set if self.ssh_logs is None else self.ssh_logs,
+            ssh_username=self.ssh_user,
+            ssh_log_paths=self.ssh_log_paths,
+            ssh_fatal_patterns=self.ssh_fatal_patterns,
+            ssh_poll_interval=timedelta(seconds=self.ssh_poll_interval_s),
+            ssh_keepalive_interval=timedelta(milliseconds=self.ssh_keepalive_interval_ms),
+            ssh_keepalive_max_miss=self.ssh_keepalive_max_miss,
+            ssh_heartbeat_timeout=timedelta(seconds=self.ssh_heartbeat_timeout_s),
+            ssh_retry_max_interval=timedelta(seconds=self.ssh_retry_max_s),
+            log_tail_lines=self.ssh_log_tail_lines,
         )
 
 
@@ -230,4 +296,10 @@ def load_settings(**overrides: Any) -> Settings:
             problems.append(f"{name}: {err.get('msg')}")
         raise SettingsError("invalid setting " + "; ".join(problems)) from None
     key_set = bool(os.environ.get("VASTAI_API_KEY"))
-    return settings.model_copy(update={"vastai_api_key_set": key_set})
+    ssh_key = LayeredSecretStore([FileSecretStore(settings.secrets_dir), EnvSecretStore()])
+    return settings.model_copy(
+        update={
+            "vastai_api_key_set": key_set,
+            "ssh_key_set": ssh_key.get(SecretName.SSH_KEY) is not None,
+        }
+    )

@@ -36,23 +36,6 @@ from warmpool.models import Model
 
 _log = structlog.get_logger(__name__)
 
-DEFAULT_LOG_PATHS: tuple[str, ...] = (
-    "/var/log/portal/provisioning.log",
-    "/var/log/portal/comfyui.log",
-)
-"""Where Vast.ai's base image writes the provisioning script's output and ComfyUI's own log."""
-
-DEFAULT_FATAL_PATTERNS: tuple[str, ...] = (
-    "no space left on device",
-    "CUDA error",
-    "out of memory",
-    "CUDA out of memory",
-    "failed to download",
-    "download failed",
-    "HTTP Error 401",
-    "HTTP Error 403",
-)
-
 READ_CHUNK_BYTES = 256 * 1024
 """Most bytes read from one file per poll; the rest comes on the next poll."""
 

@@ -6,6 +6,7 @@ whose start rate the Temporal server limits across every worker.
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 from typing import Any
 
@@ -129,4 +130,35 @@ def clean(cfg: SlotConfig) -> dict[str, Any]:
     return {
         "start_to_close_timeout": cfg.http_timeout * 4,
         "retry_policy": RetryPolicy(maximum_attempts=3),
+    }
+
+
+# The SSH log collector reconnects forever (a dropped connection is routine while an instance
+# boots); a rejected or missing key can never succeed, so it fails at once.
+SSH_FOLLOW_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=2),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=300),
+    maximum_attempts=0,
+    non_retryable_error_types=["SshAuthError"],
+)
+
+
+def ssh_follow(cfg: SlotConfig) -> dict[str, Any]:
+    """Runs while the slot starts; the retry policy and heartbeat timeout are the watchdog.
+
+    A worker that stops heartbeating for `ssh_heartbeat_timeout` is presumed dead and the attempt
+    resumes elsewhere from its heartbeated cursor. An attempt ends only by a fatal line, a lost
+    connection or a cancel; its start-to-close bound only backstops a stuck one. The slot waits
+    (in the background) for the cancel to complete, so no collector outlives its rental.
+    """
+    return {
+        "cancellation_type": ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        "start_to_close_timeout": timedelta(hours=1),
+        "heartbeat_timeout": cfg.ssh_heartbeat_timeout,
+        "retry_policy": dataclasses.replace(
+            SSH_FOLLOW_RETRY,
+            initial_interval=min(SSH_FOLLOW_RETRY.initial_interval, cfg.ssh_retry_max_interval),
+            maximum_interval=cfg.ssh_retry_max_interval,
+        ),
     }

@@ -5,6 +5,11 @@ instance, watches it come up, validates its ports, serves it, and replaces it wh
 Every side effect is an activity; every wait is a durable timer or a long-running activity
 with heartbeats. The loop runs one short step per iteration so that continue-as-new can
 happen at any state boundary, carrying the whole `SlotRuntime`.
+
+While an instance starts (PROVISIONING to VALIDATING_PORTS) an `ssh.follow_logs` activity may
+follow its logs and signal new lines (`ssh_log`) into a bounded tail; a fatal line cuts any wait
+short and destroys the instance at once. Becoming READY, terminating or continuing as new
+cancels the collector.
 """
 
 from __future__ import annotations
@@ -27,6 +32,13 @@ with workflow.unsafe.imports_passed_through():
         WatchInput,
         WatchResult,
     )
+    from activities.ssh import (
+        SSH_LOG_SIGNAL,
+        SshFollowInput,
+        SshFollowResult,
+        SshLogActivities,
+        SshLogBatch,
+    )
     from activities.tokens import TokenActivities, TokenCheckInput
     from activities.vast import RentInput, SearchInput, VastActivities
     from warmpool import search_attributes as sa
@@ -46,6 +58,7 @@ with workflow.unsafe.imports_passed_through():
         SlotStatus,
         Transition,
     )
+    from warmpool.ssh import LogCursor
     from warmpool.tokens import TokenService
     from workflows import options
 
@@ -58,10 +71,12 @@ BLOCKED_RECHECK = timedelta(minutes=10)
 MAX_EXCLUDED = 50
 OFFER_SPREAD = 5
 MAX_HISTORY_EVENTS = 8_000
+COLLECTING = (S.PROVISIONING, S.PROBING, S.VALIDATING_PORTS)
+"""The states in which the instance's logs are followed over SSH."""
 
 
-class Retired(Exception):
-    """Raised inside a step when the slot is told to retire while it waits."""
+class Interrupted(Exception):
+    """Raised inside a step that must stop waiting: a retire, or a fatal log line."""
 
 
 @workflow.defn(name="WarmSlotWorkflow")
@@ -74,10 +89,13 @@ class WarmSlotWorkflow:
         self._bad_since: datetime | None = None
         self._rented_at: datetime | None = None
         self._resume_requested = False
-        self._block_after_terminate: str | None = None
-        self._needs_clean = False
         self._failure: FailureReason | None = None
         self._outbox: set[asyncio.Task[None]] = set()
+        self._collector: workflow.ActivityHandle[SshFollowResult] | None = None
+        self._collector_for: int | None = None
+        self._stopping: set[asyncio.Task[None]] = set()
+        self._fatal: tuple[int, SshFollowResult] | None = None
+        """A fatal line a collector returned for an instance, not acted on yet."""
         self._phases: dict[SlotState, Callable[[], Awaitable[None]]] = {
             S.PREFLIGHT: self._preflight,
             S.BLOCKED: self._blocked,
@@ -104,10 +122,16 @@ class WarmSlotWorkflow:
         while self._rt.state != S.DONE:
             if self._rt.retiring and self._rt.state not in (S.TERMINATING, S.DRAINING):
                 self._enter(S.DRAINING, "retire requested")
+            self._collect_logs()
             if self._should_continue_as_new():
+                self._stop_collector()
                 await workflow.wait_condition(
-                    lambda: workflow.all_handlers_finished() and not self._outbox
+                    lambda: (
+                        workflow.all_handlers_finished() and not self._outbox and not self._stopping
+                    )
                 )
+                if self._fatal is not None:
+                    continue  # a stopping collector returned a fatal line: act on it first
                 workflow.continue_as_new(
                     SlotInput(
                         pool=input.pool,
@@ -119,11 +143,12 @@ class WarmSlotWorkflow:
                 )
             try:
                 await self._phases[self._rt.state]()
-            except Retired:
+            except Interrupted:
                 continue
             except ActivityError as err:
                 self._activity_failed(err)
-        await workflow.wait_condition(lambda: not self._outbox)  # the pool hears DONE
+        # The pool hears DONE; the collector was cancelled on leaving the starting states.
+        await workflow.wait_condition(lambda: not self._outbox and not self._stopping)
         return self.status()
 
     def _activity_failed(self, err: ActivityError) -> None:
@@ -177,6 +202,8 @@ class WarmSlotWorkflow:
             warmup_seconds=rt.warmup_seconds,
             excluded_machines=rt.excluded_machines,
             log_tail=rt.log_tail,
+            log_lines_total=rt.log_lines_total,
+            log_error=rt.log_error,
         )
 
     @workflow.signal
@@ -185,6 +212,21 @@ class WarmSlotWorkflow:
         if not self._rt.retiring:
             workflow.logger.info("slot retiring: %s", reason)
         self._rt.retiring = True
+
+    @workflow.signal(name=SSH_LOG_SIGNAL)
+    def ssh_log(self, batch: SshLogBatch) -> None:
+        """New log lines from the collector; re-sent batches overlap, so keep only unseen lines."""
+        rt = self._rt
+        if rt.instance is None or batch.instance_id != rt.instance.id:
+            return  # a late batch about an instance this slot no longer holds
+        if rt.log_instance_id != batch.instance_id:
+            rt.log_instance_id = batch.instance_id
+            rt.log_positions = {}
+            self._add_log_lines([f"--- instance {batch.instance_id} ---"])
+        seen = rt.log_positions.get(batch.path)
+        self._add_log_lines(batch.unseen(seen))
+        if seen is None or batch.position > seen:
+            rt.log_positions[batch.path] = batch.position
 
     @workflow.signal
     def resume(self) -> None:
@@ -198,7 +240,7 @@ class WarmSlotWorkflow:
         if rt.lease is not None and rt.lease.lease_id == lease.lease_id:
             rt.lease = lease  # a renewal
             return
-        if rt.state == S.READY and rt.lease is None and not rt.retiring and not self._needs_clean:
+        if rt.state == S.READY and rt.lease is None and not rt.retiring and not rt.needs_clean:
             rt.lease = lease
             rt.counters.leases += 1
             self._enter(S.LEASED, f"leased to {lease.holder} ({lease.lease_id})")
@@ -212,7 +254,7 @@ class WarmSlotWorkflow:
         if lease is None or lease.lease_id != request.lease_id:
             return
         self._end_lease(request.reason)
-        self._needs_clean = True
+        self._rt.needs_clean = True
 
     # ---- helpers --------------------------------------------------------------------------
 
@@ -309,22 +351,150 @@ class WarmSlotWorkflow:
             return False
         return True
 
+    def _interrupted(self) -> bool:
+        return self._rt.retiring or self._fatal_log_pending()
+
     async def _sleep(self, delay: timedelta) -> None:
-        """A durable timer that a retire cuts short."""
-        if await self._wait(lambda: self._rt.retiring, delay):
-            raise Retired()
+        """A durable timer that a retire or a fatal log line cuts short."""
+        if await self._wait(self._interrupted, delay):
+            raise Interrupted()
 
     async def _interruptible(self, handle: workflow.ActivityHandle[T]) -> T:
-        """Await an activity, cancelling it if the slot is told to retire meanwhile."""
-        await workflow.wait_condition(lambda: handle.done() or self._rt.retiring)
+        """Await an activity, cancelling it on a retire or a fatal log line meanwhile."""
+        await workflow.wait_condition(lambda: handle.done() or self._interrupted())
         if not handle.done():
             handle.cancel()
             try:
                 await handle
             except (ActivityError, asyncio.CancelledError):
                 pass
-            raise Retired()
+            raise Interrupted()
         return await handle
+
+    # ---- SSH log collector ----------------------------------------------------------------
+
+    def _collect_logs(self) -> None:
+        """Read a collector that ended by itself, act on a fatal line, start or stop one."""
+        handle = self._collector
+        if handle is not None and handle.done() and self._collector_for is not None:
+            self._collector = None
+            self._collector_ended(handle, self._collector_for)
+        fatal, self._fatal = self._fatal, None
+        rt = self._rt
+        if fatal is not None and rt.instance is not None and rt.instance.id == fatal[0]:
+            line, path = fatal[1].fatal_line, fatal[1].path
+            if rt.state in COLLECTING:  # once READY, the watch decides the instance's fate
+                self._fail(FailureReason.FATAL_LOG, f"{path}: {line}")
+                self._enter(S.TERMINATING, f"fatal log line: {line}")
+        self._sync_collector()
+
+    def _collector_ended(
+        self, handle: workflow.ActivityHandle[SshFollowResult], instance_id: int
+    ) -> None:
+        """A fatal line is kept to act on; a collector error (e.g. key rejected) is only noted."""
+        rt = self._rt
+        if handle.cancelled():
+            return
+        error = handle.exception()
+        if error is not None:
+            cause = error.cause if isinstance(error, ActivityError) else error
+            rt.log_error = f"SSH log collection stopped: {cause or error}"[:500]
+            rt.log_failed_instance = instance_id
+            workflow.logger.warning("slot %s: %s", self._input.index, rt.log_error)
+            return
+        result = handle.result()
+        if result.fatal_line is not None:
+            self._fatal = (instance_id, result)
+
+    def _fatal_log_pending(self) -> bool:
+        """A collector returned a fatal line that the loop has not acted on yet."""
+        handle = self._collector
+        return self._fatal is not None or (
+            handle is not None
+            and handle.done()
+            and not handle.cancelled()
+            and handle.exception() is None
+            and handle.result().fatal_line is not None
+        )
+
+    def _collector_target(self) -> InstanceView | None:
+        """The instance whose logs should be followed now, if any."""
+        rt = self._rt
+        inst = rt.instance
+        if (
+            not self._cfg.ssh_logs
+            or rt.state not in COLLECTING
+            or rt.retiring
+            or inst is None
+            or not inst.ssh_host
+            or not inst.ssh_port
+            or inst.id == rt.log_failed_instance
+        ):
+            return None
+        return inst
+
+    def _sync_collector(self) -> None:
+        target = self._collector_target()
+        running = self._collector is not None and not self._collector.done()
+        if running and (target is None or target.id != self._collector_for):
+            self._stop_collector()
+        if target is not None and self._collector is None:
+            self._start_collector(target)
+
+    def _start_collector(self, inst: InstanceView) -> None:
+        rt = self._rt
+        cfg = self._cfg
+        assert inst.ssh_host is not None and inst.ssh_port is not None
+        held = rt.log_positions if rt.log_instance_id == inst.id else {}
+        rt.log_error = None
+        self._collector_for = inst.id
+        self._collector = workflow.start_activity_method(
+            SshLogActivities.follow_logs,
+            SshFollowInput(
+                workflow_id=workflow.info().workflow_id,
+                instance_id=inst.id,
+                host=inst.ssh_host,
+                port=inst.ssh_port,
+                username=cfg.ssh_username,
+                paths=cfg.ssh_log_paths,
+                fatal_patterns=cfg.ssh_fatal_patterns,
+                poll_interval_s=cfg.ssh_poll_interval.total_seconds(),
+                keepalive_interval_s=cfg.ssh_keepalive_interval.total_seconds(),
+                keepalive_max_missed=cfg.ssh_keepalive_max_miss,
+                resume_from=LogCursor(
+                    offsets={path: end for path, (_, end) in held.items()},
+                    epochs={path: epoch for path, (epoch, _) in held.items()},
+                ),
+            ),
+            **options.ssh_follow(cfg),
+        )
+
+    def _stop_collector(self) -> None:
+        """Cancel the collector; the cancel completes in the background, awaited before CAN."""
+        handle, self._collector = self._collector, None
+        if handle is None or self._collector_for is None:
+            return
+        handle.cancel()
+        task = asyncio.create_task(self._reap(handle, self._collector_for))
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
+
+    async def _reap(
+        self, handle: workflow.ActivityHandle[SshFollowResult], instance_id: int
+    ) -> None:
+        """Await a cancelled collector: one that returned a fatal line first still counts."""
+        try:
+            result = await handle
+        except (ActivityError, asyncio.CancelledError):
+            return
+        if result.fatal_line is not None:
+            self._fatal = (instance_id, result)
+
+    def _add_log_lines(self, lines: list[str]) -> None:
+        rt = self._rt
+        rt.log_tail.extend(lines)
+        rt.log_lines_total += len(lines)
+        del rt.log_tail[: -self._cfg.log_tail_lines]
 
     @property
     def _queue(self) -> str:
@@ -460,6 +630,7 @@ class WarmSlotWorkflow:
         now = self._now()
         if obs.instance is not None:
             rt.instance = obs.instance.model_copy(update={"image": rt.image_used})
+            self._sync_collector()  # as soon as the provider tells where SSH listens
         verdict = assess(
             obs.instance,
             gone=obs.gone,
@@ -515,7 +686,7 @@ class WarmSlotWorkflow:
             self._fail(FailureReason.FIREWALL, str(cause))
         elif kind == "PortalUnauthorized":
             self._fail(FailureReason.PORTAL_UNAUTHORIZED, str(cause), exclude=False)
-            self._block_after_terminate = f"configuration error: {cause}"
+            self._rt.block_after_terminate = f"configuration error: {cause}"
         elif isinstance(cause, TimeoutError):
             self._fail(
                 FailureReason.COMFY_NEVER_READY,
@@ -543,23 +714,24 @@ class WarmSlotWorkflow:
                 self._fail(
                     FailureReason.PORTAL_UNAUTHORIZED, "portal refused our token", exclude=False
                 )
-                self._block_after_terminate = "configuration error: portal refused our token"
+                self._rt.block_after_terminate = "configuration error: portal refused our token"
             else:
                 self._fail(FailureReason.PORTS_INVALID, "no candidate passed TCP and HTTP")
             self._enter(S.TERMINATING, rt.last_failure or "ports invalid")
             return
         if cfg.warmup_workflow:
+            warmup = workflow.start_activity_method(
+                ComfyActivities.warmup,
+                WarmupInput(
+                    label=self._label,
+                    url=report.url,
+                    workflow_path=cfg.warmup_workflow,
+                    timeout=cfg.readiness_timeout,
+                ),
+                **options.warmup(cfg),
+            )
             try:
-                rt.warmup_seconds = await workflow.execute_activity_method(
-                    ComfyActivities.warmup,
-                    WarmupInput(
-                        label=self._label,
-                        url=report.url,
-                        workflow_path=cfg.warmup_workflow,
-                        timeout=cfg.readiness_timeout,
-                    ),
-                    **options.warmup(cfg),
-                )
+                rt.warmup_seconds = await self._interruptible(warmup)
             except ActivityError as err:
                 self._fail(FailureReason.WARMUP_FAILED, str(err.cause or err))
                 self._enter(S.TERMINATING, rt.last_failure or "warm-up failed")
@@ -576,7 +748,7 @@ class WarmSlotWorkflow:
         rt = self._rt
         cfg = self._cfg
         assert rt.instance is not None and rt.connection_url is not None
-        if self._needs_clean:
+        if self._rt.needs_clean:
             await self._after_lease()
             return
         mode = rt.state
@@ -603,7 +775,7 @@ class WarmSlotWorkflow:
                 handle.done()
                 or rt.state != mode
                 or rt.retiring
-                or self._needs_clean
+                or self._rt.needs_clean
                 or self._should_continue_as_new()
             )
         )
@@ -629,7 +801,7 @@ class WarmSlotWorkflow:
     async def _after_lease(self) -> None:
         """Clear the queue, interrupt, free memory and check it answers; or recycle."""
         rt = self._rt
-        self._needs_clean = False
+        self._rt.needs_clean = False
         assert rt.connection_url is not None
         if self._cfg.recycle_after_lease:
             self._enter(S.TERMINATING, "recycling after lease")
@@ -685,9 +857,9 @@ class WarmSlotWorkflow:
         self._end_lease("slot terminated")
         if rt.retiring:
             self._enter(S.DONE, "instance destroyed, slot retired")
-        elif self._block_after_terminate:
-            rt.blocked_reason = self._block_after_terminate
-            self._block_after_terminate = None
+        elif rt.block_after_terminate:
+            rt.blocked_reason = rt.block_after_terminate
+            rt.block_after_terminate = None
             self._enter(S.BLOCKED, rt.blocked_reason)
         else:
             self._enter(S.BACKOFF, "instance destroyed; will rent another")

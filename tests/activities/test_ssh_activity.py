@@ -3,7 +3,7 @@
 A real sshd on loopback (tests/sshd.py) and a real Temporal dev server, where a stand-in slot
 workflow records the `ssh_log` signals. Most tests drive the activity through `ActivityEnvironment`
 (heartbeats captured, cancellation controlled); one runs it in a worker under
-`SSH_FOLLOW_RETRY_POLICY` while sshd is killed and restarted.
+the slot's retry policy (`workflows.options.SSH_FOLLOW_RETRY`) while sshd is killed and restarted.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.worker import Worker
 
     from activities.ssh import (
-        SSH_FOLLOW_RETRY_POLICY,
         SSH_LOG_SIGNAL,
         SshFollowInput,
         SshFollowResult,
@@ -36,7 +35,8 @@ with workflow.unsafe.imports_passed_through():
         SshLogBatch,
     )
     from tests.sshd import Sshd, ed25519_key, running_sshd
-    from warmpool.ssh import SshConnectError
+    from warmpool.ssh import LogCursor, SshConnectError
+    from workflows.options import SSH_FOLLOW_RETRY
 
 TASK_QUEUE = "ssh-activity-test"
 
@@ -62,7 +62,7 @@ class SshLogRecorder:
             start_to_close_timeout=timedelta(minutes=1),
             heartbeat_timeout=timedelta(seconds=5),
             retry_policy=dataclasses.replace(
-                SSH_FOLLOW_RETRY_POLICY,
+                SSH_FOLLOW_RETRY,
                 initial_interval=timedelta(milliseconds=100),
                 maximum_interval=timedelta(milliseconds=400),
             ),
@@ -246,6 +246,27 @@ async def test_a_cancelled_follow_resumes_from_its_last_heartbeat_without_loss_o
     assert {batch.instance_id for batch in received} == {42}
     assert second[-1]["lines_seen"] == 10
     assert second[-1]["cursor"]["offsets"][str(log)] == len("".join(f"{e}\n" for e in expected))
+
+
+async def test_a_first_attempt_starts_where_the_slot_already_holds_lines(
+    tmp_path: Path,
+    sshd: Sshd,
+    temporal: WorkflowEnvironment,
+    activities: SshLogActivities,
+    slot: WorkflowHandle[Any, Any],
+) -> None:
+    """After the slot continues as new, a fresh collector must not re-send what it holds."""
+    log = tmp_path / "provisioning.log"
+    append(log, "held 1", "held 2", "new 1")
+    held = LogCursor(offsets={str(log): len("held 1\nheld 2\n")}, epochs={str(log): 0})
+    input = follow_input(sshd, slot.id, log, resume_from=held)
+
+    async def one() -> bool:
+        return len(raw_lines(await batches(slot))) >= 1
+
+    await follow_until_cancelled(activity_env(temporal.client, []), activities, input, one)
+    await asyncio.sleep(0.2)  # a re-send of the held lines would show up here
+    assert raw_lines(await batches(slot)) == ["new 1"]
 
 
 async def test_a_resume_from_a_stale_heartbeat_resends_but_the_slot_keeps_each_line_once(

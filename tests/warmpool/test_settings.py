@@ -222,3 +222,27 @@ def test_overrides_take_field_names() -> None:
     settings = load_settings(poll_active_ms=200, max_dph=3)
     assert settings.slot_config().poll_active == timedelta(milliseconds=200)
     assert isinstance(settings, Settings) and settings.max_dph == 3
+
+
+def test_ssh_logs_are_on_when_a_key_is_configured_and_reach_the_slot_config(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The workflow cannot read secrets: the starter turns collection on when it sees a key."""
+    assert not load_settings().slot_config().ssh_logs
+    monkeypatch.setenv("WARMPOOL_SSH_KEY", "-----BEGIN OPENSSH PRIVATE KEY-----\nx\n")
+    config = load_settings().slot_config()
+    assert config.ssh_logs and "PRIVATE KEY" not in config.model_dump_json()
+    monkeypatch.setenv("WARMPOOL_SSH_LOGS", "false")
+    assert not load_settings().slot_config().ssh_logs
+    monkeypatch.setenv("WARMPOOL_SSH_LOGS", "true")
+    monkeypatch.setenv("WARMPOOL_SSH_LOG_PATHS", "/var/log/a.log, /var/log/b.log")
+    monkeypatch.setenv("WARMPOOL_SSH_FATAL_PATTERNS", "segfault,Killed")
+    monkeypatch.setenv("SSH_KEEPALIVE_INTERVAL_MS", "500")
+    monkeypatch.setenv("WARMPOOL_SSH_RETRY_MAX_S", "60")
+    monkeypatch.delenv("WARMPOOL_SSH_KEY")
+    config = load_settings().slot_config()
+    assert config.ssh_logs
+    assert config.ssh_log_paths == ["/var/log/a.log", "/var/log/b.log"]
+    assert config.ssh_fatal_patterns == ["segfault", "Killed"]
+    assert config.ssh_keepalive_interval == timedelta(milliseconds=500)
+    assert config.ssh_retry_max_interval == timedelta(seconds=60)

@@ -18,8 +18,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from tests.sshd import Sshd, ed25519_key, free_port, rsa_key, running_sshd
+from warmpool.models import SSH_FATAL_PATTERNS
 from warmpool.ssh import (
-    DEFAULT_FATAL_PATTERNS,
     LogCursor,
     LogFollower,
     LogLine,
@@ -292,7 +292,7 @@ def test_the_repr_shows_the_target_and_never_the_key() -> None:
     ],
 )
 def test_default_fatal_patterns(line: str, expected: str | None) -> None:
-    assert match_fatal(line, DEFAULT_FATAL_PATTERNS) == expected
+    assert match_fatal(line, SSH_FATAL_PATTERNS) == expected
 
 
 def test_fatal_patterns_are_case_insensitive_substrings_or_regexes() -> None:

@@ -16,6 +16,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from activities.comfy import CleanInput, ProbeInput, WarmupInput, WatchInput, WatchResult
+from activities.ssh import SSH_LOG_SIGNAL, SshFollowInput, SshFollowResult, SshLogBatch
 from activities.tokens import TokenCheckInput
 from activities.vast import DestroyResult, RentInput, RentResult, SearchInput
 from warmpool.models import (
@@ -54,6 +55,11 @@ class FakeCloud:
     next_id: int = 10_000_000
     kill_on_watch: set[int] = field(default_factory=set)
     """Instance ids whose next watch reports keepalive lost (e.g. while leased)."""
+    ssh_logs: dict[int, list[SshLogBatch]] = field(default_factory=dict)
+    """Per machine: the `ssh_log` batches its collector signals (instance_id 0 = its own)."""
+    ssh_fatal: dict[int, str] = field(default_factory=dict)
+    """Per machine: the fatal line the collector returns after its batches."""
+    ssh_inputs: list[SshFollowInput] = field(default_factory=list)
 
     def scenario(self, machine: int) -> str:
         return self.scenarios.get(machine, "ok")
@@ -73,6 +79,7 @@ class FakeCloud:
             self.watch,
             self.warmup,
             self.clean,
+            self.follow_logs,
         ]
 
     @activity.defn(name="tokens.check")
@@ -171,6 +178,8 @@ class FakeCloud:
             intended_status="running",
             next_state="running",
             dph_total=0.3,
+            ssh_host="127.0.0.1" if self.ssh_logs else None,
+            ssh_port=22 if self.ssh_logs else None,
         )
 
     @activity.defn(name="vast.observe")
@@ -253,3 +262,23 @@ class FakeCloud:
             activity.heartbeat()
             await asyncio.sleep(0.05)
         return WatchResult(reason=FailureReason.KEEPALIVE_LOST, detail="pings failed")
+
+    @activity.defn(name="ssh.follow_logs")
+    async def follow_logs(self, input: SshFollowInput) -> SshFollowResult:
+        """Signal the machine's scripted batches, then return its fatal line or wait for cancel."""
+        self.calls["ssh.follow_logs"] += 1
+        self.ssh_inputs.append(input)
+        machine = self.instances[input.instance_id].machine_id
+        handle = activity.client().get_workflow_handle(input.workflow_id)
+        for batch in self.ssh_logs.get(machine, []):
+            own = batch.model_copy(update={"instance_id": batch.instance_id or input.instance_id})
+            await handle.signal(SSH_LOG_SIGNAL, own)
+        if machine in self.ssh_fatal:
+            return SshFollowResult(fatal_line=self.ssh_fatal[machine], path="/log", lines_seen=0)
+        try:
+            while True:
+                activity.heartbeat()
+                await asyncio.sleep(0.05)
+        except asyncio.CancelledError:
+            self.calls["ssh.cancelled"] += 1
+            raise

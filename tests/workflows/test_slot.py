@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
@@ -11,10 +12,12 @@ from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from activities.ssh import SshLogBatch
 from tests.helpers import in_state, new_queue, wait_status
 from tests.workflows.fakes import FakeCloud
 from warmpool.labels import slot_workflow_id
 from warmpool.models import SlotConfig, SlotInput, SlotState, SlotStatus
+from warmpool.ssh import LogCursor
 from workflows.options import vast_queue
 from workflows.slot import WarmSlotWorkflow
 
@@ -194,3 +197,74 @@ async def test_retire_while_starting_destroys(ts_env: WorkflowEnvironment, state
     cloud = FakeCloud(scenarios={1: "never_ready" if state == S.PROBING else "stuck_loading"})
     async with running_slot(ts_env, cloud) as handle:
         await wait_status(ts_env, handle, in_state(state), step=timedelta(seconds=1))
+
+
+def batch(offset: int, *lines: str, instance_id: int = 0) -> SshLogBatch:
+    """Consecutive lines of `/log` starting at byte `offset`."""
+    offsets = [offset]
+    for line in lines[:-1]:
+        offsets.append(offsets[-1] + len(line) + 1)
+    end = offsets[-1] + len(lines[-1]) + 1
+    return SshLogBatch(
+        instance_id=instance_id,
+        path="/log",
+        epoch=0,
+        offset=offset,
+        end=end,
+        line_offsets=offsets,
+        lines=list(lines),
+    )
+
+
+async def test_ssh_log_lines_are_kept_once_and_a_fatal_line_replaces_the_instance(
+    ts_env: WorkflowEnvironment,
+) -> None:
+    cloud = FakeCloud(
+        scenarios={1: "stuck_loading"},
+        ssh_logs={
+            1: [
+                batch(0, "l1", "l2"),
+                batch(3, "l2", "l3"),  # re-sent by a retried attempt: overlaps the first
+                batch(0, "ghost", instance_id=999),  # late, about an instance not held
+                batch(9, "CUDA error: boom"),
+            ],
+            2: [batch(0, "ok")],
+        },
+        ssh_fatal={1: "CUDA error: boom"},
+    )
+    # A running collector stops the test server skipping time: poll fast in real time.
+    config = SlotConfig(
+        ssh_logs=True,
+        poll_active=timedelta(milliseconds=200),
+        provision_timeout=timedelta(hours=1),
+        ssh_heartbeat_timeout=timedelta(hours=1),
+    )
+    async with running_slot(ts_env, cloud, config) as handle:
+        status = await wait_status(
+            ts_env,
+            handle,
+            lambda s: s.state == S.READY and "ok" in s.log_tail,
+            step=timedelta(seconds=1),
+        )
+        first, second = sorted(cloud.instances)
+        assert cloud.instances[first].destroyed and not cloud.instances[second].destroyed
+        assert status.log_tail == [
+            f"--- instance {first} ---",
+            "l1",
+            "l2",
+            "l3",
+            "CUDA error: boom",
+            f"--- instance {second} ---",
+            "ok",
+        ]
+        assert status.log_lines_total == 7
+        assert status.counters.failures_by_reason == {"fatal_log": 1}
+        assert status.last_failure == "fatal_log: /log: CUDA error: boom"
+        assert 1 in status.excluded_machines
+        assert [i.instance_id for i in cloud.ssh_inputs] == [first, second]
+        assert cloud.ssh_inputs[1].resume_from == LogCursor(), "a new rental's logs start at 0"
+        for _ in range(200):  # the READY slot cancels the second collector
+            if cloud.calls["ssh.cancelled"]:
+                break
+            await asyncio.sleep(0.05)
+        assert cloud.calls["ssh.cancelled"] == 1

@@ -1,9 +1,12 @@
-"""What can an operator do with one slot? `slot start|status|wait|retire|list`."""
+"""What can an operator do with one slot? `slot start|status|wait|retire|list|logs`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import signal
+import sys
 from datetime import UTC, datetime
 
 from temporalio.client import Client, WorkflowExecutionStatus
@@ -14,7 +17,7 @@ from temporalio.service import RPCError
 from warmpool import search_attributes as sa
 from warmpool.cli.common import CliError, Parser, emit, json_flag, pool_name, slot_index
 from warmpool.labels import slot_workflow_id
-from warmpool.models import SlotInput, SlotStatus
+from warmpool.models import SlotInput, SlotState, SlotStatus
 from warmpool.settings import Settings
 
 SLOT_WORKFLOW = "WarmSlotWorkflow"
@@ -47,6 +50,7 @@ def render_slot(status: SlotStatus) -> str:
         ("time to ready", f"{status.time_to_ready_s:.1f}s" if status.time_to_ready_s else "-"),
         ("last failure", status.last_failure or "-"),
         ("blocked", status.blocked_reason or "-"),
+        ("logs", status.log_error or f"{len(status.log_tail)} lines kept (slot logs)"),
         (
             "counters",
             ", ".join(f"{k}={v}" for k, v in status.counters.model_dump().items()),
@@ -162,6 +166,96 @@ async def cmd_slot_list(client: Client, settings: Settings, args: argparse.Names
     emit(args, rows, human or "no slots")
 
 
+def poll_interval(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {value!r}") from None
+    if not 0.05 <= seconds <= 3600:
+        raise argparse.ArgumentTypeError(f"must be between 0.05 and 3600 seconds, got {value}")
+    return seconds
+
+
+def new_log_lines(status: SlotStatus, shown_total: int | None) -> tuple[int, list[str]]:
+    """Lines of the tail not shown yet, and how many newer-than-shown lines the tail dropped.
+
+    `log_lines_total` counts every line ever kept, so the difference to what was shown says how
+    many are new even though the tail is bounded.
+    """
+    tail = status.log_tail
+    if shown_total is None:
+        return 0, list(tail)
+    new = status.log_lines_total - shown_total
+    if new <= 0:
+        return 0, []
+    return max(0, new - len(tail)), tail[-new:]
+
+
+def _print_lines(args: argparse.Namespace, status: SlotStatus, shown_total: int | None) -> None:
+    dropped, lines = new_log_lines(status, shown_total)
+    first = status.log_lines_total - len(lines) + 1
+    if args.json:
+        for n, line in enumerate(lines, start=first):
+            print(json.dumps({"n": n, "line": line}), flush=True)
+        return
+    if dropped:
+        print(f"[{dropped} lines not shown: the slot keeps the last {len(status.log_tail)}]")
+    for line in lines:
+        print(line, flush=True)
+
+
+async def cmd_slot_logs(client: Client, settings: Settings, args: argparse.Namespace) -> None:
+    """The provisioning log tail the slot collected over SSH; `--follow` polls for new lines."""
+    pool = args.pool_arg or args.pool
+    index = args.index if args.index_arg is None else args.index_arg
+    status = await slot_status(client, pool, index)
+    if not args.follow:
+        payload = {
+            "workflow_id": status.workflow_id,
+            "state": status.state.value,
+            "lines": status.log_tail,
+            "lines_total": status.log_lines_total,
+            "log_error": status.log_error,
+        }
+        emit(args, payload, "\n".join(status.log_tail) or f"no log lines ({status.state.value})")
+        if status.log_error and not args.json:
+            print(status.log_error, file=sys.stderr)
+        return
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGINT, stop.set)  # Ctrl-C ends the follow with exit 0
+    try:
+        await _follow(client, args, pool, index, status, stop)
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+
+
+async def _follow(
+    client: Client,
+    args: argparse.Namespace,
+    pool: str,
+    index: int,
+    status: SlotStatus,
+    stop: asyncio.Event,
+) -> None:
+    shown: int | None = None
+    error: str | None = None
+    while True:
+        _print_lines(args, status, shown)
+        shown = status.log_lines_total
+        if status.log_error != error and status.log_error:
+            print(status.log_error, file=sys.stderr, flush=True)
+        error = status.log_error
+        if status.state == SlotState.DONE:
+            return
+        try:
+            await asyncio.wait_for(stop.wait(), args.interval)
+            return
+        except TimeoutError:
+            pass
+        status = await slot_status(client, pool, index)
+
+
 def register(groups: argparse._SubParsersAction[Parser]) -> None:
     slot = groups.add_parser("slot", help="one slot workflow")
     cmds = slot.add_subparsers(dest="command", required=True, parser_class=Parser)
@@ -185,6 +279,12 @@ def register(groups: argparse._SubParsersAction[Parser]) -> None:
     retire.add_argument("--wait", action="store_true", help="wait until the instance is destroyed")
     retire.add_argument("--timeout", type=float, default=300.0)
     retire.set_defaults(func=cmd_slot_retire)
+    logs = with_slot(cmds.add_parser("logs", help="the provisioning log tail (over SSH)"))
+    logs.add_argument("pool_arg", nargs="?", type=pool_name, metavar="POOL", help="or --pool")
+    logs.add_argument("index_arg", nargs="?", type=slot_index, metavar="INDEX", help="or --index")
+    logs.add_argument("--follow", "-f", action="store_true", help="print new lines until Ctrl-C")
+    logs.add_argument("--interval", type=poll_interval, default=1.0, help="seconds between polls")
+    logs.set_defaults(func=cmd_slot_logs)
     listing = cmds.add_parser("list", help="running slots (from search attributes)")
     listing.add_argument("--pool", type=pool_name)
     listing.add_argument("--state", help="e.g. READY")
