@@ -1,9 +1,10 @@
 """What does `./scripts/run.sh` start? The whole stack on one machine, in the right order.
 
 Temporal dev server (SQLite file, Web UI, our search attributes) -> simulator process ->
-worker process -> a pool (min_ready 2) started through starter.py, waited on until READY,
-then a lease acquired and released. Every process
-logs to .warmpool/logs/. Ctrl-C (or --once after READY) stops them all, worker first.
+worker process (Prometheus metrics on a free port) -> gateway process (127.0.0.1:3000) -> a
+pool (min_ready 2) started through starter.py, waited on until READY, then a lease acquired
+through the gateway, ComfyUI asked through its proxy, and the lease released. Every process
+logs to .warmpool/logs/. Ctrl-C (or --once after READY) stops them all, gateway first.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+import httpx  # noqa: E402
+
 from warmpool.search_attributes import dev_server_flags  # noqa: E402
 
 STATE = ROOT / ".warmpool"
@@ -32,6 +35,16 @@ DEMO_ENV = {
     "WARMPOOL_READINESS_INITIAL_S": "1",
     "WARMPOOL_RETRY_BACKOFF_INITIAL_S": "2",
 }
+
+
+DEMO_ADMIN_KEY = "devstack-admin-key"
+"""The gateway's admin key when ADMIN_API_KEY is unset: for this local demo only."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def wait_port(host: str, port: int, timeout: float) -> None:
@@ -68,6 +81,7 @@ def main() -> int:
     parser.add_argument("--pool", default="demo")
     parser.add_argument("--temporal-port", type=int, default=7233)
     parser.add_argument("--ui-port", type=int, default=8233)
+    parser.add_argument("--gateway-port", type=int, default=3000)
     args = parser.parse_args()
     LOGS.mkdir(parents=True, exist_ok=True)
     env = {**DEMO_ENV, **os.environ}
@@ -119,9 +133,23 @@ def main() -> int:
                 "WARMPOOL_INSTANCE_SECRET": env.get("WARMPOOL_INSTANCE_SECRET", "devstack-secret"),
             }
         )
+        env.setdefault("WARMPOOL_WORKER_METRICS_ADDR", f"127.0.0.1:{free_port()}")
+        env.setdefault("ADMIN_API_KEY", DEMO_ADMIN_KEY)
+        env.update(
+            {
+                "WARMPOOL_GATEWAY_PORT": str(args.gateway_port),
+                "WARMPOOL_GATEWAY_POOLS": args.pool,
+                "WARMPOOL_GATEWAY_WORKER_METRICS": f"http://{env['WARMPOOL_WORKER_METRICS_ADDR']}/metrics",
+            }
+        )
         procs.append(spawn("worker", [sys.executable, "worker.py"], env))
+        procs.append(spawn("gateway", [sys.executable, "-m", "warmpool.gateway"], env))
+        wait_port("127.0.0.1", args.gateway_port, 60)
+        gateway_url = f"http://127.0.0.1:{args.gateway_port}"
+        gateway = httpx.Client(base_url=gateway_url, timeout=30)
         print(f"Temporal Web UI : http://127.0.0.1:{args.ui_port}")
         print(f"Simulator       : {urls['base_url']} (control {urls['control_url']})")
+        print(f"Gateway         : {gateway_url} (API {gateway_url}/docs, {gateway_url}/metrics)")
         print(f"Logs            : {LOGS}")
 
         def cli(*argv: str) -> str:
@@ -140,11 +168,14 @@ def main() -> int:
         cli("pool", "wait", *pool, "--ready", "1", "--timeout", "300")
         print(f"first READY after {time.monotonic() - started:.1f}s")
         print(cli("pool", "wait", *pool, "--ready", "2", "--timeout", "300"))
-        grant = json.loads(
-            cli("--json", "lease", "acquire", *pool, "--holder", "demo-user", "--duration", "600")
-        )
-        print(f"leased {grant['lease_id']} -> {grant['connection_url']}")
-        print(cli("lease", "release", *pool, grant["lease_id"]), end="")
+        grant = gateway.post("/api/leases", json={"holder": "demo-user", "duration_s": 600})
+        grant.raise_for_status()
+        lease = grant.json()
+        print(f"leased {lease['lease_id']} -> {gateway_url}{lease['proxy_path']}")
+        stats = gateway.get(f"{lease['proxy_path']}system_stats").json()
+        print(f"  ComfyUI {stats['system']['comfyui_version']} answers through the gateway")
+        ended = gateway.post(f"/api/leases/{lease['lease_id']}/release").json()
+        print(f"released {ended['lease_id']} ({ended['end_reason']})")
         if args.once:
             print(cli("pool", "drain", *pool, "--wait"), end="")
             return 0
@@ -152,7 +183,7 @@ def main() -> int:
         signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
         signal.sigwait({signal.SIGINT, signal.SIGTERM})
         return 0
-    except subprocess.CalledProcessError as exc:
+    except (subprocess.CalledProcessError, httpx.HTTPError) as exc:
         print(f"devstack: {exc}; see {LOGS}", file=sys.stderr)
         return 1
     finally:

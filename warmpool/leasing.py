@@ -17,7 +17,14 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError, RPCStatusCode
 
 from warmpool.labels import pool_workflow_id
-from warmpool.models import LeaseGrant, LeaseRequest, PoolLease, PoolStatus, RenewRequest
+from warmpool.models import (
+    LeaseGrant,
+    LeaseLookup,
+    LeaseRequest,
+    PoolLease,
+    PoolStatus,
+    RenewRequest,
+)
 
 T = TypeVar("T")
 
@@ -61,6 +68,39 @@ async def acquire(client: Client, pool: str, request: LeaseRequest) -> LeaseGran
         return await retry_transient(
             lambda: handle.execute_update("lease", request, result_type=LeaseGrant)
         )
+
+
+class LeaseNotGranted(Exception):
+    """A waited-on request ended without a lease: its wait ran out, or the pool refused it."""
+
+
+WAIT_GRACE_S = 5.0
+"""How long past `wait_for` a waiter keeps asking, for the pool's own deadline to be seen."""
+
+
+async def acquire_waiting(
+    client: Client, pool: str, request: LeaseRequest, *, poll_s: float = 0.5
+) -> LeaseGrant:
+    """Wait for capacity through the `request_lease` signal and the `lease_request` query.
+
+    No update is held open while waiting: a workflow admits at most 10 in-flight updates, and
+    a wait can last minutes.
+    """
+    handle = pool_handle(client, pool)
+    await retry_transient(lambda: handle.signal("request_lease", request))
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + request.wait_for.total_seconds() + WAIT_GRACE_S
+    while True:
+        lookup: LeaseLookup = await retry_transient(
+            lambda: handle.query("lease_request", request.request_id, result_type=LeaseLookup)
+        )
+        if lookup.status == "granted" and lookup.grant is not None:
+            return lookup.grant
+        if lookup.status == "expired":
+            raise LeaseNotGranted(lookup.reason or "no capacity before the deadline")
+        if loop.time() >= deadline:
+            raise LeaseNotGranted("still waiting at the deadline")
+        await asyncio.sleep(poll_s)
 
 
 async def renew(client: Client, pool: str, request: RenewRequest) -> LeaseGrant:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from temporalio.client import Client, WorkflowUpdateFailedError
@@ -18,8 +18,6 @@ from warmpool import search_attributes as sa
 from warmpool.cli.common import CliError, Parser, emit, json_flag, pool_name
 from warmpool.labels import pool_workflow_id
 from warmpool.models import (
-    LeaseGrant,
-    LeaseLookup,
     LeaseRequest,
     PoolConfig,
     PoolInput,
@@ -41,6 +39,16 @@ def positive_seconds(value: str) -> timedelta:
     if seconds <= 0:
         raise argparse.ArgumentTypeError(f"duration must be positive, got {value}")
     return timedelta(seconds=seconds)
+
+
+def positive_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return number
 
 
 def count(value: str) -> int:
@@ -107,9 +115,12 @@ def render_lease(lease: PoolLease) -> str:
     )
 
 
-async def cmd_start(client: Client, settings: Settings, args: argparse.Namespace) -> None:
+def check_start(args: argparse.Namespace) -> None:
     if args.min_ready > args.max_slots:
         raise CliError(f"--min-ready {args.min_ready} exceeds --max-slots {args.max_slots}", 2)
+
+
+async def cmd_start(client: Client, settings: Settings, args: argparse.Namespace) -> None:
     config = PoolConfig(
         min_ready=args.min_ready,
         max_slots=args.max_slots,
@@ -202,9 +213,11 @@ async def cmd_acquire(client: Client, settings: Settings, args: argparse.Namespa
     )
     try:
         if args.wait:
-            grant = await _acquire_waiting(client, args.pool, request)
+            grant = await leasing.acquire_waiting(client, args.pool, request)
         else:
             grant = await leasing.acquire(client, args.pool, request)
+    except leasing.LeaseNotGranted as exc:
+        raise CliError(f"no lease: {exc}") from None
     except (WorkflowUpdateFailedError, RPCError) as exc:
         raise CliError(f"no lease: {_explain(exc)}") from None
     emit(
@@ -213,23 +226,6 @@ async def cmd_acquire(client: Client, settings: Settings, args: argparse.Namespa
         f"lease {grant.lease_id}\n  url   {grant.connection_url}\n  slot  {grant.slot_id}\n"
         f"  until {grant.leased_until}",
     )
-
-
-async def _acquire_waiting(client: Client, pool: str, request: LeaseRequest) -> LeaseGrant:
-    """Wait for capacity through the signal + query path: no update held open."""
-    handle = leasing.pool_handle(client, pool)
-    await handle.signal("request_lease", request)
-    deadline = datetime.now(UTC) + request.wait_for + timedelta(seconds=5)
-    while datetime.now(UTC) < deadline:
-        lookup: LeaseLookup = await handle.query(
-            "lease_request", request.request_id, result_type=LeaseLookup
-        )
-        if lookup.status == "granted" and lookup.grant is not None:
-            return lookup.grant
-        if lookup.status == "expired":
-            raise CliError(f"no lease: {lookup.reason}")
-        await asyncio.sleep(0.5)
-    raise CliError("no lease: still waiting at the deadline")
 
 
 async def cmd_renew(client: Client, settings: Settings, args: argparse.Namespace) -> None:
@@ -273,10 +269,10 @@ def register(groups: argparse._SubParsersAction[Parser]) -> None:
     start = sub("start", "start a pool workflow")
     start.add_argument("--min-ready", type=count, default=2)
     start.add_argument("--max-slots", type=count, default=4)
-    start.add_argument("--budget", type=float, help="hourly cap on the sum of dph")
+    start.add_argument("--budget", type=positive_float, help="hourly cap on the sum of dph")
     start.add_argument("--safe-mode-after", type=count, default=5)
     start.add_argument("--recycle", action="store_true", help="recycle slots after a lease")
-    start.set_defaults(func=cmd_start)
+    start.set_defaults(func=cmd_start, check=check_start)
     sub("status", "show the pool").set_defaults(func=cmd_status)
     wait = sub("wait", "wait until N slots are idle and READY")
     wait.add_argument("--ready", type=count, default=1)
@@ -286,7 +282,7 @@ def register(groups: argparse._SubParsersAction[Parser]) -> None:
     resize = sub("resize", "change min_ready / max_slots / budget")
     resize.add_argument("--min-ready", type=count)
     resize.add_argument("--max-slots", type=count)
-    resize.add_argument("--budget", type=float)
+    resize.add_argument("--budget", type=positive_float)
     resize.set_defaults(func=cmd_resize)
     drain = sub("drain", "retire every slot once its lease ends")
     drain.add_argument("--wait", action="store_true", help="wait until every slot is gone")

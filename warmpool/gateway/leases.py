@@ -1,0 +1,190 @@
+"""How does the studio's front end get a GPU? Acquire, renew, release and show a lease over HTTP.
+
+These are `warmpool.leasing` calls on the pool workflow (the lease authority), so they behave
+as `starter.py lease ...` does: a request id makes acquire idempotent, release is idempotent,
+and waiting for capacity uses the `request_lease` signal (no update held open). The answer's
+`proxy_path` is where the front end reaches ComfyUI: `/comfy/<lease_id>/`.
+
+Status codes: 201 granted; 404 unknown pool or lease; 409 no capacity (now, or within the
+wait); 410 the lease has ended; 422 invalid request or refused by the pool (e.g. a duration
+over the pool's maximum); 503 Temporal did not answer.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime, timedelta
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Path
+from pydantic import Field
+from temporalio.client import WorkflowUpdateFailedError
+from temporalio.exceptions import ApplicationError
+
+from warmpool import leasing
+from warmpool.gateway.context import Gateway, get_gateway
+from warmpool.gateway.errors import JSON_BODY_LIMIT, ApiError, documented
+from warmpool.gateway.targets import check_active
+from warmpool.labels import slot_workflow_id
+from warmpool.models import LeaseRequest, Model, PoolConfig, PoolLease, RenewRequest
+
+router = APIRouter(prefix="/api/leases", tags=["leases"], max_body_size=JSON_BODY_LIMIT)
+
+GatewayDep = Annotated[Gateway, Depends(get_gateway)]
+LEASE_ID_PATTERN = r"^[A-Za-z0-9._-]{1,128}$"
+LeaseId = Annotated[str, Path(pattern=LEASE_ID_PATTERN, description="the lease's id")]
+MAX_DURATION_S = PoolConfig.model_fields["max_lease"].default.total_seconds()
+"""The pools' default maximum lease; a pool configured lower refuses longer ones (422)."""
+WAIT_POLL_S = 0.2
+
+
+class AcquireBody(Model):
+    holder: str = Field(min_length=1, max_length=200, description="who uses the instance")
+    pool: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9][a-z0-9-]{0,23}$",
+        description="a pool this gateway serves; default: the first of WARMPOOL_GATEWAY_POOLS",
+    )
+    duration_s: float | None = Field(
+        default=None, ge=1, le=MAX_DURATION_S, description="default: the pool's default lease"
+    )
+    request_id: str | None = Field(
+        default=None, min_length=1, max_length=200, description="idempotency key"
+    )
+    wait_s: float = Field(
+        default=0,
+        ge=0,
+        le=1800,
+        description="wait up to this long for capacity (capped by WARMPOOL_GATEWAY_MAX_WAIT_S)",
+    )
+
+
+class RenewBody(Model):
+    duration_s: float | None = Field(
+        default=None, ge=1, le=MAX_DURATION_S, description="from now; default: the pool's default"
+    )
+
+
+class LeaseView(Model):
+    lease_id: str
+    pool: str
+    holder: str
+    request_id: str
+    slot: int
+    slot_id: str
+    connection_url: str
+    proxy_path: str
+    granted_at: datetime
+    leased_until: datetime
+    active: bool
+    ended_at: datetime | None
+    end_reason: str | None
+
+
+def view(pool: str, lease: PoolLease) -> LeaseView:
+    return LeaseView(
+        lease_id=lease.lease_id,
+        pool=pool,
+        holder=lease.holder,
+        request_id=lease.request_id,
+        slot=lease.slot,
+        slot_id=slot_workflow_id(pool, lease.slot),
+        connection_url=lease.connection_url,
+        proxy_path=f"/comfy/{lease.lease_id}/",
+        granted_at=lease.granted_at,
+        leased_until=lease.leased_until,
+        active=lease.ended_at is None,
+        ended_at=lease.ended_at,
+        end_reason=lease.end_reason,
+    )
+
+
+def refused(exc: WorkflowUpdateFailedError) -> ApiError:
+    """The pool's answer to a refused update: no capacity (409) or an invalid request (422)."""
+    cause = exc.cause
+    if isinstance(cause, ApplicationError):
+        if cause.type == "NoCapacity":
+            return ApiError(409, "no_capacity", cause.message)
+        return ApiError(422, "refused", cause.message)
+    return ApiError(422, "refused", str(cause))
+
+
+def _seconds(value: float | None) -> timedelta | None:
+    return None if value is None else timedelta(seconds=value)
+
+
+@router.post(
+    "", status_code=201, response_model=LeaseView, responses=documented(400, 404, 409, 503)
+)
+async def acquire(gateway: GatewayDep, body: AcquireBody) -> LeaseView:
+    """Lease a READY instance, at once or within `wait_s`."""
+    pools = gateway.pools
+    pool = pools.name(body.pool)
+    wait = min(body.wait_s, gateway.settings.gateway_max_wait_s)
+    request = LeaseRequest(
+        holder=body.holder,
+        duration=_seconds(body.duration_s),
+        request_id=body.request_id or uuid.uuid4().hex,
+        wait_for=timedelta(seconds=wait),
+    )
+    try:
+        grant = await pools.call(
+            pool, "lease", lambda: leasing.acquire(pools.client, pool, request)
+        )
+    except WorkflowUpdateFailedError as exc:
+        error = refused(exc)
+        if error.error != "no_capacity" or wait <= 0:
+            raise error from None
+        try:
+            grant = await pools.call(
+                pool,
+                "lease (waiting)",
+                lambda: leasing.acquire_waiting(pools.client, pool, request, poll_s=WAIT_POLL_S),
+                extra_s=wait + leasing.WAIT_GRACE_S,
+            )
+        except leasing.LeaseNotGranted as exc:
+            raise ApiError(409, "no_capacity", f"no lease within {wait:g}s: {exc}") from None
+    pools.remember(grant.lease_id, pool)
+    _, lease = await pools.lease(grant.lease_id)
+    return view(pool, lease)
+
+
+@router.get("/{lease_id}", response_model=LeaseView, responses=documented(404, 410, 503))
+async def show(gateway: GatewayDep, lease_id: LeaseId) -> LeaseView:
+    """The lease, active or ended (410 once its pool no longer keeps it)."""
+    pool, lease = await gateway.pools.lease(lease_id)
+    return view(pool, lease)
+
+
+@router.post(
+    "/{lease_id}/renew", response_model=LeaseView, responses=documented(400, 404, 410, 503)
+)
+async def renew(gateway: GatewayDep, lease_id: LeaseId, body: RenewBody | None = None) -> LeaseView:
+    """Extend an active lease to `duration_s` from now."""
+    pools = gateway.pools
+    pool, lease = await pools.lease(lease_id)
+    check_active(lease)
+    request = RenewRequest(lease_id=lease_id, duration=_seconds(body.duration_s if body else None))
+    try:
+        await pools.call(pool, "renew", lambda: leasing.renew(pools.client, pool, request))
+    except WorkflowUpdateFailedError as exc:
+        raise refused(exc) from None
+    gateway.targets.forget(lease_id)
+    _, lease = await pools.lease(lease_id)
+    return view(pool, lease)
+
+
+@router.post("/{lease_id}/release", response_model=LeaseView, responses=documented(404, 410, 503))
+async def release(gateway: GatewayDep, lease_id: LeaseId) -> LeaseView:
+    """End the lease (idempotent: an ended lease is answered as it ended)."""
+    pools = gateway.pools
+    pool, lease = await pools.lease(lease_id)
+    if lease.ended_at is None:
+        try:
+            lease = await pools.call(
+                pool, "release", lambda: leasing.release(pools.client, pool, lease_id)
+            )
+        except WorkflowUpdateFailedError as exc:
+            raise refused(exc) from None
+    gateway.targets.forget(lease_id)
+    return view(pool, lease)

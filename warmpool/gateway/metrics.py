@@ -1,0 +1,191 @@
+"""What does Prometheus scrape? Pool figures read at scrape time, plus the workers' own metrics.
+
+Pool figures come from each served pool's `status` query (`PoolStatus.stats` is cumulative and
+survives continue-as-new), so a restarted gateway loses nothing and keeps no state:
+
+    warmpool_pool_up{pool}                          1 when the pool answered the scrape
+    warmpool_provision_attempts_total{pool}         rentals started (slot entered RENTING)
+    warmpool_provisions_ready_total{pool}           of those, reached READY
+    warmpool_provision_success_ratio{pool}          ready / attempts (0 before any attempt)
+    warmpool_time_to_ready_seconds{pool}            histogram, RENTING -> READY
+    warmpool_provision_failures_total{pool,reason}  every FailureReason, 0 included (no_space,
+                                                    load_failed, provision_timeout, firewall,
+                                                    keepalive_lost, ...)
+    warmpool_active_leases{pool}, warmpool_idle_ready_slots{pool}, warmpool_slots{pool,state}
+    warmpool_spend_dollars_per_hour{pool}, warmpool_safe_mode{pool}
+
+With `WARMPOOL_GATEWAY_WORKER_METRICS` (the workers' `/metrics` URLs, see
+`WARMPOOL_WORKER_METRICS_ADDR`), each worker's exposition is fetched too and re-exposed with a
+`worker` label: Temporal's runtime metrics (`temporal_*`) and `warmpool_keepalive_pings_total`,
+from which `warmpool_keepalive_success_ratio` (ok / all pings since the workers started; NaN
+before the first ping) and `warmpool_worker_up{worker}` are derived.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+import httpx
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector, CollectorRegistry
+
+from warmpool.gateway.context import gateway_of
+from warmpool.gateway.errors import ApiError
+from warmpool.models import READY_BUCKETS, FailureReason, PoolStatus
+
+router = APIRouter(tags=["metrics"])
+
+KEEPALIVE = "warmpool_keepalive_pings"
+WORKER_SCRAPE_TIMEOUT_S = 2.0
+
+
+@dataclass
+class WorkerScrape:
+    url: str
+    families: list[Metric] | None
+    """None when the worker did not answer."""
+
+    @property
+    def name(self) -> str:
+        return urlsplit(self.url).netloc or self.url
+
+
+def pool_families(statuses: dict[str, PoolStatus | None]) -> Iterator[Metric]:
+    up = GaugeMetricFamily("warmpool_pool_up", "1 when the pool answered", labels=["pool"])
+    attempts = CounterMetricFamily(
+        "warmpool_provision_attempts", "rentals started", labels=["pool"]
+    )
+    ready = CounterMetricFamily(
+        "warmpool_provisions_ready", "rentals that reached READY", labels=["pool"]
+    )
+    ratio = GaugeMetricFamily(
+        "warmpool_provision_success_ratio", "READY / rentals started", labels=["pool"]
+    )
+    seconds = HistogramMetricFamily(
+        "warmpool_time_to_ready_seconds", "rental start to READY", labels=["pool"]
+    )
+    failures = CounterMetricFamily(
+        "warmpool_provision_failures", "failed attempts by reason", labels=["pool", "reason"]
+    )
+    leases = GaugeMetricFamily("warmpool_active_leases", "leases held now", labels=["pool"])
+    idle = GaugeMetricFamily("warmpool_idle_ready_slots", "READY, not leased", labels=["pool"])
+    slots = GaugeMetricFamily("warmpool_slots", "slots by state", labels=["pool", "state"])
+    spend = GaugeMetricFamily(
+        "warmpool_spend_dollars_per_hour", "sum of the rented instances' $/h", labels=["pool"]
+    )
+    safe = GaugeMetricFamily("warmpool_safe_mode", "1 while renting is stopped", labels=["pool"])
+    for pool, status in statuses.items():
+        up.add_metric([pool], 0 if status is None else 1)
+        if status is None:
+            continue
+        stats = status.stats
+        attempts.add_metric([pool], stats.provisions_started)
+        ready.add_metric([pool], stats.provisions_ready)
+        started = stats.provisions_started
+        ratio.add_metric([pool], stats.provisions_ready / started if started else 0.0)
+        cumulative, buckets = 0, []
+        for bound, count in zip(
+            (*READY_BUCKETS, float("inf")), stats.ready_bucket_counts, strict=True
+        ):
+            cumulative += count
+            buckets.append(("+Inf" if bound == float("inf") else f"{bound:g}", cumulative))
+        seconds.add_metric([pool], buckets, stats.ready_seconds_sum)
+        reasons = {reason.value: 0 for reason in FailureReason} | stats.failures_by_reason
+        for reason, count in sorted(reasons.items()):
+            failures.add_metric([pool, reason], count)
+        leases.add_metric([pool], len(status.active_leases))
+        idle.add_metric([pool], status.idle_ready)
+        for state, count in sorted(status.counts.items()):
+            slots.add_metric([pool, state], count)
+        spend.add_metric([pool], status.spend_per_hour)
+        safe.add_metric([pool], 1 if status.safe_mode else 0)
+    yield from (up, attempts, ready, ratio, seconds, failures, leases, idle, slots, spend, safe)
+
+
+def worker_families(scrapes: Sequence[WorkerScrape]) -> Iterator[Metric]:
+    """Every worker's families merged by name, each sample labelled with its worker."""
+    up = GaugeMetricFamily("warmpool_worker_up", "1 when the worker answered", labels=["worker"])
+    merged: dict[str, Metric] = {}
+    pings = {"ok": 0.0, "all": 0.0}
+    for scrape in scrapes:
+        up.add_metric([scrape.name], 0 if scrape.families is None else 1)
+        for family in scrape.families or []:
+            if not family.samples:
+                continue
+            target = merged.setdefault(
+                family.name, Metric(family.name, family.documentation, family.type, family.unit)
+            )
+            for sample in family.samples:
+                labels = {**sample.labels, "worker": scrape.name}
+                target.add_sample(sample.name, labels, sample.value, sample.timestamp)
+                if family.name == KEEPALIVE and sample.name == f"{KEEPALIVE}_total":
+                    pings["all"] += sample.value
+                    pings["ok"] += sample.value if sample.labels.get("outcome") == "ok" else 0
+    yield up
+    if scrapes:
+        ratio = GaugeMetricFamily(
+            "warmpool_keepalive_success_ratio",
+            "keepalive pings that succeeded, over all pings since the workers started",
+        )
+        ratio.add_metric([], pings["ok"] / pings["all"] if pings["all"] else float("nan"))
+        yield ratio
+    yield from merged.values()
+
+
+class Snapshot(Collector):
+    """One scrape's figures, gathered (asynchronously) before rendering."""
+
+    def __init__(
+        self, statuses: dict[str, PoolStatus | None], scrapes: Sequence[WorkerScrape]
+    ) -> None:
+        self._statuses = statuses
+        self._scrapes = scrapes
+
+    def collect(self) -> Iterator[Metric]:
+        yield from pool_families(self._statuses)
+        yield from worker_families(self._scrapes)
+
+
+async def scrape_worker(http: httpx.AsyncClient, url: str) -> WorkerScrape:
+    try:
+        response = await http.get(url, timeout=WORKER_SCRAPE_TIMEOUT_S)
+        response.raise_for_status()
+        families = list(text_string_to_metric_families(response.text))
+    except (httpx.HTTPError, ValueError):
+        return WorkerScrape(url, None)
+    return WorkerScrape(url, families)
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+async def metrics(request: Request) -> Response:
+    """Prometheus text exposition (no auth: it carries no secret; keep it on a private network)."""
+    gateway = gateway_of(request)
+
+    async def status_or_none(pool: str) -> PoolStatus | None:
+        try:
+            return await gateway.pools.status(pool)
+        except ApiError:
+            return None
+
+    names = gateway.pools.names
+    statuses, scrapes = await asyncio.gather(
+        asyncio.gather(*(status_or_none(pool) for pool in names)),
+        asyncio.gather(
+            *(scrape_worker(gateway.http, url) for url in gateway.settings.gateway_worker_metrics)
+        ),
+    )
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(Snapshot(dict(zip(names, statuses, strict=True)), scrapes))
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
