@@ -6,13 +6,15 @@ import asyncio
 import sys
 from collections.abc import Sequence
 
-from warmpool.cli import pool, slot, tokens
+from pydantic import ValidationError
+
+from warmpool.cli import pool, reaper, slot, tokens
 from warmpool.cli.common import CliError, Command, Parser
 from warmpool.logging import configure_logging
 from warmpool.settings import SettingsError, load_settings
 from warmpool.temporal import connect
 
-GROUPS = [pool, slot, tokens]
+GROUPS = [pool, slot, tokens, reaper]
 
 
 def build_parser() -> Parser:
@@ -26,6 +28,9 @@ def build_parser() -> Parser:
 
 async def run(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(argv)
+    check = getattr(args, "check", None)
+    if check is not None:  # arguments that are wrong together fail before any connection
+        check(args)
     settings = load_settings()
     # stdout is for results (`--json` must parse); library logs go to stderr, warnings only.
     configure_logging(json=False, level="WARNING", secret_values=lambda: [])
@@ -44,5 +49,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CliError, SettingsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.code if isinstance(exc, CliError) else 2
+    except ValidationError as exc:  # a request model refused what argparse let through
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'input'}: {e['msg']}" for e in exc.errors()
+        )
+        print(f"error: invalid request: {problems}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         return 130

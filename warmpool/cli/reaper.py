@@ -1,0 +1,188 @@
+"""How does an operator run or schedule the orphan reaper? `starter.py reaper schedule|run POOL`.
+
+- `schedule POOL [--every 10m] [--grace 15m]` creates the Temporal Schedule
+  `warmpool/<pool>/reaper` (overlap SKIP: one reaper at a time), or updates its period and
+  grace when it exists, so running it again is safe.
+- `run POOL [--grace 15m] [--dry-run]` runs one reaper now and prints its report: what it
+  destroyed and what that saves per hour (`--dry-run` only says what it would destroy).
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import uuid
+from datetime import timedelta
+
+from temporalio.client import (
+    Client,
+    Schedule,
+    ScheduleActionStartWorkflow,
+    ScheduleAlreadyRunningError,
+    ScheduleIntervalSpec,
+    ScheduleOverlapPolicy,
+    SchedulePolicy,
+    ScheduleSpec,
+    ScheduleUpdate,
+    ScheduleUpdateInput,
+    WorkflowFailureError,
+)
+from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from temporalio.service import RPCError
+
+from warmpool import search_attributes as sa
+from warmpool.cli.common import CliError, Parser, emit, json_flag, pool_name
+from warmpool.reaper import DEFAULT_EVERY, DEFAULT_GRACE, ReaperInput, ReaperReport, Verdict
+from warmpool.settings import Settings
+
+REAPER_WORKFLOW = "OrphanReaperWorkflow"
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(value: str) -> timedelta:
+    """`90`, `90s`, `10m`, `1.5h`, `1d`: a plain number is seconds."""
+    match = _DURATION.fullmatch(value.strip())
+    if match is None:
+        raise argparse.ArgumentTypeError(f"expected a duration like 30s, 10m or 1h, got {value!r}")
+    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def schedule_id(pool: str) -> str:
+    return f"warmpool/{pool}/reaper"
+
+
+def reaper_schedule(pool: str, task_queue: str, every: timedelta, grace: timedelta) -> Schedule:
+    pool_attribute = TypedSearchAttributes([SearchAttributePair(sa.POOL_NAME, pool)])
+    return Schedule(
+        action=ScheduleActionStartWorkflow(
+            REAPER_WORKFLOW,
+            ReaperInput(pool=pool, grace=grace),
+            id=schedule_id(pool),  # the server appends the scheduled time
+            task_queue=task_queue,
+            typed_search_attributes=pool_attribute,
+        ),
+        spec=ScheduleSpec(intervals=[ScheduleIntervalSpec(every=every)]),
+        policy=SchedulePolicy(overlap=ScheduleOverlapPolicy.SKIP),
+    )
+
+
+async def ensure_schedule(
+    client: Client, settings: Settings, pool: str, every: timedelta, grace: timedelta
+) -> bool:
+    """Create the pool's reaper schedule, or bring an existing one to this period and grace.
+
+    Returns True when it was created.
+    """
+    schedule = reaper_schedule(pool, settings.task_queue, every, grace)
+    try:
+        await client.create_schedule(schedule_id(pool), schedule)
+        return True
+    except ScheduleAlreadyRunningError:
+        pass
+
+    def replace(_: ScheduleUpdateInput) -> ScheduleUpdate:
+        return ScheduleUpdate(schedule=schedule)
+
+    await client.get_schedule_handle(schedule_id(pool)).update(replace)
+    return False
+
+
+def _human(value: timedelta) -> str:
+    seconds = value.total_seconds()
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size and seconds % size == 0:
+            return f"{seconds / size:g}{unit}"
+    return f"{seconds:g}s"
+
+
+def render_report(report: ReaperReport) -> str:
+    orphans = report.orphans
+    if report.dry_run:
+        would = sum(d.candidate.dph_total or 0.0 for d in orphans)
+        outcome = f"dry run, would save ${would:.4f}/h"
+    else:
+        outcome = f"destroyed {len(report.destroyed)}, saves ${report.saved_per_hour:.4f}/h"
+    lines = [
+        f"reaper {report.pool}: {report.listed} labelled instance(s), {len(orphans)} orphan(s), "
+        f"{outcome} (grace {_human(report.grace)})"
+    ]
+    for reaped in report.destroyed:
+        gone = " (already gone)" if reaped.already_gone else ""
+        lines.append(
+            f"  destroyed {reaped.instance_id} {reaped.label} ${reaped.dph_total:.4f}/h{gone}"
+        )
+    for failure in report.failed:
+        lines.append(f"  FAILED    {failure.instance_id} {failure.label}: {failure.error}")
+    for d in report.decisions:
+        if d.verdict == Verdict.ORPHAN and not report.dry_run:
+            continue
+        c = d.candidate
+        lines.append(f"  {d.verdict.value:<14} {c.instance_id} {c.label}: {d.reason}")
+    return "\n".join(lines)
+
+
+async def cmd_schedule(client: Client, settings: Settings, args: argparse.Namespace) -> None:
+    if args.every <= timedelta(0):
+        raise CliError("--every must be positive", 2)
+    try:
+        created = await ensure_schedule(client, settings, args.pool, args.every, args.grace)
+    except RPCError as exc:
+        raise CliError(f"cannot schedule the reaper of {args.pool}: {exc.message}") from None
+    what = "created" if created else "updated"
+    emit(
+        args,
+        {
+            "schedule_id": schedule_id(args.pool),
+            "every_s": args.every.total_seconds(),
+            "grace_s": args.grace.total_seconds(),
+            "created": created,
+        },
+        f"schedule {schedule_id(args.pool)} {what}: every {_human(args.every)}, "
+        f"grace {_human(args.grace)}",
+    )
+
+
+async def cmd_run(client: Client, settings: Settings, args: argparse.Namespace) -> None:
+    request = ReaperInput(pool=args.pool, grace=args.grace, dry_run=args.dry_run)
+    try:
+        report = await client.execute_workflow(
+            REAPER_WORKFLOW,
+            request,
+            id=f"{schedule_id(args.pool)}-run-{uuid.uuid4().hex[:8]}",
+            task_queue=settings.task_queue,
+            result_type=ReaperReport,
+            execution_timeout=args.timeout,
+        )
+    except WorkflowFailureError as exc:
+        raise CliError(f"reaper of {args.pool} failed: {exc.cause or exc}") from None
+    except RPCError as exc:
+        raise CliError(f"cannot run the reaper of {args.pool}: {exc.message}") from None
+    emit(args, report.model_dump(mode="json"), render_report(report))
+
+
+def register(groups: argparse._SubParsersAction[Parser]) -> None:
+    reaper = groups.add_parser("reaper", help="destroy instances no live slot owns")
+    cmds = reaper.add_subparsers(dest="command", required=True, parser_class=Parser)
+
+    def sub(name: str, help: str) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = cmds.add_parser(name, help=help)
+        p.add_argument("pool", type=pool_name)
+        p.add_argument(
+            "--grace",
+            type=duration,
+            default=DEFAULT_GRACE,
+            help="an unowned instance younger than this is kept (default 15m)",
+        )
+        json_flag(p)
+        return p
+
+    schedule = sub("schedule", "create or update the pool's reaper schedule")
+    schedule.add_argument("--every", type=duration, default=DEFAULT_EVERY, help="default 10m")
+    schedule.set_defaults(func=cmd_schedule)
+    run = sub("run", "run the reaper once now and print its report")
+    run.add_argument("--dry-run", action="store_true", help="report orphans, destroy nothing")
+    run.add_argument(
+        "--timeout", type=duration, default=timedelta(minutes=10), help="give up after (10m)"
+    )
+    run.set_defaults(func=cmd_run)
