@@ -114,6 +114,7 @@ class Cloud:
             "instances": [info.model_dump() for info in self.infos()],
             "offers": self.offers_view(),
             "faults": self.faults.listing(),
+            "faults_fired": dict(self.faults.fired),
             "call_counts": dict(self.call_counts),
             "calls": [call.model_dump() for call in self.calls],
         }

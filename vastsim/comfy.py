@@ -84,9 +84,10 @@ class GpuInfo:
 class ComfyApp:
     """One ComfyUI process; shutting it down loses queue, history and sockets, as a crash does."""
 
-    def __init__(self, gpu: GpuInfo, prompt_s: float) -> None:
+    def __init__(self, gpu: GpuInfo, prompt_s: float, *, prompt_error: bool = False) -> None:
         self.gpu = gpu
         self.prompt_s = prompt_s
+        self.prompt_error = prompt_error  # a bad GPU: every prompt fails in its first node
         self._numbers = itertools.count()
         self._saved = itertools.count(1)
         self._pending: list[_Item] = []
@@ -357,6 +358,10 @@ class ComfyApp:
                 )
                 outputs = {}
                 break
+            if self.prompt_error:
+                event("execution_error", _oom_error(pid, node_id, node, executed))
+                outputs = {}
+                break
             event(
                 "executing",
                 {"node": node_id, "display_node": node_id, "prompt_id": pid},
@@ -412,6 +417,24 @@ class ComfyApp:
             name = f"ComfyUI_temp_sim_{next(self._saved):05}_.png"
             return {"images": [{"filename": name, "subfolder": "", "type": "temp"}]}
         return {}
+
+
+def _oom_error(
+    prompt_id: str, node_id: str, node: dict[str, Any], executed: list[str]
+) -> dict[str, Any]:
+    """The `execution_error` of a GPU that runs out of memory, as ComfyUI reports it."""
+    return {
+        "prompt_id": prompt_id,
+        "node_id": node_id,
+        "node_type": node["class_type"],
+        "executed": list(executed),
+        "exception_message": "CUDA out of memory. Tried to allocate 2.00 GiB.\n",
+        "exception_type": "torch.OutOfMemoryError",
+        "traceback": ['  File "/opt/ComfyUI/execution.py", line 496, in execute\n'],
+        "current_inputs": {},
+        "current_outputs": [],
+        "timestamp": _ms(),
+    }
 
 
 def _invalid(kind: str, message: str, details: str) -> Response:

@@ -24,6 +24,7 @@ FaultKind = Literal[
     "comfy_dies_after",
     "firewall",
     "comfy_mode",
+    "prompt_error",
     # API faults that answer instead of the endpoint (or delay it)
     "rate_limit",
     "server_error",
@@ -54,6 +55,7 @@ INSTANCE_KINDS = frozenset(
         "comfy_dies_after",
         "firewall",
         "comfy_mode",
+        "prompt_error",
     }
 )
 ANSWERING_KINDS = frozenset({"rate_limit", "server_error", "bad_key", "success_false", "non_json"})

@@ -31,6 +31,12 @@ class ControlApi:
         if method == "POST" and path == "/_sim/reset":
             cloud.reset()
             return json_response(200, _OK)
+        if method == "DELETE" and (match := _INSTANCE.fullmatch(path)) and not match.group(2):
+            try:
+                cloud.instance(int(match.group(1))).unforce()
+            except KeyError as exc:
+                return _error(404, str(exc))
+            return json_response(200, _OK)
         if method != "POST":
             return _error(404, "unknown control path")
         body = request.json_object()

@@ -34,6 +34,7 @@ class ComfyEndpoint:
         container_ports: set[int],
         gpu: GpuInfo,
         prompt_s: float,
+        prompt_error: bool = False,
     ) -> None:
         self._host = host
         self._mode = mode
@@ -41,6 +42,7 @@ class ComfyEndpoint:
         self._wanted = container_ports & {PORTAL_PORT, COMFY_PORT}
         self._gpu = gpu
         self._prompt_s = prompt_s
+        self._prompt_error = prompt_error
         self._ports: dict[int, HostPort] = {}
         self._comfy: ComfyApp | None = None
         self._firewalled = False
@@ -66,7 +68,7 @@ class ComfyEndpoint:
     async def comfy_up(self) -> None:
         if self._comfy is not None:
             return
-        self._comfy = ComfyApp(self._gpu, self._prompt_s)
+        self._comfy = ComfyApp(self._gpu, self._prompt_s, prompt_error=self._prompt_error)
         if self._firewalled:
             return
         for container in self._direct_ports():

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import random
+from collections import Counter
 from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +42,8 @@ class FaultBook:
         self._rng = rng
         self._active: list[_Active] = []
         self._ids = itertools.count(1)
+        self.fired: Counter[str] = Counter()
+        """Firings per fault id since start, used-up and cleared faults included."""
 
     def add(self, fault: Fault) -> str:
         fault_id = f"f{next(self._ids)}"
@@ -52,7 +55,12 @@ class FaultBook:
 
     def listing(self) -> list[dict[str, Any]]:
         return [
-            {"id": a.id, "remaining": a.remaining, **a.fault.model_dump(exclude_none=True)}
+            {
+                "id": a.id,
+                "remaining": a.remaining,
+                "fired": self.fired[a.id],
+                **a.fault.model_dump(exclude_none=True),
+            }
             for a in self._active
         ]
 
@@ -83,6 +91,7 @@ class FaultBook:
                 return False
         if fault.probability < 1 and self._rng.random() >= fault.probability:
             return False
+        self.fired[active.id] += 1
         if active.remaining is not None:
             active.remaining -= 1
             if active.remaining <= 0:
@@ -106,6 +115,7 @@ class InstanceFaults:
     comfy_dies_after: float | None = None
     firewall: bool = False
     comfy_mode: str | None = None
+    prompt_error: bool = False
 
     @classmethod
     def from_faults(cls, faults: list[Fault]) -> InstanceFaults:
@@ -128,6 +138,7 @@ class InstanceFaults:
             comfy_dies_after=seconds("comfy_dies_after"),
             firewall="firewall" in by_kind,
             comfy_mode=by_kind["comfy_mode"].value if "comfy_mode" in by_kind else None,
+            prompt_error="prompt_error" in by_kind,
         )
 
 

@@ -169,6 +169,10 @@ class Instance:
             raise ValueError("forced status fields must be strings or null")
         self._overrides.update(fields)
 
+    def unforce(self) -> None:
+        """Drop every pinned status field: the instance shows its own timeline again."""
+        self._overrides.clear()
+
     def halt(self) -> None:
         """Release the task and sockets (stop, destroy, simulator shutdown)."""
         if self._task is not None:
@@ -201,6 +205,7 @@ class Instance:
                 },
                 gpu=GpuInfo(str(self.offer["gpu_name"]), int(self.offer["gpu_ram"])),
                 prompt_s=c.scaled(c.prompt_s),
+                prompt_error=f.prompt_error,
             )
             await self._endpoint.start(firewall=f.firewall)
         self._booted = True

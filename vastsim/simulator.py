@@ -122,6 +122,10 @@ class Simulator:
         """Pin actual_status, intended_status, cur_state, next_state or status_msg."""
         self.cloud.instance(instance_id).force(fields)
 
+    def clear_instance_status(self, instance_id: int) -> None:
+        """Undo `set_instance_status` (e.g. a host heartbeat that came back)."""
+        self.cloud.instance(instance_id).unforce()
+
     async def kill_comfy(self, instance_id: int) -> None:
         await self.cloud.instance(instance_id).kill_comfy()
 

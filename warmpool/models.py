@@ -248,6 +248,10 @@ class SlotRuntime(Model):
     last_failure: str | None = None
     blocked_reason: str | None = None
     retiring: bool = False
+    bad_since: datetime | None = None
+    """When the provider first showed the current instance in a failure state (grace period)."""
+    rented_at: datetime | None = None
+    """When the current instance was rented (the list-visibility grace starts there)."""
     needs_clean: bool = False
     """A lease ended: clean ComfyUI (or recycle) before serving anyone else."""
     block_after_terminate: str | None = None

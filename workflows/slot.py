@@ -86,8 +86,6 @@ class WarmSlotWorkflow:
         self._input = input
         self._cfg = input.config
         self._rt = input.runtime or SlotRuntime()
-        self._bad_since: datetime | None = None
-        self._rented_at: datetime | None = None
         self._resume_requested = False
         self._failure: FailureReason | None = None
         self._outbox: set[asyncio.Task[None]] = set()
@@ -614,9 +612,9 @@ class WarmSlotWorkflow:
             dph_total=rt.offer.dph_total,
             image=image,
         )
-        self._rented_at = self._now()
+        rt.rented_at = self._now()
         rt.provision_started = self._now()
-        self._bad_since = None
+        rt.bad_since = None
         how = "adopted" if result.adopted else "rented"
         self._enter(S.PROVISIONING, f"{how} instance {result.instance_id} ({label}, {image})")
 
@@ -635,14 +633,14 @@ class WarmSlotWorkflow:
             obs.instance,
             gone=obs.gone,
             now=now,
-            bad_since=self._bad_since,
+            bad_since=rt.bad_since,
             grace=cfg.fatal_grace,
             fatal_patterns=cfg.fatal_patterns,
             comfy_port=cfg.comfy_port,
             internal_port=cfg.comfy_internal_port,
         )
-        self._bad_since = verdict.bad_since
-        rented_at = self._rented_at or now
+        rt.bad_since = verdict.bad_since
+        rented_at = rt.rented_at or now
         if verdict.verdict == Verdict.GONE and now - rented_at < VISIBILITY_GRACE:
             await self._sleep(cfg.poll_active)
         elif verdict.verdict in (Verdict.GONE, Verdict.DESTROY):

@@ -41,12 +41,17 @@ async def test_state_faults_status_comfy_and_reset(api: httpx.AsyncClient, sim: 
         assert unknown.status_code == 404
         not_a_field = await control.post(f"/instances/{instance_id}", json={"ports": {}})
         assert not_a_field.status_code == 400
+        assert (await control.delete(f"/instances/{instance_id}")).json() == {"success": True}
+        restored = await show(api, instance_id)
+        assert restored is not None and restored["actual_status"] != "exited"
+        assert restored["status_msg"] != "boom"
+        assert (await control.delete("/instances/1")).status_code == 404
 
         state = (await control.get("/state")).json()
         (info,) = state["instances"]
         assert info["id"] == instance_id and info["label"] == "wp.ctl.0.1"
         assert info["destroyed"] is False and len(state["offers"]) == 40
-        assert state["call_counts"] == {"bundles": 1, "create": 1, "user": 2, "show": 1}
+        assert state["call_counts"] == {"bundles": 1, "create": 1, "user": 2, "show": 2}
         assert [call["endpoint_key"] for call in state["calls"]][:2] == ["bundles", "create"]
         assert sim.api_key not in json.dumps(state) and TOKEN not in json.dumps(state)
 
@@ -144,5 +149,8 @@ async def test_python_api_forces_status_and_caps_the_call_log(make_sim: MakeSim)
         assert (instance["actual_status"], instance["cur_state"]) == (None, "stopped")
         with pytest.raises(ValueError, match="cannot force"):
             sim.set_instance_status(instance_id, label="x")
-    assert [c.endpoint_key for c in sim.calls] == ["create", "show"]
-    assert sim.call_counts == {"bundles": 1, "create": 1, "show": 1}
+        sim.clear_instance_status(instance_id)
+        instance = await show(api, instance_id)
+        assert instance is not None and instance["cur_state"] == "running"
+    assert [c.endpoint_key for c in sim.calls] == ["show", "show"]
+    assert sim.call_counts == {"bundles": 1, "create": 1, "show": 2}

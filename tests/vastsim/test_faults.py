@@ -128,6 +128,44 @@ async def test_comfy_mode_scoped_to_one_offer(api: httpx.AsyncClient, sim: Simul
     assert modes == {bare_id: "bare", portal_id: "portal"}
 
 
+async def test_prompt_error_fails_every_prompt_on_that_instance_only(
+    api: httpx.AsyncClient, sim: Simulator
+) -> None:
+    sim.add_fault(Fault(kind="prompt_error", count=1))
+    failing_id, _ = await rent(api)
+    healthy_id, _ = await rent(api)
+    failing, healthy = await asyncio.gather(settled(api, failing_id), settled(api, healthy_id))
+    graph = {
+        "1": {"class_type": "EmptyImage", "inputs": {"width": 8, "height": 8}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}},
+    }
+
+    async def run_prompt(instance: dict[str, Any]) -> dict[str, Any]:
+        base = f"http://127.0.0.1:{host_port(instance)}"
+        async with httpx.AsyncClient(base_url=base, headers=AUTH) as http:
+            queued = await http.post("/prompt", json={"prompt": graph, "client_id": "t"})
+            assert queued.status_code == 200, "a run-time failure is still accepted by POST"
+            prompt_id = queued.json()["prompt_id"]
+
+            async def entry() -> dict[str, Any] | None:
+                found: dict[str, Any] | None = (
+                    (await http.get(f"/history/{prompt_id}")).json().get(prompt_id)
+                )
+                return found
+
+            result: dict[str, Any] = await wait_for(entry)
+            return result
+
+    bad, good = await run_prompt(failing), await run_prompt(healthy)
+    assert bad["status"]["status_str"] == "error" and bad["outputs"] == {}
+    kind, data = bad["status"]["messages"][-1]
+    assert kind == "execution_error"
+    assert data["node_id"] == "1" and data["exception_type"] == "torch.OutOfMemoryError"
+    assert good["status"]["status_str"] == "success"
+    faults = {i.id: i.faults for i in sim.instances()}
+    assert faults == {failing_id: ["prompt_error"], healthy_id: []}
+
+
 async def test_pull_failed_scoped_by_image(api: httpx.AsyncClient, sim: Simulator) -> None:
     sim.add_fault(Fault(kind="pull_failed", image="private/missing:1"))
     bad_id, _ = await rent(api, image="private/missing:1")
