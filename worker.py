@@ -5,6 +5,7 @@ and the provider task queue (Vast.ai activities), whose activity start rate the 
 caps across every worker (`WARMPOOL_VAST_CALLS_PER_SECOND`).
 
 With no `VASTAI_API_KEY` and no `VASTAI_BASE_URL`, an embedded simulator is the provider.
+With `WARMPOOL_WORKER_METRICS_ADDR`, the process serves Prometheus `/metrics` there.
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from temporalio.client import Client
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
 from activities import WorkerActivities, build_activities
 from warmpool.cli.tokens import ensure_token_watch
 from warmpool.logging import configure_logging
+from warmpool.sandbox import LeanSandbox
 from warmpool.secrets import (
     EnvSecretStore,
     FileSecretStore,
@@ -43,6 +46,14 @@ log = logging.getLogger("warmpool.worker")
 HEARTBEAT_THROTTLE = timedelta(seconds=20)
 """A cancelled watch (retire, lease change) stops within this; 1,000 watching slots then send
 about 50 heartbeats a second to the server."""
+
+MAX_CACHED_WORKFLOWS = 200
+"""Workflows kept in memory between tasks (the SDK's default is 1,000). A READY slot gets no
+workflow task while its watch is healthy, so it need not stay cached: evicted, it is replayed
+from its history when something happens to it. A cached slot costs ~270 KB (its sandboxed
+module, instance and SDK state): 1,000 slots on one worker measured 234 MB RSS with 200 cached,
+314 MB with 500 (`bench/api_calls_per_period.py`). The price is replay CPU when more slots than
+this change state at once (e.g. retiring 1,000 slots together)."""
 
 SIM_INSTANCE_SECRET = "simulator-only-instance-secret"
 """Used only with the embedded simulator, whose instances are not real."""
@@ -70,6 +81,7 @@ def create_workers(
     task_queue: str | None = None,
     workflows: Sequence[type] = WORKFLOWS,
     heartbeat_throttle: timedelta = HEARTBEAT_THROTTLE,
+    max_cached_workflows: int = MAX_CACHED_WORKFLOWS,
 ) -> list[Worker]:
     """`heartbeat_throttle` caps how long a cancel waits to reach a running activity."""
     queue = task_queue or settings.task_queue
@@ -83,6 +95,8 @@ def create_workers(
         workflows=list(workflows),
         activities=activities.main,
         max_concurrent_activities=settings.max_concurrent_activities,
+        max_cached_workflows=max_cached_workflows,
+        workflow_runner=LeanSandbox(workflows),
         graceful_shutdown_timeout=timedelta(seconds=10),
         **beat,
     )
@@ -159,6 +173,15 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             await activities.aclose()
 
 
+def metrics_runtime(address: str) -> Runtime:
+    """A Temporal runtime serving Prometheus `/metrics` on `address`: the SDK's own worker
+    metrics plus what activities count (e.g. `warmpool_keepalive_pings_total`)."""
+    prometheus = PrometheusConfig(
+        bind_address=address, counters_total_suffix=True, durations_as_seconds=True
+    )
+    return Runtime(telemetry=TelemetryConfig(metrics=prometheus))
+
+
 def main() -> int:
     try:
         settings = load_settings()
@@ -166,6 +189,12 @@ def main() -> int:
         print(f"worker: {exc}", file=sys.stderr)  # noqa: T201 - before logging is configured
         return 2
     Path(settings.secrets_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+    if settings.worker_metrics_addr:
+        try:
+            Runtime.set_default(metrics_runtime(settings.worker_metrics_addr))
+        except ValueError as exc:  # bad address, or the port is taken
+            print(f"worker: WARMPOOL_WORKER_METRICS_ADDR: {exc}", file=sys.stderr)  # noqa: T201
+            return 2
 
     async def serve() -> None:
         stop = asyncio.Event()

@@ -1,7 +1,8 @@
 """Which activities does a worker run, and with which clients? `build_activities` wires them.
 
-One `VastClient`, one shared listing and one token validator per worker process; every slot
-the worker runs shares them (that is what keeps provider calls O(pages), not O(slots)).
+One `VastClient`, one shared listing, one TLS context for the ComfyUI clients and one token
+validator per worker process; every slot the worker runs shares them (that keeps provider calls
+O(pages), not O(slots), and a READY slot's keepalive client at a few KB).
 """
 
 from __future__ import annotations
@@ -13,11 +14,15 @@ from typing import Any
 import httpx
 
 from activities.comfy import ComfyActivities
+from activities.reaper import ReaperActivities
+from activities.ssh import SshLogActivities
 from activities.tokens import TokenActivities
 from activities.vast import VastActivities
+from warmpool.comfy import tls_context
 from warmpool.errors import VastAuthError
 from warmpool.listing import SharedListing
-from warmpool.secrets import SecretName, SecretStore
+from warmpool.logging import Redactor
+from warmpool.secrets import SecretName, SecretStore, current_values
 from warmpool.settings import Settings
 from warmpool.tokens import TokenValidator
 from warmpool.vast import VastClient
@@ -55,7 +60,9 @@ def build_activities(
     civitai_base_url: str | None = None,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> WorkerActivities:
-    client = VastClient(vast_base_url, _vast_key(secrets), transport=transport)
+    client = VastClient(
+        vast_base_url, _vast_key(secrets), transport=transport, timeout=settings.vast_timeout_s
+    )
     listing_ttl = min(settings.poll_active_ms, settings.keepalive_interval_ms) / 2000
     listing = SharedListing(client, ttl=listing_ttl)
 
@@ -71,8 +78,11 @@ def build_activities(
         cache_ttl=settings.token_cache_ms / 1000,
     )
     vast = VastActivities(client, listing, secrets)
-    comfy = ComfyActivities(listing, secrets)
+    comfy = ComfyActivities(listing, secrets, tls_context())
+    reaper = ReaperActivities(client)
     tokens = TokenActivities(validator)
+    redactor = Redactor(lambda: current_values(secrets))
+    ssh = SshLogActivities(lambda: secrets.get(SecretName.SSH_KEY), redact=redactor.text)
     return WorkerActivities(
         main=[
             comfy.await_ready,
@@ -81,6 +91,8 @@ def build_activities(
             comfy.clean,
             comfy.watch,
             tokens.check,
+            reaper.slot_claims,
+            ssh.follow_logs,
         ],
         vast=[
             vast.search_offers,
@@ -89,6 +101,7 @@ def build_activities(
             vast.list_labelled,
             vast.destroy,
             vast.show,
+            reaper.list_candidates,
         ],
         client=client,
     )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import random
+import ssl
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,10 @@ from warmpool.listing import SharedListing
 from warmpool.models import FailureReason, InstanceView, Model, PortReport
 from warmpool.probes import candidates_for, validate_ports
 from warmpool.secrets import SecretStore
+
+KEEPALIVE_PINGS = "warmpool_keepalive_pings"
+"""Counter on the worker's Prometheus endpoint (`_total` suffix there); the gateway's
+`/metrics` derives the keepalive success ratio from it."""
 
 
 class ProbeInput(Model):
@@ -74,9 +79,15 @@ class WatchResult(Model):
 
 
 class ComfyActivities:
-    def __init__(self, listing: SharedListing, secrets: SecretStore) -> None:
+    """One instance per worker; every client it makes uses the worker's one `tls` context."""
+
+    def __init__(self, listing: SharedListing, secrets: SecretStore, tls: ssl.SSLContext) -> None:
         self._listing = listing
         self._secrets = secrets
+        self._tls = tls
+
+    def _comfy(self, url: str, label: str) -> ComfyClient:
+        return ComfyClient(url, self._token(label), tls=self._tls)
 
     def _token(self, label: str) -> str:
         return derive_instance_token(instance_secret(self._secrets), label)
@@ -96,6 +107,7 @@ class ComfyActivities:
             self._token(input.label),
             tcp_timeout=input.tcp_timeout.total_seconds(),
             http_timeout=input.http_timeout.total_seconds(),
+            tls=self._tls,
         )
         if report.url is not None:
             return report
@@ -133,6 +145,7 @@ class ComfyActivities:
             self._token(input.label),
             tcp_timeout=input.tcp_timeout.total_seconds(),
             http_timeout=input.http_timeout.total_seconds(),
+            tls=self._tls,
         )
 
     @activity.defn(name="comfy.warmup")
@@ -148,7 +161,7 @@ class ComfyActivities:
                 non_retryable=True,
             ) from None
         graph = graph.get("prompt", graph)
-        async with ComfyClient(input.url, self._token(input.label)) as comfy:
+        async with self._comfy(input.url, input.label) as comfy:
             try:
                 return await comfy.run_prompt(graph, timeout=input.timeout.total_seconds())
             except ComfyPromptFailed as exc:
@@ -157,7 +170,7 @@ class ComfyActivities:
     @activity.defn(name="comfy.clean")
     async def clean(self, input: CleanInput) -> None:
         """After a lease: clear the queue, interrupt, free memory, then prove it still answers."""
-        async with ComfyClient(input.url, self._token(input.label)) as comfy:
+        async with self._comfy(input.url, input.label) as comfy:
             await comfy.clean()
             await comfy.system_stats()
 
@@ -172,10 +185,14 @@ class ComfyActivities:
         bad_since: datetime | None = None
         loop = asyncio.get_running_loop()
         next_poll = loop.time()
-        async with ComfyClient(input.url, self._token(input.label)) as comfy:
+        pings = activity.metric_meter().create_counter(
+            KEEPALIVE_PINGS, "keepalive pings to ComfyUI by outcome (ok, failed)"
+        )
+        async with self._comfy(input.url, input.label) as comfy:
             while True:
                 activity.heartbeat(failures)
                 ok = await comfy.ping(input.keepalive_timeout.total_seconds())
+                pings.add(1, {"outcome": "ok" if ok else "failed"})
                 failures = 0 if ok else failures + 1
                 lost = failures >= input.max_failures
                 if lost or loop.time() >= next_poll:

@@ -15,7 +15,15 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.errors import vast_errors
-from warmpool.errors import VastAuthError, VastCreateFailed, VastRateLimited, VastRequestRejected
+from warmpool.errors import (
+    VastAuthError,
+    VastCreateFailed,
+    VastMalformedResponse,
+    VastRateLimited,
+    VastRequestRejected,
+    VastServerError,
+    VastTransportError,
+)
 from warmpool.instance_token import derive_instance_token
 from warmpool.listing import SharedListing
 from warmpool.models import (
@@ -34,6 +42,8 @@ appear in the listing before it may create again (a create can succeed before it
 
 
 CREATE_REFUSED = "create-refused"
+LOOK_ERRORS = (VastServerError, VastTransportError, VastRateLimited, VastMalformedResponse)
+"""Failures of a label look-up that say nothing about whether the instance exists."""
 
 
 class SearchInput(Model):
@@ -105,12 +115,24 @@ class VastActivities:
         return ids[0] if ids else None
 
     async def _wait_for_label(self, label: str) -> int | None:
-        """After a create that may have landed, give the listing time to show it."""
-        deadline = asyncio.get_running_loop().time() + self._adopt_wait.total_seconds()
+        """After a create that may have landed, give the listing time to show it.
+
+        A look that fails (5xx, timeout, 429) is no answer, so it does not end the wait: the
+        wait ends with "not there" only on a look that succeeded after the deadline. Failed
+        looks are tolerated for twice the window, then the attempt fails and is retried.
+        """
+        loop = asyncio.get_running_loop()
+        window = self._adopt_wait.total_seconds()
+        deadline = loop.time() + window
         while True:
-            found = await self._find_by_label(label)
-            if found is not None or asyncio.get_running_loop().time() >= deadline:
-                return found
+            try:
+                found = await self._find_by_label(label)
+            except LOOK_ERRORS:
+                if loop.time() >= deadline + window:
+                    raise
+            else:
+                if found is not None or loop.time() >= deadline:
+                    return found
             activity.heartbeat(CREATE_SENT)
             await asyncio.sleep(self._adopt_poll.total_seconds())
 

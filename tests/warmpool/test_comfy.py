@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import ssl
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +20,7 @@ from warmpool.comfy import (
     ComfyPromptTimeout,
     ComfyUnauthorized,
     ComfyUnreachable,
+    tls_context,
 )
 
 TOKEN = "0123456789abcdef0123456789abcdef"
@@ -92,6 +94,39 @@ async def test_bare_comfy_gets_no_authorization_header() -> None:
     fake = FakeComfy({"GET /system_stats": answer(200, SYSTEM_STATS)})
     await client_for(fake, token=None).system_stats()
     assert "authorization" not in fake.seen[0].headers
+
+
+async def test_clients_sharing_one_pool_send_their_own_token_and_leave_it_open() -> None:
+    fake = FakeComfy({"GET /system_stats": answer(200, SYSTEM_STATS)})
+    http = httpx.AsyncClient(transport=httpx.MockTransport(fake))
+    other = "fedcba9876543210fedcba9876543210"
+    async with ComfyClient(BASE, TOKEN, client=http) as one, ComfyClient(BASE, other, client=http):
+        await one.system_stats()
+    async with ComfyClient(BASE, other, client=http) as two:
+        await two.system_stats()
+    assert [r.headers["authorization"] for r in fake.seen] == [f"Bearer {TOKEN}", f"Bearer {other}"]
+    assert not http.is_closed, "a ComfyClient closes only a client it made itself"
+    await http.aclose()
+
+
+async def test_clients_made_from_the_worker_tls_context_do_not_load_the_ca_bundle(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tls = tls_context()
+    loads: list[object] = []
+    load = ssl.SSLContext.load_verify_locations
+
+    def counted(self: ssl.SSLContext, *args: Any, **kwargs: Any) -> None:
+        loads.append(args or kwargs)
+        load(self, *args, **kwargs)
+
+    monkeypatch.setattr(ssl.SSLContext, "load_verify_locations", counted)
+    clients = [ComfyClient(BASE, TOKEN, tls=tls) for _ in range(3)]
+    assert loads == [], "one CA bundle per worker, not per slot"
+    clients.append(ComfyClient(BASE, TOKEN))
+    assert len(loads) == 1, "a client without the context loads the bundle itself"
+    for client in clients:
+        await client.aclose()
 
 
 def refuse(_: httpx.Request) -> httpx.Response:

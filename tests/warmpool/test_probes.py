@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import time
@@ -19,6 +20,7 @@ from tests.warmpool.fake_portal import (
     comfy_ready,
     free_port,
 )
+from warmpool.comfy import new_client
 from warmpool.instance_token import derive_instance_token
 from warmpool.models import CandidateReport, InstanceView, PortReport
 from warmpool.probes import Candidate, ProbeOutcome, candidates_for, probe, validate_ports
@@ -276,3 +278,23 @@ async def test_validate_unauthorized_unless_something_is_ready(
     with_fallback = await quick_validate([cand(gated.port), cand(bare.port)], TOKEN)
     assert not with_fallback.unauthorized
     assert with_fallback.url == f"http://127.0.0.1:{bare.port}"
+
+
+# --- a client the caller owns ----------------------------------------------------------------
+
+
+async def test_validations_sharing_one_client_send_their_own_token(
+    servers: list[FakeHttpServer],
+) -> None:
+    other = derive_instance_token(b"pool-secret-for-tests", "wp.test.1.1")
+    mine = await serve(servers, Portal(TOKEN, ready=True))
+    theirs = await serve(servers, Portal(other, ready=True))
+    async with new_client() as http:
+        reports = await asyncio.gather(
+            validate_ports([cand(mine.port)], TOKEN, client=http),
+            validate_ports([cand(theirs.port)], other, client=http),
+        )
+        assert not http.is_closed, "validate_ports closes only a client it made"
+    assert [r.url is not None for r in reports] == [True, True]
+    assert {r.headers["authorization"] for r in mine.requests} == {f"Bearer {TOKEN}"}
+    assert {r.headers["authorization"] for r in theirs.requests} == {f"Bearer {other}"}
