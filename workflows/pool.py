@@ -74,6 +74,7 @@ class WarmPoolWorkflow:
         self._rt = input.runtime or PoolRuntime()
         self._dirty = True
         self._outbox: set[asyncio.Task[None]] = set()
+        self._last_signal: dict[int, asyncio.Task[None]] = {}
 
     # ---- run loop -------------------------------------------------------------------------
 
@@ -139,9 +140,17 @@ class WarmPoolWorkflow:
         return sum(v.dph_total or 0.0 for v in self._rt.slots.values() if v.instance_id)
 
     def _signal_slot(self, index: int, name: str, arg: object) -> None:
-        """Fire-and-forget signal to a slot; awaited before continue-as-new."""
+        """Signal a slot without blocking the caller; awaited before continue-as-new.
+
+        Signals to one slot go out one after another: two signal commands from different
+        workflow tasks may otherwise reach the slot in either order, and an `end_lease`
+        overtaking its `assign_lease` would leave the slot LEASED to nobody.
+        """
+        previous = self._last_signal.get(index)
 
         async def send() -> None:
+            if previous is not None:
+                await previous
             handle = workflow.get_external_workflow_handle(slot_workflow_id(self._pool, index))
             try:
                 await handle.signal(name, arg)
@@ -150,7 +159,14 @@ class WarmPoolWorkflow:
 
         task = asyncio.create_task(send())
         self._outbox.add(task)
-        task.add_done_callback(self._outbox.discard)
+        self._last_signal[index] = task
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._outbox.discard(task)
+            if self._last_signal.get(index) is task:
+                del self._last_signal[index]
+
+        task.add_done_callback(done)
 
     def _end_lease(self, lease: PoolLease, reason: str, *, tell_slot: bool = True) -> None:
         if lease.ended_at is not None:
