@@ -21,21 +21,11 @@ from warmpool import search_attributes as sa
 from warmpool.labels import pool_workflow_id
 from warmpool.models import PoolLease, PoolStatus, SlotState, SlotStatus
 from warmpool.reaper import ReaperInput, ReaperReport
+from workflows.pool import STARTING
 
 T = TypeVar("T")
 S = SlotState
-PROVISIONING = frozenset(
-    {
-        S.PREFLIGHT,
-        S.SEARCHING,
-        S.RENTING,
-        S.PROVISIONING,
-        S.PROBING,
-        S.VALIDATING_PORTS,
-        S.TERMINATING,
-        S.BACKOFF,
-    }
-)
+PROVISIONING = frozenset(STARTING | {S.TERMINATING})
 QUERY_TIMEOUT = timedelta(seconds=5)
 RETRIED = (RPCError, WorkflowQueryFailedError, RuntimeError, TimeoutError)
 """A server restarting (UNAVAILABLE, connection errors), a query on a dead worker's sticky queue
