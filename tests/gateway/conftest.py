@@ -19,25 +19,21 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import pytest
 import uvicorn
 from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from activities import build_activities
-from tests.conftest import _binary
 from tests.helpers import new_queue
-from tests.integration.conftest import FAST, FAST_SIM, INSTANCE_SECRET
+from tests.integration.conftest import FAST, FAST_SIM, sim_secrets
 from vastsim import SimConfig, Simulator
-from warmpool import search_attributes as sa
 from warmpool.cli.tokens import ensure_token_watch
 from warmpool.gateway.app import create_app
 from warmpool.labels import pool_workflow_id
 from warmpool.models import PoolConfig, PoolInput, PoolStatus
-from warmpool.secrets import EnvSecretStore, FileSecretStore, LayeredSecretStore
+from warmpool.secrets import FileSecretStore, LayeredSecretStore
 from warmpool.settings import Settings
-from worker import create_workers, metrics_runtime
+from worker import metrics_runtime, serving
 
 ROOT = Path(__file__).resolve().parents[2]
 ADMIN_KEY = f"admin-{uuid.uuid4().hex}"
@@ -49,25 +45,6 @@ GATEWAY = {
     "gateway_max_wait_s": 15.0,
     "gateway_token_check_timeout_s": 20.0,
 }
-
-
-@pytest.fixture(scope="session")
-async def gateway_env() -> AsyncIterator[WorkflowEnvironment]:
-    """A dev server of the gateway tests' own, with the default continue-as-new threshold.
-
-    These tests cycle leases on a few slots dozens of times. On `dev_env` (continue-as-new
-    suggested after 50 events) a slot that continues as new between a release and its clean-up
-    comes back LEASED with no lease and is never leased again (`workflows/slot.py` keeps
-    `_needs_clean` outside the state it carries); that is reported to the slot's owner, and
-    continue-as-new itself is covered by tests/workflows.
-    """
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=_binary("temporal"),
-        data_converter=pydantic_data_converter,
-        search_attributes=sa.ALL,
-    )
-    yield env
-    await env.shutdown()
 
 
 def free_port() -> int:
@@ -163,26 +140,7 @@ async def gateway_stack(
             metrics_url = f"http://{address}/metrics"
             values["gateway_worker_metrics"] = [metrics_url]
         settings = Settings(**values)
-        secrets = LayeredSecretStore(
-            [
-                FileSecretStore(settings.secrets_dir),
-                EnvSecretStore(
-                    {
-                        "VASTAI_API_KEY": sim.api_key,
-                        "WARMPOOL_INSTANCE_SECRET": INSTANCE_SECRET,
-                        "ADMIN_API_KEY": ADMIN_KEY,
-                    }
-                ),
-            ]
-        )
-        acts = build_activities(
-            settings,
-            secrets,
-            vast_base_url=sim.base_url,
-            hf_base_url=sim.hf_base_url,
-            civitai_base_url=sim.civitai_base_url,
-        )
-        exits.push_async_callback(acts.aclose)
+        secrets = sim_secrets(sim, FileSecretStore(settings.secrets_dir), ADMIN_API_KEY=ADMIN_KEY)
         worker_client = env.client
         if worker_metrics:
             # What worker.py does with WARMPOOL_WORKER_METRICS_ADDR, on a client of its own.
@@ -192,14 +150,16 @@ async def gateway_stack(
                 data_converter=pydantic_data_converter,
                 runtime=metrics_runtime(address),
             )
-        for worker in create_workers(
-            worker_client,
-            settings,
-            acts,
-            task_queue=queue,
-            heartbeat_throttle=timedelta(seconds=0.2),
-        ):
-            await exits.enter_async_context(worker)
+        await exits.enter_async_context(
+            serving(
+                worker_client,
+                settings,
+                secrets,
+                sim,
+                task_queue=queue,
+                heartbeat_throttle=timedelta(seconds=0.2),
+            )
+        )
         watch_id = f"warmpool/tokens-{queue}"
         watch = await ensure_token_watch(env.client, settings, workflow_id=watch_id)
         exits.push_async_callback(watch.terminate, "test over")

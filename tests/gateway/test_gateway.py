@@ -47,10 +47,10 @@ ADMIN_ROUTES = [
 
 @pytest.fixture(scope="module")
 async def stack(
-    gateway_env: WorkflowEnvironment, tmp_path_factory: pytest.TempPathFactory
+    dev_env: WorkflowEnvironment, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[GatewayStack]:
     async with gateway_stack(
-        gateway_env,
+        dev_env,
         tmp_path_factory.mktemp("gw"),
         pool_config=PoolConfig(min_ready=1, max_slots=2, max_lease=timedelta(hours=1)),
         worker_metrics=True,

@@ -31,10 +31,10 @@ TIMEOUT_S = 20.0
 
 @pytest.fixture(scope="module")
 async def stack(
-    gateway_env: WorkflowEnvironment, tmp_path_factory: pytest.TempPathFactory
+    dev_env: WorkflowEnvironment, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[GatewayStack]:
     async with gateway_stack(
-        gateway_env, tmp_path_factory.mktemp("gw-fuzz"), gateway_max_wait_s=1.0
+        dev_env, tmp_path_factory.mktemp("gw-fuzz"), gateway_max_wait_s=1.0
     ) as s:
         yield s
 

@@ -31,10 +31,10 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture(scope="module")
 async def stack(
-    gateway_env: WorkflowEnvironment, tmp_path_factory: pytest.TempPathFactory
+    dev_env: WorkflowEnvironment, tmp_path_factory: pytest.TempPathFactory
 ) -> AsyncIterator[GatewayStack]:
     async with gateway_stack(
-        gateway_env,
+        dev_env,
         tmp_path_factory.mktemp("gw-errors"),
         pool_config=PoolConfig(min_ready=1, max_slots=3),
         keepalive_max_failures=15,

@@ -13,14 +13,20 @@ import pytest
 from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
-from activities import WorkerActivities, build_activities
+from activities import WorkerActivities
 from tests.helpers import new_queue
 from vastsim import SimConfig, Simulator
 from warmpool.labels import slot_workflow_id
 from warmpool.models import SlotInput, SlotStatus
-from warmpool.secrets import EnvSecretStore, FileSecretStore, LayeredSecretStore, SecretName
+from warmpool.secrets import (
+    EnvSecretStore,
+    FileSecretStore,
+    LayeredSecretStore,
+    SecretName,
+    SecretStore,
+)
 from warmpool.settings import Settings
-from worker import create_workers
+from worker import serving
 
 INSTANCE_SECRET = "integration-instance-secret"
 
@@ -79,6 +85,38 @@ class Stack:
 StackFactory = Callable[..., "AsyncIterator[Stack]"]
 
 
+def sim_secrets(sim: Simulator, *before: SecretStore, **more: str) -> LayeredSecretStore:
+    """A worker's secrets against `sim`: its API key and the instance secret, after `before`."""
+    values = {"VASTAI_API_KEY": sim.api_key, "WARMPOOL_INSTANCE_SECRET": INSTANCE_SECRET}
+    return LayeredSecretStore([*before, EnvSecretStore({**values, **more})])
+
+
+async def start_stack(
+    exits: AsyncExitStack,
+    env: WorkflowEnvironment,
+    sim: Simulator,
+    settings: Settings,
+    secrets: LayeredSecretStore,
+    *,
+    queue: str | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> Stack:
+    """Workers with the real activities against `sim`, running until `exits` closes."""
+    queue = queue or new_queue()
+    activities = await exits.enter_async_context(
+        serving(
+            env.client,
+            settings,
+            secrets,
+            sim,
+            transport=transport,
+            task_queue=queue,
+            heartbeat_throttle=timedelta(seconds=0.2),
+        )
+    )
+    return Stack(env, sim, settings, queue, secrets, activities)
+
+
 @pytest.fixture
 async def stack_factory(
     dev_env: WorkflowEnvironment, tmp_path: Path
@@ -93,38 +131,9 @@ async def stack_factory(
         ) -> Stack:
             sim = await exits.enter_async_context(Simulator(sim_config))
             settings = Settings(**{**FAST, **overrides})  # type: ignore[arg-type]
-            files = FileSecretStore(tmp_path / "secrets")
-            secrets = LayeredSecretStore(
-                [
-                    files,
-                    EnvSecretStore(
-                        {
-                            "VASTAI_API_KEY": sim.api_key,
-                            "WARMPOOL_INSTANCE_SECRET": INSTANCE_SECRET,
-                        }
-                    ),
-                ]
-            )
+            secrets = sim_secrets(sim, FileSecretStore(tmp_path / "secrets"))
             transport = wrap(httpx.AsyncHTTPTransport()) if wrap else None
-            acts = build_activities(
-                settings,
-                secrets,
-                vast_base_url=sim.base_url,
-                hf_base_url=sim.hf_base_url,
-                civitai_base_url=sim.civitai_base_url,
-                transport=transport,
-            )
-            exits.push_async_callback(acts.aclose)
-            queue = new_queue()
-            for worker in create_workers(
-                dev_env.client,
-                settings,
-                acts,
-                task_queue=queue,
-                heartbeat_throttle=timedelta(seconds=0.2),
-            ):
-                await exits.enter_async_context(worker)
-            return Stack(dev_env, sim, settings, queue, secrets, acts)
+            return await start_stack(exits, dev_env, sim, settings, secrets, transport=transport)
 
         yield make
 

@@ -23,16 +23,22 @@ import pytest
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
-from activities import build_activities
-from tests.helpers import in_state, new_queue, wait_status
-from tests.integration.conftest import FAST, FAST_SIM, INSTANCE_SECRET, Stack, assert_no_orphans
+from tests.helpers import in_state, wait_status
+from tests.integration.conftest import (
+    FAST,
+    FAST_SIM,
+    INSTANCE_SECRET,
+    Stack,
+    assert_no_orphans,
+    sim_secrets,
+    start_stack,
+)
 from vastsim import Fault, Simulator
 from vastsim.records import CallRecord, InstanceInfo
 from warmpool.instance_token import derive_instance_token
 from warmpool.models import FailureReason, SlotState, SlotStatus
-from warmpool.secrets import EnvSecretStore, FileSecretStore, LayeredSecretStore
+from warmpool.secrets import FileSecretStore
 from warmpool.settings import Settings
-from worker import create_workers
 
 pytestmark = pytest.mark.integration
 S = SlotState
@@ -101,32 +107,8 @@ async def stack(
     async with AsyncExitStack() as exits:
         sim = await exits.enter_async_context(Simulator(SIM))
         settings = Settings(**FAST)  # type: ignore[arg-type]
-        secrets = LayeredSecretStore(
-            [
-                FileSecretStore(tmp_path_factory.mktemp("secrets")),
-                EnvSecretStore(
-                    {"VASTAI_API_KEY": sim.api_key, "WARMPOOL_INSTANCE_SECRET": INSTANCE_SECRET}
-                ),
-            ]
-        )
-        acts = build_activities(
-            settings,
-            secrets,
-            vast_base_url=sim.base_url,
-            hf_base_url=sim.hf_base_url,
-            civitai_base_url=sim.civitai_base_url,
-        )
-        exits.push_async_callback(acts.aclose)
-        queue = new_queue()
-        for worker in create_workers(
-            dev_env.client,
-            settings,
-            acts,
-            task_queue=queue,
-            heartbeat_throttle=timedelta(seconds=0.2),
-        ):
-            await exits.enter_async_context(worker)
-        yield Stack(dev_env, sim, settings, queue, secrets, acts)
+        secrets = sim_secrets(sim, FileSecretStore(tmp_path_factory.mktemp("secrets")))
+        yield await start_stack(exits, dev_env, sim, settings, secrets)
 
 
 @pytest.fixture(scope="module")

@@ -30,14 +30,21 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from activities import WorkerActivities, build_activities
+from tests.conftest import start_dev_server
 from tests.helpers import in_state, new_queue, wait_status
-from tests.integration.conftest import FAST, FAST_SIM, INSTANCE_SECRET, Stack, assert_no_orphans
+from tests.integration.conftest import (
+    FAST,
+    FAST_SIM,
+    INSTANCE_SECRET,
+    Stack,
+    assert_no_orphans,
+    sim_secrets,
+)
 from tests.sshd import Sshd, ed25519_key, running_sshd
 from tests.test_cli import STARTER, address_of, cli, environment
 from vastsim import Fault, Simulator
-from warmpool import search_attributes as sa
 from warmpool.models import SlotState, SlotStatus
-from warmpool.secrets import EnvSecretStore, FileSecretStore, LayeredSecretStore, SecretName
+from warmpool.secrets import FileSecretStore, SecretName
 from warmpool.settings import Settings
 from worker import create_workers
 
@@ -433,13 +440,7 @@ async def workflows_only_stack(
     async with AsyncExitStack() as exits:
         sim = await exits.enter_async_context(Simulator(sim_config))
         settings = Settings(**{**FAST, **overrides})  # type: ignore[arg-type]
-        secrets = LayeredSecretStore(
-            [
-                EnvSecretStore(
-                    {"VASTAI_API_KEY": sim.api_key, "WARMPOOL_INSTANCE_SECRET": INSTANCE_SECRET}
-                )
-            ]
-        )
+        secrets = sim_secrets(sim)
         acts = build_activities(settings, secrets, vast_base_url=sim.base_url)
         exits.push_async_callback(acts.aclose)
         queue = new_queue()
@@ -457,11 +458,7 @@ async def workflows_only_stack(
 @pytest.fixture(scope="module")
 async def steady_env() -> AsyncIterator[WorkflowEnvironment]:
     """A dev server without the tiny continue-as-new suggestion: the follow stays one activity."""
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=str(Path(sys.executable).parent / "temporal"),
-        data_converter=pydantic_data_converter,
-        search_attributes=sa.ALL,
-    )
+    env = await start_dev_server()
     yield env
     await env.shutdown()
 

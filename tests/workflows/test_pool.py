@@ -20,6 +20,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
+from tests.conftest import EARLY_CONTINUE_AS_NEW, start_dev_server
 from tests.helpers import new_queue
 from tests.workflows.fakes import FakeCloud
 from warmpool.labels import pool_workflow_id
@@ -46,20 +47,7 @@ Pool = WorkflowHandle[WarmPoolWorkflow, PoolStatus]
 async def pool_env() -> AsyncIterator[WorkflowEnvironment]:
     """A dev server of this module's own (no workflows left running by other suites), with
     the same tiny continue-as-new threshold so pools and slots continue-as-new here too."""
-    from temporalio.contrib.pydantic import pydantic_data_converter
-
-    from tests.conftest import _binary
-    from warmpool import search_attributes as sa
-
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=_binary("temporal"),
-        data_converter=pydantic_data_converter,
-        search_attributes=sa.ALL,
-        dev_server_extra_args=[
-            "--dynamic-config-value",
-            "limit.historyCount.suggestContinueAsNew=50",
-        ],
-    )
+    env = await start_dev_server(*EARLY_CONTINUE_AS_NEW)
     yield env
     await env.shutdown()
 

@@ -12,7 +12,6 @@ tests/workflows/test_replay.py replays against today's workflow code.
 from __future__ import annotations
 
 import asyncio
-import sys
 import uuid
 from collections.abc import Callable
 from contextlib import AsyncExitStack
@@ -30,22 +29,19 @@ from temporalio.client import (
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from activities import build_activities
 from activities.reaper import read_claim
+from tests.conftest import start_dev_server
 from tests.helpers import in_state, new_queue, wait_status
 from tests.integration import conftest as integration
-from tests.integration.conftest import FAST, FAST_SIM, Stack
+from tests.integration.conftest import FAST, FAST_SIM, Stack, sim_secrets, start_stack
 from tests.integration.test_tokens import run_cli
 from vastsim import Simulator
-from warmpool import search_attributes as sa
 from warmpool.cli.reaper import ensure_schedule, schedule_id
 from warmpool.labels import slot_workflow_id
 from warmpool.models import SlotInput, SlotState, SlotStatus
 from warmpool.reaper import ReaperInput, ReaperReport, Verdict
-from warmpool.secrets import EnvSecretStore, LayeredSecretStore
 from warmpool.settings import Settings
 from warmpool.vast import CreateRequest
-from worker import create_workers
 from workflows.reaper import OrphanReaperWorkflow
 
 stack_factory = integration.stack_factory
@@ -224,23 +220,12 @@ def test_the_recorded_history_destroys_an_orphan_and_keeps_the_rest() -> None:
 
 async def record_history() -> None:
     """A slot holding its instance, an old orphan and a young one; one reaper run, recorded."""
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=str(Path(sys.executable).parent / "temporal"),
-        data_converter=pydantic_data_converter,
-        search_attributes=sa.ALL,
-    )
+    env = await start_dev_server()
     async with AsyncExitStack() as exits, Simulator(FAST_SIM) as sim:
         settings = Settings(**FAST)  # type: ignore[arg-type]
-        secrets = LayeredSecretStore(
-            [EnvSecretStore({"VASTAI_API_KEY": sim.api_key, "WARMPOOL_INSTANCE_SECRET": "rec"})]
+        stack = await start_stack(
+            exits, env, sim, settings, sim_secrets(sim), queue="record-reaper"
         )
-        acts = build_activities(
-            settings, secrets, vast_base_url=sim.base_url, hf_base_url=sim.hf_base_url
-        )
-        exits.push_async_callback(acts.aclose)
-        for worker in create_workers(env.client, settings, acts, task_queue="record-reaper"):
-            await exits.enter_async_context(worker)
-        stack = Stack(env, sim, settings, "record-reaper", secrets, acts)
         slot = await start_slot(stack, "rec", 0)
         await wait_status(env, slot, in_state(S.READY), attempts=1500)
         await rent_directly(stack, "wp.rec.5.1", age_s=HOUR)
