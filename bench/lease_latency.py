@@ -1,14 +1,15 @@
 """How fast is a lease? p50/p99 of the pool's `lease` update next to a bare update round trip.
 
 Measures: a pool of 10 READY slots (dev server, real workers and activities, the simulator in a
-child process), then --leases sequential lease + release pairs through `warmpool.leasing`
-(what the CLI and the gateway call), first on a quiet pool (all slots idle, no slot event in
-flight) and then back to back (each lease lands while the pool handles the previous release's
-slot events), and the same number of updates on a workflow whose update
-handler only returns its argument, registered on the same worker. Both rows pay the same gRPC,
-server and worker costs, so the difference is what the pool's own handler costs. A third row
-runs --concurrency callers leasing and releasing at once (the 8-in-flight gate applies).
-A lease refused because every slot is still being cleaned is retried and not counted.
+child process), then --leases lease + release pairs through `warmpool.leasing` (what the CLI
+and the gateway call), first on a quiet pool (all slots idle, no slot event in flight), then
+back to back (each lease lands while the pool handles the previous release), then from
+--concurrency callers at once (the 8-in-flight gate applies). Next to them, the same number
+of updates on a workflow whose update handler only returns its argument, on its own worker in
+the same process as the pool's. The callers run in a process of their own, as the gateway and
+the CLI do: a caller sharing the worker's event loop would wait behind the work each lease
+starts (the slot's signal, its workflow task). A lease refused because every slot is still
+being cleaned is retried and not counted.
 
     .venv/bin/python bench/lease_latency.py [--leases 300] [--concurrency 10]
 """
@@ -17,15 +18,19 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import multiprocessing
 import statistics
 import time
 import uuid
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ProcessPoolExecutor
 from datetime import timedelta
+from typing import NamedTuple
 
 from harness import FAST_SIM, LOOSE_OFFERS, SimProcess, print_table, run, scaled_settings, stack
 from temporalio import workflow
 from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
 from warmpool import leasing
@@ -93,13 +98,44 @@ async def lease_and_release(client: Client, pool: str, samples: list[float]) -> 
     await leasing.release(client, pool, grant.lease_id)
 
 
+class Samples(NamedTuple):
+    bare: list[float]
+    quiet: list[float]
+    sequential: list[float]
+    concurrent: list[float]
+
+
+def measure(target: str, pool: str, echo_id: str, leases: int, concurrency: int) -> Samples:
+    """The callers' process: its own client, as the gateway and the CLI have."""
+    return asyncio.run(_measure(target, pool, echo_id, leases, concurrency))
+
+
+async def _measure(target: str, pool: str, echo_id: str, leases: int, concurrency: int) -> Samples:
+    client = await Client.connect(target, data_converter=pydantic_data_converter)
+    echo = client.get_workflow_handle_for(Echo.run, echo_id)
+    bare = [await timed(lambda: echo.execute_update(Echo.echo, "x")) for _ in range(leases)]
+    quiet: list[float] = []
+    for _ in range(min(leases, QUIET_SAMPLES)):
+        await wait_idle(client, pool, READY_SLOTS, within=60)
+        await asyncio.sleep(0.5)  # no slot event in flight: the update alone
+        await lease_and_release(client, pool, quiet)
+    sequential: list[float] = []
+    for _ in range(leases):
+        await lease_and_release(client, pool, sequential)
+    concurrent: list[float] = []
+
+    async def caller(n: int) -> None:
+        for _ in range(n):
+            await lease_and_release(client, pool, concurrent)
+
+    await asyncio.gather(*(caller(leases // concurrency) for _ in range(concurrency)))
+    return Samples(bare, quiet, sequential, concurrent)
+
+
 async def main(leases: int, concurrency: int) -> None:
     async with SimProcess(FAST_SIM) as sim:
         settings = scaled_settings(10, **LOOSE_OFFERS)
-        # A released slot is READY again once its keepalive watch is cancelled, which reaches
-        # the activity at its next heartbeat (production throttle 20 s): a short throttle
-        # keeps 10 slots turning over; it changes nothing on the lease path itself.
-        async with stack(sim, settings, heartbeat_throttle=timedelta(seconds=0.5)) as bench:
+        async with stack(sim, settings) as bench:
             client = bench.client
             pool = f"lat{uuid.uuid4().hex[:6]}"
             config = PoolConfig(
@@ -118,24 +154,12 @@ async def main(leases: int, concurrency: int) -> None:
                 echo = await client.start_workflow(
                     Echo.run, id=f"bench-echo-{uuid.uuid4().hex[:6]}", task_queue=echo_queue
                 )
-                bare = [
-                    await timed(lambda: echo.execute_update(Echo.echo, "x")) for _ in range(leases)
-                ]
-                quiet: list[float] = []
-                for _ in range(min(leases, QUIET_SAMPLES)):
-                    await wait_idle(client, pool, READY_SLOTS, within=60)
-                    await asyncio.sleep(0.5)  # no slot event in flight: the update alone
-                    await lease_and_release(client, pool, quiet)
-                sequential: list[float] = []
-                for _ in range(leases):
-                    await lease_and_release(client, pool, sequential)
-                concurrent: list[float] = []
-
-                async def caller(n: int) -> None:
-                    for _ in range(n):
-                        await lease_and_release(client, pool, concurrent)
-
-                await asyncio.gather(*(caller(leases // concurrency) for _ in range(concurrency)))
+                target = client.service_client.config.target_host
+                spawn = multiprocessing.get_context("spawn")
+                with ProcessPoolExecutor(1, mp_context=spawn) as callers:
+                    samples = await asyncio.get_running_loop().run_in_executor(
+                        callers, measure, target, pool, echo.id, leases, concurrency
+                    )
                 await echo.signal(Echo.stop)
 
             handle = leasing.pool_handle(client, pool)
@@ -146,10 +170,10 @@ async def main(leases: int, concurrency: int) -> None:
     print_table(
         ["call", "p50", "p99", "max"],
         [
-            ["bare update round trip", *percentiles(bare)],
-            [f"lease, quiet pool ({len(quiet)} samples)", *percentiles(quiet)],
-            ["lease, back to back (sequential)", *percentiles(sequential)],
-            [f"lease, {concurrency} concurrent callers", *percentiles(concurrent)],
+            ["bare update round trip", *percentiles(samples.bare)],
+            [f"lease, quiet pool ({len(samples.quiet)} samples)", *percentiles(samples.quiet)],
+            ["lease, back to back (sequential)", *percentiles(samples.sequential)],
+            [f"lease, {concurrency} concurrent callers", *percentiles(samples.concurrent)],
         ],
     )
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from enum import StrEnum
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
 class Model(BaseModel):
@@ -330,6 +330,33 @@ class LeaseEndRequest(Model):
     reason: str
 
 
+class SlotMessage(Model):
+    """One signal from a pool to one of its slots: exactly one of the three is set."""
+
+    workflow_id: str
+    assign_lease: Lease | None = None
+    end_lease: LeaseEndRequest | None = None
+    retire: str | None = None
+
+    @model_validator(mode="after")
+    def _one_signal(self) -> SlotMessage:
+        if len(self._set()) != 1:
+            raise ValueError("a slot message carries exactly one signal")
+        return self
+
+    def _set(self) -> list[tuple[str, Lease | LeaseEndRequest | str]]:
+        values: dict[str, Lease | LeaseEndRequest | str | None] = {
+            "assign_lease": self.assign_lease,
+            "end_lease": self.end_lease,
+            "retire": self.retire,
+        }
+        return [(name, value) for name, value in values.items() if value is not None]
+
+    def signal(self) -> tuple[str, Lease | LeaseEndRequest | str]:
+        """The slot signal's name and argument."""
+        return self._set()[0]
+
+
 class PoolConfig(Model):
     """What the pool keeps: `min_ready` idle READY slots, never more than `max_slots` in all."""
 
@@ -457,6 +484,8 @@ class PoolRuntime(Model):
     failures: list[PoolFailure] = Field(default_factory=list)
     granted_total: int = 0
     stats: PoolStats = Field(default_factory=PoolStats)
+    unsent: list[SlotMessage] = Field(default_factory=list)
+    """Slot signals held back while the pool continued-as-new; the next run sends them first."""
 
 
 class PoolInput(Model):

@@ -112,8 +112,9 @@ def warmup(cfg: SlotConfig) -> dict[str, Any]:
 def watch(cfg: SlotConfig) -> dict[str, Any]:
     """Runs as long as the slot serves; the heartbeat timeout replaces a process watchdog.
 
-    The slot waits for the cancel to complete, so no watch outlives its slot or pings an
-    instance being destroyed; the worker's heartbeat throttle bounds that wait.
+    The cancel completes (the slot awaits it in the background, before continue-as-new and
+    before it finishes), so no watch outlives its slot; the worker's heartbeat throttle
+    bounds that wait.
     """
     beat = cfg.keepalive_interval + cfg.keepalive_timeout
     return {
@@ -160,5 +161,16 @@ def ssh_follow(cfg: SlotConfig) -> dict[str, Any]:
             SSH_FOLLOW_RETRY,
             initial_interval=min(SSH_FOLLOW_RETRY.initial_interval, cfg.ssh_retry_max_interval),
             maximum_interval=cfg.ssh_retry_max_interval,
+        ),
+    }
+
+
+def signal_slot() -> dict[str, Any]:
+    """A signal the pool sends a slot: quick, retried for minutes (the server may restart)."""
+    return {
+        "start_to_close_timeout": timedelta(seconds=10),
+        "schedule_to_close_timeout": timedelta(minutes=10),
+        "retry_policy": RetryPolicy(
+            initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10)
         ),
     }

@@ -241,7 +241,8 @@ class WarmSlotWorkflow:
         if rt.state == S.READY and rt.lease is None and not rt.retiring and not rt.needs_clean:
             rt.lease = lease
             rt.counters.leases += 1
-            self._enter(S.LEASED, f"leased to {lease.holder} ({lease.lease_id})")
+            # The pool granted this lease and marked the slot LEASED itself: no report back.
+            self._enter(S.LEASED, f"leased to {lease.holder} ({lease.lease_id})", report=False)
             return
         self._report(f"lease refused: slot is {rt.state.value}", lease_id=lease.lease_id)
 
@@ -259,7 +260,7 @@ class WarmSlotWorkflow:
     def _now(self) -> datetime:
         return workflow.now()
 
-    def _enter(self, state: SlotState, reason: str) -> None:
+    def _enter(self, state: SlotState, reason: str, *, report: bool = True) -> None:
         rt = self._rt
         rt.transitions.append(
             Transition(
@@ -274,7 +275,8 @@ class WarmSlotWorkflow:
         rt.state_since = self._now()
         workflow.logger.info("slot %s -> %s: %s", self._input.index, state, reason[:300])
         self._upsert()
-        self._report(reason, failure=self._failure)
+        if report:
+            self._report(reason, failure=self._failure)
         self._failure = None
 
     def _report(
@@ -466,6 +468,26 @@ class WarmSlotWorkflow:
             ),
             **options.ssh_follow(cfg),
         )
+
+    def _stop_watch(self, handle: workflow.ActivityHandle[WatchResult]) -> None:
+        """Cancel a watch without waiting for it; the cancel completes before CAN or DONE.
+
+        The cancel reaches the activity at its next heartbeat, up to the worker's heartbeat
+        throttle (20 s) later: waiting here would leave a leased slot unwatched, and a released
+        one not READY, for that long. Until then the old watch may still ping; its result is
+        ignored.
+        """
+        handle.cancel()
+
+        async def settle() -> None:
+            try:
+                await handle
+            except (ActivityError, asyncio.CancelledError):
+                pass
+
+        task = asyncio.create_task(settle())
+        self._stopping.add(task)
+        task.add_done_callback(self._stopping.discard)
 
     def _stop_collector(self) -> None:
         """Cancel the collector; the cancel completes in the background, awaited before CAN."""
@@ -778,11 +800,7 @@ class WarmSlotWorkflow:
             )
         )
         if not handle.done():
-            handle.cancel()
-            try:
-                await handle
-            except (ActivityError, asyncio.CancelledError):
-                pass
+            self._stop_watch(handle)
             return
         try:
             result = await handle

@@ -54,13 +54,16 @@ async def pool_env() -> AsyncIterator[WorkflowEnvironment]:
 
 @asynccontextmanager
 async def running_pool(
-    env: WorkflowEnvironment, cloud: FakeCloud, config: PoolConfig
+    env: WorkflowEnvironment,
+    cloud: FakeCloud,
+    config: PoolConfig,
+    heartbeat_throttle: timedelta = timedelta(seconds=0.2),
 ) -> AsyncIterator[Pool]:
     queue = new_queue()
     acts = cloud.activities()
     beat = {
-        "max_heartbeat_throttle_interval": timedelta(seconds=0.2),
-        "default_heartbeat_throttle_interval": timedelta(seconds=0.2),
+        "max_heartbeat_throttle_interval": heartbeat_throttle,
+        "default_heartbeat_throttle_interval": heartbeat_throttle,
     }
     name = f"p{uuid.uuid4().hex[:8]}"
     async with (
@@ -122,6 +125,18 @@ async def upd(handle: Pool, update: Any, arg: Any) -> Any:
     return await retry_transient(lambda: handle.execute_update(update, arg))
 
 
+async def accepted_update_args(env: WorkflowEnvironment, pool: Pool) -> str:
+    """The arguments of every update the pool accepted, over all its runs, as one text."""
+    args: list[str] = []
+    async for run in env.client.list_workflows(f"WorkflowId = '{pool.id}'"):
+        history = env.client.get_workflow_handle(pool.id, run_id=run.run_id)
+        async for event in history.fetch_history_events():
+            if event.HasField("workflow_execution_update_accepted_event_attributes"):
+                request = event.workflow_execution_update_accepted_event_attributes
+                args += [p.data.decode() for p in request.accepted_request.input.args.payloads]
+    return "\n".join(args)
+
+
 def idle(n: int) -> Callable[[PoolStatus], bool]:
     return lambda s: s.idle_ready >= n
 
@@ -161,13 +176,35 @@ async def test_no_capacity_is_a_clear_error_and_never_two_leases(
     cloud = FakeCloud(machines=4)
     async with running_pool(pool_env, cloud, fast(min_ready=1, max_slots=1)) as pool:
         await wait_pool(pool_env, pool, idle(1))
-        await upd(pool, WarmPoolWorkflow.lease, req("a"))
+        granted, refused = req("a"), req("b")
+        await upd(pool, WarmPoolWorkflow.lease, granted)
         with pytest.raises(WorkflowUpdateFailedError) as err:
-            await upd(pool, WarmPoolWorkflow.lease, req("b"))
+            await upd(pool, WarmPoolWorkflow.lease, refused)
         assert isinstance(err.value.cause, ApplicationError)
         assert err.value.cause.type == "NoCapacity"
         status = await pool.query(WarmPoolWorkflow.status)
         assert len(status.active_leases) == 1
+        accepted = await accepted_update_args(pool_env, pool)
+        assert granted.request_id in accepted
+        assert refused.request_id not in accepted, "a refusal leaves no trace in history"
+
+
+async def test_a_released_slot_is_ready_again_without_waiting_for_its_watch_to_stop(
+    pool_env: WorkflowEnvironment,
+) -> None:
+    """A watch is cancelled at its next heartbeat, which the worker throttles (20 s in
+    production); neither the lease nor the clean after it waits for that."""
+    cloud = FakeCloud(machines=4)
+    config = fast(min_ready=1, max_slots=1)
+    throttle = timedelta(seconds=8)
+    async with running_pool(pool_env, cloud, config, heartbeat_throttle=throttle) as pool:
+        await wait_pool(pool_env, pool, idle(1))
+        grant = await upd(pool, WarmPoolWorkflow.lease, req())
+        status = await pool.query(WarmPoolWorkflow.status)
+        assert [v.state for v in status.slots] == [S.LEASED], "marked LEASED at the grant"
+        await upd(pool, WarmPoolWorkflow.release, grant.lease_id)
+        await wait_pool(pool_env, pool, idle(1), attempts=80)  # 4 s, half the throttle
+        assert cloud.calls["comfy.clean"] == 1
 
 
 async def test_invalid_lease_requests_are_rejected_before_history(
