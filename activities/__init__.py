@@ -15,7 +15,7 @@ import httpx
 
 from activities.comfy import ComfyActivities
 from activities.reaper import ReaperActivities
-from activities.slots import signal_slot
+from activities.slots import message_slot
 from activities.ssh import SshLogActivities
 from activities.tokens import TokenActivities
 from activities.vast import VastActivities
@@ -94,7 +94,7 @@ def build_activities(
             tokens.check,
             reaper.slot_claims,
             ssh.follow_logs,
-            signal_slot,
+            message_slot,
         ],
         vast=[
             vast.search_offers,

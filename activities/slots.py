@@ -1,10 +1,15 @@
-"""How does a pool tell a slot something? The `pool.signal_slot` activity sends the signal.
+"""How does a pool tell a slot something? The `pool.message_slot` activity delivers it.
 
 A workflow's own signal to another workflow is a server transfer task. When the pool signals
-a slot and the slot signals back (every lease and release does), the dev server stalls the
-pool's next workflow task for about 500 ms. bench/lease_latency.py measured lease p99 at
-1.6 s that way. The same signal sent through the worker's client by an activity (eager, on the
-pool's own worker) keeps the lease path at one update round trip.
+a slot and the slot signals back (every lease and release did), the dev server stalls the
+pool's next workflow task for about 500 ms: bench/lease_latency.py measured lease p99 at
+1.6 s that way. The same message sent through the worker's client by an activity (eager, on
+the pool's own worker) keeps the lease path at one update round trip.
+
+`end_lease` is an update: the slot answers once it is clean (READY again, or on its way to
+be replaced), so the pool learns it from the activity's result, not from a slot event that
+could race the pool's continue-as-new (such a race fails that workflow task and forces a
+replay of the whole run). `assign_lease` and `retire` are signals.
 """
 
 from __future__ import annotations
@@ -12,18 +17,26 @@ from __future__ import annotations
 from temporalio import activity
 from temporalio.service import RPCError, RPCStatusCode
 
-from warmpool.models import SlotMessage
+from warmpool.leasing import retry_transient
+from warmpool.models import SlotEvent, SlotMessage
 
 
-@activity.defn(name="pool.signal_slot")
-async def signal_slot(message: SlotMessage) -> bool:
-    """Deliver one signal; False when the slot has finished (nobody is left to tell)."""
+@activity.defn(name="pool.message_slot")
+async def message_slot(message: SlotMessage) -> SlotEvent | None:
+    """Deliver one message: the slot's state after an `end_lease`, None for a signal.
+
+    None too when the slot has finished: nobody is left to tell.
+    """
     name, arg = message.signal()
     handle = activity.client().get_workflow_handle(message.workflow_id)
     try:
+        if name == "end_lease":
+            return await retry_transient(
+                lambda: handle.execute_update(name, arg, result_type=SlotEvent)
+            )
         await handle.signal(name, arg)
     except RPCError as exc:
         if exc.status == RPCStatusCode.NOT_FOUND:
-            return False
+            return None
         raise
-    return True
+    return None

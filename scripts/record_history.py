@@ -5,7 +5,8 @@
 An in-process Temporal dev server, the simulator and a worker with the real activities run one
 slot through its whole lifecycle: the first instance fails with "no space left on device" (destroyed
 at once, replaced on another machine), the second reaches READY and then loses ComfyUI (keepalive
-loss, replaced), the third reaches READY, and a retire ends the slot in DONE. Every instance's
+loss, replaced), the third reaches READY, is leased and released (the `end_lease` update answers
+after the clean), and a retire ends the slot in DONE. Every instance's
 logs are followed over SSH (a private sshd on loopback, as in the tests; `scripts/ensure-sshd.sh`
 installs it), so the history holds `ssh_log` signals and collectors cancelled at READY. The
 history is written as JSON for `tests/workflows/test_replay.py`, which replays it against the
@@ -20,7 +21,7 @@ import asyncio
 import sys
 import tempfile
 from collections.abc import Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -37,7 +38,14 @@ from warmpool import search_attributes as sa  # noqa: E402
 from warmpool.instance_token import derive_instance_token  # noqa: E402
 from warmpool.labels import slot_workflow_id  # noqa: E402
 from warmpool.logging import configure_logging  # noqa: E402
-from warmpool.models import SlotInput, SlotState, SlotStatus  # noqa: E402
+from warmpool.models import (  # noqa: E402
+    Lease,
+    LeaseEndRequest,
+    SlotEvent,
+    SlotInput,
+    SlotState,
+    SlotStatus,
+)
 from warmpool.secrets import EnvSecretStore, LayeredSecretStore, current_values  # noqa: E402
 from warmpool.settings import Settings  # noqa: E402
 from worker import serving  # noqa: E402
@@ -139,6 +147,23 @@ async def run_lifecycle(
     await wait_for(
         handle, lambda s: s.state == SlotState.READY and s.counters.keepalive_losses == 1
     )
+    now = datetime.now(UTC)
+    lease = Lease(
+        lease_id="recorded-lease",
+        holder="recorder",
+        request_id="recorded-request",
+        granted_at=now,
+        leased_until=now + timedelta(minutes=5),
+    )
+    await handle.signal("assign_lease", lease)
+    await wait_for(handle, lambda s: s.state == SlotState.LEASED)
+    cleaned = await handle.execute_update(
+        "end_lease",
+        LeaseEndRequest(lease_id=lease.lease_id, reason="released"),
+        result_type=SlotEvent,
+    )
+    if cleaned.state != SlotState.READY:
+        raise SystemExit(f"record_history: the released slot is {cleaned.state}, not READY")
     await handle.signal("retire", "recording over")
     final = await handle.result()
     if final.state != SlotState.DONE or sim.live_instances():

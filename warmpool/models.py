@@ -243,6 +243,9 @@ class SlotRuntime(Model):
     excluded_machines: list[int] = Field(default_factory=list)
     lease: Lease | None = None
     last_lease_end: LeaseEnd | None = None
+    ended_unseen: str | None = None
+    """A lease whose `end_lease` came before its `assign_lease` (both in one workflow task):
+    its assign is ignored when it comes."""
     counters: SlotCounters = Field(default_factory=SlotCounters)
     transitions: list[Transition] = Field(default_factory=list)
     last_failure: str | None = None

@@ -165,10 +165,14 @@ def ssh_follow(cfg: SlotConfig) -> dict[str, Any]:
     }
 
 
-def signal_slot() -> dict[str, Any]:
-    """A signal the pool sends a slot: quick, retried for minutes (the server may restart)."""
+def message_slot(cfg: SlotConfig) -> dict[str, Any]:
+    """A message from the pool to a slot, retried for minutes (the server may restart).
+
+    An `end_lease` is answered after the slot's clean, which may take its whole budget; a
+    retry repeats the message, which the slot answers again (it is idempotent).
+    """
     return {
-        "start_to_close_timeout": timedelta(seconds=10),
+        "start_to_close_timeout": clean(cfg)["start_to_close_timeout"] * 3 + timedelta(seconds=30),
         "schedule_to_close_timeout": timedelta(minutes=10),
         "retry_policy": RetryPolicy(
             initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10)

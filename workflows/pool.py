@@ -3,8 +3,10 @@
 The pool is the lease authority: a `lease` update picks an idle READY slot from the pool's
 own mirror of its slots and answers at once (no activity, no await), so two leases can never
 land on one slot and a lease costs one update round trip. Slots are child workflows with
-ParentClosePolicy.ABANDON (they survive the pool's continue-as-new) and report every
-transition back with a `slot_event` signal. Callers that want to wait for capacity send a
+ParentClosePolicy.ABANDON (they survive the pool's continue-as-new) and report their
+transitions with a `slot_event` signal, except the two lease churn causes: the LEASED the
+pool marks itself, and the READY after a clean, which answers the pool's `end_lease` update
+(see activities/slots.py). Callers that want to wait for capacity send a
 `request_lease` signal and read its outcome with the `lease_request` query, so no update is
 held open for minutes (a workflow admits at most 10 in-flight updates).
 """
@@ -19,7 +21,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.slots import signal_slot
+    from activities.slots import message_slot
     from warmpool.labels import pool_workflow_id, slot_workflow_id
     from warmpool.models import (
         FailureReason,
@@ -183,10 +185,10 @@ class WarmPoolWorkflow:
             self._send(message)
 
     def _send(self, message: SlotMessage) -> None:
-        """Send through the `pool.signal_slot` activity; awaited before continue-as-new.
+        """Deliver through the `pool.message_slot` activity; awaited before continue-as-new.
 
         An activity, not `get_external_workflow_handle().signal()`: see activities/slots.py.
-        Signals to one slot go out one after another, else an `end_lease` could overtake its
+        Messages to one slot go out one after another, else an `end_lease` could overtake its
         `assign_lease` and leave the slot LEASED to nobody.
         """
         slot = message.workflow_id
@@ -196,14 +198,14 @@ class WarmPoolWorkflow:
             if previous is not None:
                 await previous
             try:
-                delivered = await workflow.execute_activity(
-                    signal_slot, message, **options.signal_slot()
+                answer = await workflow.execute_activity(
+                    message_slot, message, **options.message_slot(self._cfg.slot)
                 )
-            except ActivityError as exc:  # a failing signal must not fail the pool
-                workflow.logger.warning("signal to %s failed: %s", slot, exc)
+            except ActivityError as exc:  # a failing message must not fail the pool
+                workflow.logger.warning("message to %s failed: %s", slot, exc)
                 return
-            if not delivered:
-                workflow.logger.info("%s finished before its signal", slot)
+            if answer is not None:  # the slot's state after an end_lease
+                self.slot_event(answer)
 
         task = asyncio.create_task(send())
         self._outbox.add(task)

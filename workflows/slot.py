@@ -92,6 +92,7 @@ class WarmSlotWorkflow:
         self._collector: workflow.ActivityHandle[SshFollowResult] | None = None
         self._collector_for: int | None = None
         self._stopping: set[asyncio.Task[None]] = set()
+        self._cleaning = False
         self._fatal: tuple[int, SshFollowResult] | None = None
         """A fatal line a collector returned for an instance, not acted on yet."""
         self._phases: dict[SlotState, Callable[[], Awaitable[None]]] = {
@@ -125,11 +126,18 @@ class WarmSlotWorkflow:
                 self._stop_collector()
                 await workflow.wait_condition(
                     lambda: (
-                        workflow.all_handlers_finished() and not self._outbox and not self._stopping
+                        self._clean_pending()
+                        or (
+                            workflow.all_handlers_finished()
+                            and not self._outbox
+                            and not self._stopping
+                        )
                     )
                 )
-                if self._fatal is not None:
-                    continue  # a stopping collector returned a fatal line: act on it first
+                if self._fatal is not None or self._clean_pending():
+                    # A stopping collector returned a fatal line, or a release came in (its
+                    # `end_lease` update waits for the clean): act on it first.
+                    continue
                 workflow.continue_as_new(
                     SlotInput(
                         pool=input.pool,
@@ -165,11 +173,21 @@ class WarmSlotWorkflow:
             self._enter(S.BACKOFF, detail)
 
     def _should_continue_as_new(self) -> bool:
+        """Not while a released lease is being cleaned: its `end_lease` update waits for that."""
+        if self._clean_pending():
+            return False
         info = workflow.info()
         return (
             info.is_continue_as_new_suggested()
             or info.get_current_history_length() > MAX_HISTORY_EVENTS
         )
+
+    def _clean_pending(self) -> bool:
+        """A released lease's clean is running or still to run (not on a retiring slot, nor
+        on one that lost its instance: those never serve again on it)."""
+        rt = self._rt
+        serving = rt.state in (S.READY, S.LEASED) and not rt.retiring
+        return self._cleaning or (rt.needs_clean and serving)
 
     # ---- messages -------------------------------------------------------------------------
 
@@ -238,6 +256,9 @@ class WarmSlotWorkflow:
         if rt.lease is not None and rt.lease.lease_id == lease.lease_id:
             rt.lease = lease  # a renewal
             return
+        ended = rt.last_lease_end.lease_id if rt.last_lease_end else None
+        if lease.lease_id in (ended, rt.ended_unseen):
+            return  # this lease has ended already; the pool knows
         if rt.state == S.READY and rt.lease is None and not rt.retiring and not rt.needs_clean:
             rt.lease = lease
             rt.counters.leases += 1
@@ -246,14 +267,24 @@ class WarmSlotWorkflow:
             return
         self._report(f"lease refused: slot is {rt.state.value}", lease_id=lease.lease_id)
 
-    @workflow.signal
-    def end_lease(self, request: LeaseEndRequest) -> None:
-        """Release or expiry: clean ComfyUI (or recycle) before serving anyone else."""
-        lease = self._rt.lease
-        if lease is None or lease.lease_id != request.lease_id:
-            return
-        self._end_lease(request.reason)
-        self._rt.needs_clean = True
+    @workflow.update
+    async def end_lease(self, request: LeaseEndRequest) -> SlotEvent:
+        """Release or expiry: clean ComfyUI (or recycle) before serving anyone else.
+
+        Answered once the clean is over, with the slot's state then: the pool reads READY from
+        the answer, not from a slot event that could race its continue-as-new. A repeat, or a
+        lease this slot does not hold, waits for any clean in progress and answers the same way.
+        """
+        rt = self._rt
+        if rt.lease is not None and rt.lease.lease_id == request.lease_id:
+            self._end_lease(request.reason)
+            rt.needs_clean = True
+        elif rt.last_lease_end is None or rt.last_lease_end.lease_id != request.lease_id:
+            # Handled before its `assign_lease` signal of the same workflow task.
+            rt.ended_unseen = request.lease_id
+        await workflow.wait_condition(lambda: not self._clean_pending())
+        last = rt.transitions[-1].reason if rt.transitions else "answering end_lease"
+        return self._event(last)
 
     # ---- helpers --------------------------------------------------------------------------
 
@@ -285,8 +316,16 @@ class WarmSlotWorkflow:
         """Tell the pool (if any) about this slot; fire-and-forget, awaited before CAN."""
         if not self._input.report_to:
             return
+        event = self._event(reason, failure=failure, lease_id=lease_id)
+        task = asyncio.create_task(self._send(event))
+        self._outbox.add(task)
+        task.add_done_callback(self._outbox.discard)
+
+    def _event(
+        self, reason: str, *, failure: FailureReason | None = None, lease_id: str | None = None
+    ) -> SlotEvent:
         rt = self._rt
-        event = SlotEvent(
+        return SlotEvent(
             index=self._input.index,
             state=rt.state,
             at=self._now(),
@@ -297,9 +336,6 @@ class WarmSlotWorkflow:
             failure=failure,
             lease_id=lease_id or (rt.lease.lease_id if rt.lease else None),
         )
-        task = asyncio.create_task(self._send(event))
-        self._outbox.add(task)
-        task.add_done_callback(self._outbox.discard)
 
     async def _send(self, event: SlotEvent) -> None:
         assert self._input.report_to is not None
@@ -815,13 +851,17 @@ class WarmSlotWorkflow:
         self._enter(S.TERMINATING, f"{result.reason.value}: {result.detail}")
 
     async def _after_lease(self) -> None:
-        """Clear the queue, interrupt, free memory and check it answers; or recycle."""
+        """Clear the queue, interrupt, free memory and check it answers; or recycle.
+
+        READY is not reported: the `end_lease` update waiting for this clean answers it.
+        """
         rt = self._rt
         self._rt.needs_clean = False
         assert rt.connection_url is not None
         if self._cfg.recycle_after_lease:
             self._enter(S.TERMINATING, "recycling after lease")
             return
+        self._cleaning = True
         try:
             await workflow.execute_activity_method(
                 ComfyActivities.clean,
@@ -832,7 +872,9 @@ class WarmSlotWorkflow:
             self._fail(FailureReason.KEEPALIVE_LOST, f"clean after lease failed: {err.cause}")
             self._enter(S.TERMINATING, rt.last_failure or "clean failed")
             return
-        self._enter(S.READY, "cleaned after lease")
+        finally:
+            self._cleaning = False
+        self._enter(S.READY, "cleaned after lease", report=False)
 
     def _end_lease(self, reason: str) -> None:
         lease = self._rt.lease
@@ -870,6 +912,7 @@ class WarmSlotWorkflow:
             rt.instance = None
         rt.connection_url = None
         rt.ready_since = None
+        rt.needs_clean = False  # nothing left to clean
         self._end_lease("slot terminated")
         if rt.retiring:
             self._enter(S.DONE, "instance destroyed, slot retired")

@@ -16,7 +16,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from activities.comfy import CleanInput, ProbeInput, WarmupInput, WatchInput, WatchResult
-from activities.slots import signal_slot
+from activities.slots import message_slot
 from activities.ssh import SSH_LOG_SIGNAL, SshFollowInput, SshFollowResult, SshLogBatch
 from activities.tokens import TokenCheckInput
 from activities.vast import DestroyResult, RentInput, RentResult, SearchInput
@@ -81,7 +81,7 @@ class FakeCloud:
             self.warmup,
             self.clean,
             self.follow_logs,
-            signal_slot,  # real: it only talks to Temporal
+            message_slot,  # real: it only talks to Temporal
         ]
 
     @activity.defn(name="tokens.check")

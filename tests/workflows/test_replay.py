@@ -43,7 +43,7 @@ async def test_history_replays_without_nondeterminism(path: Path) -> None:
     assert result.replay_failure is None, f"{path.name}: {result.replay_failure}"
 
 
-def test_lifecycle_history_covers_failure_replacement_and_retire() -> None:
+def test_lifecycle_history_covers_failure_replacement_lease_and_retire() -> None:
     """A re-recording must keep exercising the paths the replay is meant to protect."""
     events = load(LIFECYCLE).events
     done = events[-1]
@@ -55,7 +55,10 @@ def test_lifecycle_history_covers_failure_replacement_and_retire() -> None:
     assert status.counters.failures_by_reason == {"no_space": 1, "keepalive_lost": 1}
     assert status.counters.rents == 3 and status.counters.destroys == 3
     states = [t.to_state for t in status.transitions]
-    assert states.count(SlotState.READY) == 2 and SlotState.DRAINING in states
+    assert states.count(SlotState.READY) == 3, "two provisions and one clean after a lease"
+    assert SlotState.LEASED in states and SlotState.DRAINING in states
+    kinds = {event.event_type for event in events}
+    assert EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_COMPLETED in kinds, "end_lease"
 
 
 @workflow.defn(name="WarmSlotWorkflow", sandboxed=False)

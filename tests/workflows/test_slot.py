@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from temporalio.client import WorkflowHandle
@@ -16,7 +16,14 @@ from activities.ssh import SshLogBatch
 from tests.helpers import in_state, new_queue, wait_status
 from tests.workflows.fakes import FakeCloud
 from warmpool.labels import slot_workflow_id
-from warmpool.models import SlotConfig, SlotInput, SlotState, SlotStatus
+from warmpool.models import (
+    Lease,
+    LeaseEndRequest,
+    SlotConfig,
+    SlotInput,
+    SlotState,
+    SlotStatus,
+)
 from warmpool.ssh import LogCursor
 from workflows.options import vast_queue
 from workflows.slot import WarmSlotWorkflow
@@ -268,3 +275,25 @@ async def test_ssh_log_lines_are_kept_once_and_a_fatal_line_replaces_the_instanc
                 break
             await asyncio.sleep(0.05)
         assert cloud.calls["ssh.cancelled"] == 1
+
+
+async def test_an_end_lease_handled_before_its_assign_keeps_the_slot_ready(
+    ts_env: WorkflowEnvironment,
+) -> None:
+    """The pool sends assign then end; one workflow task may hand the slot the end first.
+    The slot answers READY (the pool takes it as idle) and must then refuse that lease."""
+    cloud = FakeCloud()
+    async with running_slot(ts_env, cloud) as handle:
+        await wait_status(ts_env, handle, in_state(S.READY))
+        now = datetime.now(UTC)
+        lease = Lease(
+            lease_id="l1", holder="ann", request_id="r1", granted_at=now, leased_until=now
+        )
+        answer = await handle.execute_update(
+            WarmSlotWorkflow.end_lease, LeaseEndRequest(lease_id="l1", reason="released")
+        )
+        assert answer.state == S.READY and answer.lease_id is None
+        await handle.signal(WarmSlotWorkflow.assign_lease, lease)
+        status = await handle.query(WarmSlotWorkflow.status)
+        assert status.state == S.READY and status.lease is None
+        assert cloud.calls["comfy.clean"] == 0

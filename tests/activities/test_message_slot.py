@@ -1,4 +1,4 @@
-"""`pool.signal_slot`: the pool's signals to its slots, sent through the worker's client."""
+"""`pool.message_slot`: the pool's signals to its slots, sent through the worker's client."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 from temporalio.worker import Worker
 
-from activities.slots import signal_slot
+from activities.slots import message_slot
 from tests.helpers import new_queue
-from warmpool.models import Lease, LeaseEndRequest, SlotMessage
+from warmpool.models import Lease, LeaseEndRequest, SlotEvent, SlotMessage, SlotState
 
 NOW = datetime(2026, 11, 23, tzinfo=UTC)
 LEASE = Lease(lease_id="l1", holder="ann", request_id="r1", granted_at=NOW, leased_until=NOW)
@@ -41,6 +41,10 @@ class Recorder:
     @workflow.signal
     def retire(self, reason: str) -> None:
         self.done = True
+
+    @workflow.update
+    def end_lease(self, request: LeaseEndRequest) -> SlotEvent:
+        return SlotEvent(index=0, state=SlotState.READY, at=workflow.now(), reason=request.reason)
 
 
 def test_a_message_carries_exactly_one_signal() -> None:
@@ -72,8 +76,14 @@ async def test_delivers_to_a_running_slot_and_reports_a_finished_one(
             Recorder.run, id=f"slot-{queue}", task_queue=queue
         )
         run = ActivityEnvironment(client=dev_env.client).run
-        assert await run(signal_slot, SlotMessage(workflow_id=handle.id, assign_lease=LEASE))
-        assert await run(signal_slot, SlotMessage(workflow_id=handle.id, retire="test over"))
+        assign = SlotMessage(workflow_id=handle.id, assign_lease=LEASE)
+        assert await run(message_slot, assign) is None, "a signal has no answer"
+        end = SlotMessage(
+            workflow_id=handle.id, end_lease=LeaseEndRequest(lease_id="l1", reason="done")
+        )
+        answer = await run(message_slot, end)
+        assert answer is not None and (answer.state, answer.reason) == (SlotState.READY, "done")
+        await run(message_slot, SlotMessage(workflow_id=handle.id, retire="test over"))
         assert await asyncio.wait_for(handle.result(), 10) == [LEASE]
-        finished = SlotMessage(workflow_id=handle.id, retire="again")
-        assert await run(signal_slot, finished) is False, "nobody left to tell is not an error"
+        for late in (SlotMessage(workflow_id=handle.id, retire="again"), end):
+            assert await run(message_slot, late) is None, "nobody left to tell is not an error"
