@@ -226,6 +226,8 @@ class SlotConfig(Model):
     ssh_keepalive_max_miss: int = Field(default=3, ge=1)
     ssh_heartbeat_timeout: timedelta = timedelta(seconds=30)
     ssh_retry_max_interval: timedelta = timedelta(minutes=5)
+    ssh_max_attempts: int = Field(default=0, ge=0)
+    """Connection attempts per instance before log collection gives up; 0: until READY."""
     log_tail_lines: int = Field(default=50, ge=1, le=1000)
 
 

@@ -265,6 +265,7 @@ class Settings(BaseSettings):
             ssh_keepalive_max_miss=self.ssh_keepalive_max_miss,
             ssh_heartbeat_timeout=timedelta(seconds=self.ssh_heartbeat_timeout_s),
             ssh_retry_max_interval=timedelta(seconds=self.ssh_retry_max_s),
+            ssh_max_attempts=self.ssh_max_consecutive_failures,
             log_tail_lines=self.ssh_log_tail_lines,
         )
 

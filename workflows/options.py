@@ -161,6 +161,7 @@ def ssh_follow(cfg: SlotConfig) -> dict[str, Any]:
             SSH_FOLLOW_RETRY,
             initial_interval=min(SSH_FOLLOW_RETRY.initial_interval, cfg.ssh_retry_max_interval),
             maximum_interval=cfg.ssh_retry_max_interval,
+            maximum_attempts=cfg.ssh_max_attempts,
         ),
     }
 

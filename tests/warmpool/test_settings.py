@@ -11,6 +11,7 @@ import pytest
 
 from warmpool.models import SlotConfig
 from warmpool.settings import Settings, SettingsError, load_settings
+from workflows import options
 
 OURS = ("WARMPOOL_", "WARM_POOL_", "COMFYUI_", "TOKEN_", "SSH_", "VASTAI_", "TEMPORAL_")
 
@@ -78,6 +79,7 @@ def test_every_seed_variable_keeps_its_name_and_unit(monkeypatch: pytest.MonkeyP
         if duration is not None:
             assert duration(config) == timedelta(milliseconds=values[name]), name
     assert config.keepalive_max_failures == values["COMFYUI_KEEPALIVE_MAX_FAILURES"]
+    assert config.ssh_max_attempts == values["SSH_MAX_CONSECUTIVE_FAILURES"]
 
 
 def test_prefixed_settings_reach_the_slot_config(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -246,3 +248,14 @@ def test_ssh_logs_are_on_when_a_key_is_configured_and_reach_the_slot_config(
     assert config.ssh_fatal_patterns == ["segfault", "Killed"]
     assert config.ssh_keepalive_interval == timedelta(milliseconds=500)
     assert config.ssh_retry_max_interval == timedelta(seconds=60)
+
+
+@pytest.mark.parametrize(("failures", "attempts"), [("0", 0), ("4", 4)])
+def test_ssh_max_consecutive_failures_bounds_the_collector_retries(
+    monkeypatch: pytest.MonkeyPatch, failures: str, attempts: int
+) -> None:
+    """0 keeps the Temporal meaning "no limit": the collector reconnects until READY."""
+    monkeypatch.setenv("SSH_MAX_CONSECUTIVE_FAILURES", failures)
+    policy = options.ssh_follow(load_settings().slot_config())["retry_policy"]
+    assert policy.maximum_attempts == attempts
+    assert policy.non_retryable_error_types == ["SshAuthError"]
