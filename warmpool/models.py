@@ -336,7 +336,8 @@ class LeaseEndRequest(Model):
 
 
 class SlotMessage(Model):
-    """One signal from a pool to one of its slots: exactly one of the three is set."""
+    """One message from a pool to one of its slots (the `end_lease` update, or a signal):
+    exactly one of the three is set."""
 
     workflow_id: str
     assign_lease: Lease | None = None
@@ -346,7 +347,7 @@ class SlotMessage(Model):
     @model_validator(mode="after")
     def _one_signal(self) -> SlotMessage:
         if len(self._set()) != 1:
-            raise ValueError("a slot message carries exactly one signal")
+            raise ValueError("a slot message carries exactly one signal or update")
         return self
 
     def _set(self) -> list[tuple[str, Lease | LeaseEndRequest | str]]:
@@ -358,7 +359,7 @@ class SlotMessage(Model):
         return [(name, value) for name, value in values.items() if value is not None]
 
     def signal(self) -> tuple[str, Lease | LeaseEndRequest | str]:
-        """The slot signal's name and argument."""
+        """The message's name (the slot's signal or update) and argument."""
         return self._set()[0]
 
 

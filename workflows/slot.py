@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import builtins
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from datetime import datetime, timedelta
 from typing import TypeVar
 
@@ -521,7 +521,11 @@ class WarmSlotWorkflow:
             except (ActivityError, asyncio.CancelledError):
                 pass
 
-        task = asyncio.create_task(settle())
+        self._settle_later(settle())
+
+    def _settle_later(self, stopping: Coroutine[None, None, None]) -> None:
+        """Run a cancelled activity's settling in the background; awaited before CAN/DONE."""
+        task = asyncio.create_task(stopping)
         self._stopping.add(task)
         task.add_done_callback(self._stopping.discard)
 
@@ -531,9 +535,7 @@ class WarmSlotWorkflow:
         if handle is None or self._collector_for is None:
             return
         handle.cancel()
-        task = asyncio.create_task(self._reap(handle, self._collector_for))
-        self._stopping.add(task)
-        task.add_done_callback(self._stopping.discard)
+        self._settle_later(self._reap(handle, self._collector_for))
 
     async def _reap(
         self, handle: workflow.ActivityHandle[SshFollowResult], instance_id: int

@@ -50,9 +50,9 @@ class Recorder:
 def test_a_message_carries_exactly_one_signal() -> None:
     assert SlotMessage(workflow_id="s", assign_lease=LEASE).signal() == ("assign_lease", LEASE)
     assert SlotMessage(workflow_id="s", retire="bye").signal() == ("retire", "bye")
-    with pytest.raises(ValidationError, match="exactly one signal"):
+    with pytest.raises(ValidationError, match="exactly one signal or update"):
         SlotMessage(workflow_id="s")
-    with pytest.raises(ValidationError, match="exactly one signal"):
+    with pytest.raises(ValidationError, match="exactly one signal or update"):
         SlotMessage(
             workflow_id="s", retire="bye", end_lease=LeaseEndRequest(lease_id="l", reason="x")
         )
