@@ -316,8 +316,18 @@ class SlotStatus(Model):
     log_error: str | None = None
 
 
+class LeaseEndRequest(Model):
+    lease_id: str
+    reason: str
+
+
 class SlotEvent(Model):
-    """A slot's report to its pool after every transition (signal `slot_event`)."""
+    """A slot's report to its pool after every transition (signal `slot_event`).
+
+    Signals from one slot can reach the pool out of order (a signal that meets the pool's
+    continue-as-new is retried later), so an event also repeats how the slot's last lease
+    ended (`ended_lease`): a later event tells the pool why, even if the earlier is late.
+    """
 
     index: int
     state: SlotState
@@ -328,11 +338,7 @@ class SlotEvent(Model):
     dph_total: float | None = None
     failure: FailureReason | None = None
     lease_id: str | None = None
-
-
-class LeaseEndRequest(Model):
-    lease_id: str
-    reason: str
+    ended_lease: LeaseEndRequest | None = None
 
 
 class SlotMessage(Model):

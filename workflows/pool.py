@@ -412,7 +412,11 @@ class WarmPoolWorkflow:
         if view is None:
             return  # a slot this pool no longer tracks
         if event.at < view.since and event.state != S.DONE:
-            return  # an older event delivered late
+            # An older event delivered late: its state is stale, its failure still happened.
+            if event.failure is not None and event.state != S.READY:
+                self._rt.stats.observe_failure(event.failure.value)
+                self._record_failure(event, event.failure, in_a_row=False)
+            return
         self._count(view, event)
         view.state = event.state
         view.since = event.at
@@ -425,7 +429,9 @@ class WarmPoolWorkflow:
         if refused and event.lease_id in self._rt.leases:
             self._end_lease(self._rt.leases[event.lease_id], event.reason, tell_slot=False)
         elif lease is not None and event.state not in SERVING:
-            self._end_lease(lease, f"slot lost: {event.reason}", tell_slot=False)
+            ended = event.ended_lease
+            why = ended.reason if ended and ended.lease_id == lease.lease_id else None
+            self._end_lease(lease, why or f"slot lost: {event.reason}", tell_slot=False)
         if event.state == S.READY:
             view.cleaning = False
             self._rt.consecutive_failures = 0
@@ -448,12 +454,20 @@ class WarmPoolWorkflow:
             stats.observe_failure(event.failure.value)
             view.attempt_started = None
 
-    def _record_failure(self, event: SlotEvent, failure: FailureReason) -> None:
-        """Keep the failure for the status; enter safe mode after too many in a row."""
+    def _record_failure(
+        self, event: SlotEvent, failure: FailureReason, *, in_a_row: bool = True
+    ) -> None:
+        """Keep the failure for the status; enter safe mode after too many in a row.
+
+        A late failure (`in_a_row=False`) is kept but does not count towards safe mode: a
+        READY reported after it has already reset the run of failures.
+        """
         rt = self._rt
         reason = f"{failure.value}: {event.reason}"
         rt.failures.append(PoolFailure(at=self._now(), slot=event.index, reason=reason))
         del rt.failures[:-KEEP_FAILURES]
+        if not in_a_row:
+            return
         rt.consecutive_failures += 1
         if rt.consecutive_failures < self._cfg.safe_mode_after or rt.safe_mode:
             return

@@ -335,6 +335,11 @@ class WarmSlotWorkflow:
             dph_total=rt.instance.dph_total if rt.instance else None,
             failure=failure,
             lease_id=lease_id or (rt.lease.lease_id if rt.lease else None),
+            ended_lease=(
+                LeaseEndRequest(lease_id=end.lease_id, reason=end.reason)
+                if (end := rt.last_lease_end)
+                else None
+            ),
         )
 
     async def _send(self, event: SlotEvent) -> None:

@@ -26,6 +26,7 @@ from tests.workflows.fakes import FakeCloud
 from warmpool.labels import pool_workflow_id
 from warmpool.leasing import retry_transient
 from warmpool.models import (
+    FailureReason,
     LeaseRequest,
     PoolConfig,
     PoolInput,
@@ -33,6 +34,7 @@ from warmpool.models import (
     RenewRequest,
     ResizeRequest,
     SlotConfig,
+    SlotEvent,
     SlotState,
 )
 from workflows import WORKFLOWS
@@ -256,11 +258,39 @@ async def test_keepalive_lost_while_leased_ends_the_lease_with_a_reason(
         grant = await upd(pool, WarmPoolWorkflow.lease, req())
         leased = list(cloud.live())
         cloud.kill_on_watch.update(i.id for i in leased)
-        status = await wait_pool(pool_env, pool, lambda s: not s.active_leases)
+        await wait_pool(pool_env, pool, lambda s: not s.active_leases)
+        # The slot's events can reach the pool out of order (one that meets the pool's
+        # continue-as-new is delivered later): the reason and the failure survive either way.
         info = await pool.query(WarmPoolWorkflow.lease_info, grant.lease_id)
         assert info is not None and info.end_reason is not None
         assert "keepalive_lost" in info.end_reason
-        assert status.failures and "keepalive_lost" in status.failures[-1].reason
+        await wait_pool(
+            pool_env, pool, lambda s: any("keepalive_lost" in f.reason for f in s.failures)
+        )
+
+
+async def test_a_late_slot_event_keeps_its_failure_but_not_its_state(
+    pool_env: WorkflowEnvironment,
+) -> None:
+    """A slot's signal that met the pool's continue-as-new arrives after newer ones."""
+    cloud = FakeCloud(machines=4)
+    config = fast(min_ready=1, max_slots=1, safe_mode_after=1)
+    async with running_pool(pool_env, cloud, config) as pool:
+        ready = await wait_pool(pool_env, pool, idle(1))
+        view = ready.slots[0]
+        late = SlotEvent(
+            index=view.index,
+            state=S.TERMINATING,
+            at=view.since - timedelta(seconds=1),
+            reason="probe failed: connection refused",
+            failure=FailureReason.COMFY_NEVER_READY,
+        )
+        await pool.signal(WarmPoolWorkflow.slot_event, late)
+        status = await wait_pool(pool_env, pool, lambda s: bool(s.failures))
+        assert "connection refused" in status.failures[-1].reason
+        assert status.stats.failures_by_reason == {FailureReason.COMFY_NEVER_READY.value: 1}
+        assert not status.safe_mode, "a late failure does not undo the READY reported after it"
+        assert [(s.index, s.state) for s in status.slots] == [(view.index, S.READY)]
 
 
 async def test_resize_down_never_retires_a_leased_slot(pool_env: WorkflowEnvironment) -> None:
