@@ -11,6 +11,12 @@ the CLI do: a caller sharing the worker's event loop would wait behind the work 
 starts (the slot's signal, its workflow task). A lease refused because every slot is still
 being cleaned is retried and not counted.
 
+Then where a quiet lease's time goes, read from the workflows' histories: the server's queue
+(workflow task scheduled -> started) and the worker (started -> completed, which includes the
+completion RPC that persists the task), each next to the same split for the bare update; the
+rest of the caller's round trip is the RPCs around the task. And the concurrent phase as a rate:
+lease + release cycles per second, and how many lease attempts were refused (no idle slot).
+
     .venv/bin/python bench/lease_latency.py [--leases 300] [--concurrency 10]
 """
 
@@ -29,7 +35,9 @@ from typing import NamedTuple
 
 from harness import FAST_SIM, LOOSE_OFFERS, SimProcess, print_table, run, scaled_settings, stack
 from temporalio import workflow
-from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.api.enums.v1 import EventType
+from temporalio.api.history.v1 import HistoryEvent
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
@@ -83,10 +91,12 @@ async def wait_idle(client: Client, pool: str, n: int, within: float) -> None:
         await asyncio.sleep(0.2)
 
 
-async def lease_and_release(client: Client, pool: str, samples: list[float]) -> None:
+async def lease_and_release(client: Client, pool: str, samples: list[float]) -> int:
+    """One lease and its release; returns how many attempts were refused first."""
     request = LeaseRequest(
         holder="bench", duration=timedelta(minutes=5), request_id=uuid.uuid4().hex
     )
+    refused = 0
     while True:
         try:
             started = time.perf_counter()
@@ -94,8 +104,10 @@ async def lease_and_release(client: Client, pool: str, samples: list[float]) -> 
             samples.append((time.perf_counter() - started) * 1000)
             break
         except WorkflowUpdateFailedError:
+            refused += 1
             await asyncio.sleep(0.05)  # every slot busy being cleaned: not a latency sample
     await leasing.release(client, pool, grant.lease_id)
+    return refused
 
 
 class Samples(NamedTuple):
@@ -103,6 +115,11 @@ class Samples(NamedTuple):
     quiet: list[float]
     sequential: list[float]
     concurrent: list[float]
+    bare_window: tuple[float, float]
+    quiet_window: tuple[float, float]
+    """Wall-clock (epoch seconds) start and end of the bare and quiet phases."""
+    concurrent_seconds: float
+    concurrent_refused: int
 
 
 def measure(target: str, pool: str, echo_id: str, leases: int, concurrency: int) -> Samples:
@@ -113,23 +130,97 @@ def measure(target: str, pool: str, echo_id: str, leases: int, concurrency: int)
 async def _measure(target: str, pool: str, echo_id: str, leases: int, concurrency: int) -> Samples:
     client = await Client.connect(target, data_converter=pydantic_data_converter)
     echo = client.get_workflow_handle_for(Echo.run, echo_id)
+    bare_started = time.time()
     bare = [await timed(lambda: echo.execute_update(Echo.echo, "x")) for _ in range(leases)]
+    bare_window = (bare_started, time.time())
     quiet: list[float] = []
+    quiet_started = time.time()
     for _ in range(min(leases, QUIET_SAMPLES)):
         await wait_idle(client, pool, READY_SLOTS, within=60)
         await asyncio.sleep(0.5)  # no slot event in flight: the update alone
         await lease_and_release(client, pool, quiet)
+    quiet_window = (quiet_started, time.time())
     sequential: list[float] = []
     for _ in range(leases):
         await lease_and_release(client, pool, sequential)
     concurrent: list[float] = []
 
-    async def caller(n: int) -> None:
-        for _ in range(n):
-            await lease_and_release(client, pool, concurrent)
+    async def caller(n: int) -> int:
+        return sum([await lease_and_release(client, pool, concurrent) for _ in range(n)])
 
-    await asyncio.gather(*(caller(leases // concurrency) for _ in range(concurrency)))
-    return Samples(bare, quiet, sequential, concurrent)
+    started = time.perf_counter()
+    refused = await asyncio.gather(*(caller(leases // concurrency) for _ in range(concurrency)))
+    seconds = time.perf_counter() - started
+    return Samples(
+        bare, quiet, sequential, concurrent, bare_window, quiet_window, seconds, sum(refused)
+    )
+
+
+class TaskSplit(NamedTuple):
+    """One update's workflow task: milliseconds in the server's queue and in the worker."""
+
+    queued: float
+    worker: float
+
+
+def update_tasks(
+    events: list[HistoryEvent], name: str, window: tuple[float, float]
+) -> list[TaskSplit]:
+    """The workflow task that accepted each `name` update inside `window` (epoch seconds)."""
+
+    def at(event: HistoryEvent) -> float:
+        return event.event_time.ToNanoseconds() / 1e9
+
+    found = []
+    for i, event in enumerate(events):
+        if event.event_type != EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED:
+            continue
+        accepted = event.workflow_execution_update_accepted_event_attributes
+        if accepted.accepted_request.input.name != name or not window[0] <= at(event) <= window[1]:
+            continue
+        completed = next(
+            e
+            for e in reversed(events[:i])
+            if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED
+        )
+        started = events[completed.workflow_task_completed_event_attributes.started_event_id - 1]
+        scheduled = events[
+            completed.workflow_task_completed_event_attributes.scheduled_event_id - 1
+        ]
+        found.append(
+            TaskSplit((at(started) - at(scheduled)) * 1000, (at(completed) - at(started)) * 1000)
+        )
+    return found
+
+
+async def all_runs(client: Client, workflow_id: str) -> list[list[HistoryEvent]]:
+    """Every run's history (the pool continues-as-new during the bench)."""
+    runs = []
+    async for execution in client.list_workflows(f'WorkflowId = "{workflow_id}"'):
+        handle: WorkflowHandle[object, object] = client.get_workflow_handle(
+            workflow_id, run_id=execution.run_id
+        )
+        runs.append(list((await handle.fetch_history()).events))
+    return runs
+
+
+async def split_of(
+    client: Client, workflow_id: str, name: str, window: tuple[float, float]
+) -> list[TaskSplit]:
+    return [
+        task
+        for events in await all_runs(client, workflow_id)
+        for task in update_tasks(events, name, window)
+    ]
+
+
+def breakdown_row(label: str, client_ms: list[float], tasks: list[TaskSplit]) -> list[str]:
+    p50 = statistics.median
+    if not tasks:
+        return [label, f"{p50(client_ms):.1f}", "-", "-", "-"]
+    queued, worker = p50(t.queued for t in tasks), p50(t.worker for t in tasks)
+    rest = p50(client_ms) - queued - worker
+    return [label, f"{p50(client_ms):.1f}", f"{queued:.1f}", f"{worker:.1f}", f"{rest:.1f}"]
 
 
 async def main(leases: int, concurrency: int) -> None:
@@ -161,6 +252,10 @@ async def main(leases: int, concurrency: int) -> None:
                         callers, measure, target, pool, echo.id, leases, concurrency
                     )
                 await echo.signal(Echo.stop)
+            bare_tasks = await split_of(client, echo.id, "echo", samples.bare_window)
+            quiet_tasks = await split_of(
+                client, pool_workflow_id(pool), "lease", samples.quiet_window
+            )
 
             handle = leasing.pool_handle(client, pool)
             await handle.signal(WarmPoolWorkflow.drain)
@@ -175,6 +270,22 @@ async def main(leases: int, concurrency: int) -> None:
             ["lease, back to back (sequential)", *percentiles(samples.sequential)],
             [f"lease, {concurrency} concurrent callers", *percentiles(samples.concurrent)],
         ],
+    )
+    print()
+    print("where a quiet lease goes: p50 ms; the worker's share includes the completion RPC")
+    print_table(
+        ["call", "caller", "server queue", "worker", "rest (RPCs)"],
+        [
+            breakdown_row("bare update", samples.bare, bare_tasks),
+            breakdown_row("lease, quiet pool", samples.quiet, quiet_tasks),
+        ],
+    )
+    cycles = len(samples.concurrent)
+    print()
+    print(
+        f"{concurrency} concurrent callers: {cycles / samples.concurrent_seconds:.1f} lease +"
+        f" release cycles/s over {samples.concurrent_seconds:.1f} s,"
+        f" {samples.concurrent_refused} lease attempts refused (no idle slot) for {cycles} granted"
     )
 
 

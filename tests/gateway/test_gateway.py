@@ -393,6 +393,65 @@ async def test_metrics_expose_pool_figures_and_the_workers_own(stack: GatewaySta
     assert "temporal_worker_task_slots_available" in temporal, sorted(temporal)[:20]
 
 
+async def test_metrics_count_the_gateways_own_leases_and_proxied_traffic(
+    stack: GatewayStack,
+) -> None:
+    """The gateway's counters start at zero with the process, so the test reads differences."""
+
+    async def scrape(
+        http: httpx.AsyncClient,
+    ) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+        answer = await http.get("/metrics")
+        assert answer.status_code == 200
+        return samples(answer.text)
+
+    def grew(
+        before: dict[tuple[str, frozenset[tuple[str, str]]], float],
+        after: dict[tuple[str, frozenset[tuple[str, str]]], float],
+        name: str,
+        **labels: str,
+    ) -> float:
+        key = (name, frozenset(labels.items()))
+        return after.get(key, 0) - before.get(key, 0)
+
+    async with stack.http() as http:
+        before = await scrape(http)
+        grant = await acquire(http)
+        base = grant["proxy_path"]
+        assert (await http.get(f"{base}system_stats")).status_code == 200
+        assert (await http.post(f"{base}prompt", json={"prompt": {}})).status_code == 400
+        assert (await http.get(f"/comfy/{uuid.uuid4()}/system_stats")).status_code == 404
+        async with websockets.connect(ws_url(stack, f"{base}ws?clientId=gw-m"), proxy=None) as ws:
+            await ws.recv()
+            during = await scrape(http)
+        with pytest.raises(websockets.InvalidStatus):
+            await websockets.connect(ws_url(stack, f"/comfy/{uuid.uuid4()}/ws"), proxy=None)
+        await release(http, grant["lease_id"])
+        after = await scrape(http)
+
+    pool = stack.pool
+    lease_count = "warmpool_gateway_lease_seconds_count"
+    granted = grew(before, after, lease_count, pool=pool, outcome="granted")
+    granted += grew(before, after, lease_count, pool=pool, outcome="waited")
+    assert granted == 1
+    assert (
+        grew(before, after, "warmpool_gateway_lease_seconds_sum", pool=pool, outcome="granted")
+        + grew(before, after, "warmpool_gateway_lease_seconds_sum", pool=pool, outcome="waited")
+        > 0
+    )
+    requests = "warmpool_gateway_proxy_requests_total"
+    assert grew(before, after, requests, outcome="2xx") == 1
+    assert grew(before, after, requests, outcome="4xx") == 1, "ComfyUI's own 400"
+    assert grew(before, after, requests, outcome="unknown_lease") == 1
+    assert grew(before, after, "warmpool_gateway_proxy_seconds_count", outcome="2xx") == 1
+    sockets = "warmpool_gateway_websockets_total"
+    assert grew(before, after, sockets, outcome="opened") == 1
+    assert grew(before, after, sockets, outcome="unknown_lease") == 1
+    assert during[("warmpool_gateway_websockets_open", frozenset())] == 1
+    assert after[("warmpool_gateway_websockets_open", frozenset())] == 0
+    assert not any(grant["lease_id"] in str(labels) for _, labels in after), "no lease id label"
+
+
 def urlsplit_netloc(url: str | None) -> str:
     assert url is not None
     return httpx.URL(url).netloc.decode()

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import httpx
 from fastapi import Request
 from starlette.requests import HTTPConnection
 
+from warmpool.gateway.meters import Meters
 from warmpool.gateway.pools import Pools
 from warmpool.gateway.targets import Targets
 from warmpool.secrets import SecretStore
@@ -23,6 +24,7 @@ class Gateway:
     http: httpx.AsyncClient
     """Shared by proxied requests and worker-metrics scrapes: pooled keep-alive connections."""
     token_watch_id: str
+    meters: Meters = field(default_factory=Meters)
 
 
 def gateway_of(conn: HTTPConnection) -> Gateway:

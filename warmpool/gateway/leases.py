@@ -12,6 +12,7 @@ over the pool's maximum); 503 Temporal did not answer.
 
 from __future__ import annotations
 
+import time
 import uuid
 from datetime import datetime, timedelta
 from typing import Annotated
@@ -26,7 +27,14 @@ from warmpool.gateway.context import Gateway, get_gateway
 from warmpool.gateway.errors import JSON_BODY_LIMIT, ApiError, documented
 from warmpool.gateway.targets import check_active
 from warmpool.labels import slot_workflow_id
-from warmpool.models import LeaseRequest, Model, PoolConfig, PoolLease, RenewRequest
+from warmpool.models import (
+    LeaseGrant,
+    LeaseRequest,
+    Model,
+    PoolConfig,
+    PoolLease,
+    RenewRequest,
+)
 
 router = APIRouter(prefix="/api/leases", tags=["leases"], max_body_size=JSON_BODY_LIMIT)
 
@@ -113,6 +121,32 @@ def _seconds(value: float | None) -> timedelta | None:
     return None if value is None else timedelta(seconds=value)
 
 
+async def _lease(
+    gateway: Gateway, pool: str, request: LeaseRequest, wait: float
+) -> tuple[LeaseGrant, str]:
+    """The grant, and "granted" (at once) or "waited" (after waiting up to `wait` s)."""
+    pools = gateway.pools
+    try:
+        grant = await pools.call(
+            pool, "lease", lambda: leasing.acquire(pools.client, pool, request)
+        )
+        return grant, "granted"
+    except WorkflowUpdateFailedError as exc:
+        error = refused(exc)
+        if error.error != "no_capacity" or wait <= 0:
+            raise error from None
+    try:
+        grant = await pools.call(
+            pool,
+            "lease (waiting)",
+            lambda: leasing.acquire_waiting(pools.client, pool, request, poll_s=WAIT_POLL_S),
+            extra_s=wait + leasing.WAIT_GRACE_S,
+        )
+    except leasing.LeaseNotGranted as exc:
+        raise ApiError(409, "no_capacity", f"no lease within {wait:g}s: {exc}") from None
+    return grant, "waited"
+
+
 @router.post(
     "", status_code=201, response_model=LeaseView, responses=documented(400, 404, 409, 503)
 )
@@ -127,23 +161,14 @@ async def acquire(gateway: GatewayDep, body: AcquireBody) -> LeaseView:
         request_id=body.request_id or uuid.uuid4().hex,
         wait_for=timedelta(seconds=wait),
     )
+    started, outcome = time.perf_counter(), "error"
     try:
-        grant = await pools.call(
-            pool, "lease", lambda: leasing.acquire(pools.client, pool, request)
-        )
-    except WorkflowUpdateFailedError as exc:
-        error = refused(exc)
-        if error.error != "no_capacity" or wait <= 0:
-            raise error from None
-        try:
-            grant = await pools.call(
-                pool,
-                "lease (waiting)",
-                lambda: leasing.acquire_waiting(pools.client, pool, request, poll_s=WAIT_POLL_S),
-                extra_s=wait + leasing.WAIT_GRACE_S,
-            )
-        except leasing.LeaseNotGranted as exc:
-            raise ApiError(409, "no_capacity", f"no lease within {wait:g}s: {exc}") from None
+        grant, outcome = await _lease(gateway, pool, request, wait)
+    except ApiError as exc:
+        outcome = exc.error
+        raise
+    finally:
+        gateway.meters.lease_seconds.labels(pool, outcome).observe(time.perf_counter() - started)
     pools.remember(grant.lease_id, pool)
     _, lease = await pools.lease(grant.lease_id)
     return view(pool, lease)

@@ -14,6 +14,9 @@ survives continue-as-new), so a restarted gateway loses nothing and keeps no sta
     warmpool_active_leases{pool}, warmpool_idle_ready_slots{pool}, warmpool_slots{pool,state}
     warmpool_spend_dollars_per_hour{pool}, warmpool_safe_mode{pool}
 
+The gateway's own counters (leases it asked for, requests and websockets it proxied) are
+described in `meters.py`.
+
 With `WARMPOOL_GATEWAY_WORKER_METRICS` (the workers' `/metrics` URLs, see
 `WARMPOOL_WORKER_METRICS_ADDR`), each worker's exposition is fetched too and re-exposed with a
 `worker` label: Temporal's runtime metrics (`temporal_*`) and `warmpool_keepalive_pings_total`,
@@ -188,4 +191,5 @@ async def metrics(request: Request) -> Response:
     )
     registry = CollectorRegistry(auto_describe=False)
     registry.register(Snapshot(dict(zip(names, statuses, strict=True)), scrapes))
+    registry.register(gateway.meters.registry)
     return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)

@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import re
+import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from typing import Annotated
 
@@ -36,6 +37,7 @@ from warmpool.comfy import PLACEHOLDER_HEADER
 from warmpool.gateway.context import Gateway, gateway_of
 from warmpool.gateway.errors import ApiError, documented
 from warmpool.gateway.leases import LEASE_ID_PATTERN
+from warmpool.gateway.meters import status_class
 from warmpool.gateway.targets import Target
 
 log = logging.getLogger("warmpool.gateway.proxy")
@@ -138,7 +140,19 @@ async def _relay(response: httpx.Response, lease_id: str) -> AsyncIterator[bytes
 
 
 async def forward(request: Request, lease_id: str) -> Response:
+    """Proxy one HTTP request, counted by outcome (`meters.py`)."""
     gateway = gateway_of(request)
+    started = time.perf_counter()
+    try:
+        answer = await _forward(gateway, request, lease_id)
+    except ApiError as exc:
+        gateway.meters.proxied(exc.error, started)
+        raise
+    gateway.meters.proxied(status_class(answer.status_code), started)
+    return answer
+
+
+async def _forward(gateway: Gateway, request: Request, lease_id: str) -> Response:
     target = await gateway.targets.resolve(lease_id)
     headers = _forwarded(request.headers.raw, NOT_FORWARDED)
     headers.append((b"authorization", f"Bearer {target.token}".encode()))
@@ -318,8 +332,10 @@ async def proxy_websocket(client: WebSocket, lease_id: str, path: str) -> None:
         target = await gateway.targets.resolve(lease_id)
         upstream = await _open_upstream(gateway, target, client.scope)
     except ApiError as exc:
+        gateway.meters.websockets.labels(exc.error).inc()
         await client.send_denial_response(exc.response())
         return
     async with upstream:
         await client.accept(subprotocol=upstream.subprotocol)
-        await _pump(gateway, client, upstream, lease_id)
+        with gateway.meters.websocket_open():
+            await _pump(gateway, client, upstream, lease_id)
