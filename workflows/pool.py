@@ -412,9 +412,9 @@ class WarmPoolWorkflow:
         if view is None:
             return  # a slot this pool no longer tracks
         if event.at < view.since and event.state != S.DONE:
-            # An older event delivered late: its state is stale, its failure still happened.
+            # An older event delivered late: its state is stale, its rental and failure happened.
+            self._count(view, event, late=True)
             if event.failure is not None and event.state != S.READY:
-                self._rt.stats.observe_failure(event.failure.value)
                 self._record_failure(event, event.failure, in_a_row=False)
             return
         self._count(view, event)
@@ -441,18 +441,24 @@ class WarmPoolWorkflow:
             del self._rt.slots[event.index]
         self._dirty = True
 
-    def _count(self, view: SlotView, event: SlotEvent) -> None:
-        """Keep the cumulative provisioning figures (attempts, READY, time to READY, failures)."""
+    def _count(self, view: SlotView, event: SlotEvent, *, late: bool = False) -> None:
+        """Keep the cumulative provisioning figures (attempts, READY, time to READY, failures).
+
+        A `late` event (older than the slot's last) counts its rental and its failure; the
+        attempt's start is taken from it only while that attempt is still provisioning.
+        """
         stats = self._rt.stats
-        if event.state == S.RENTING and view.state != S.RENTING:
+        if event.state == S.RENTING and (late or view.state != S.RENTING):
             stats.provisions_started += 1
-            view.attempt_started = event.at
-        elif event.state == S.READY and view.attempt_started is not None:
+            if not late or (view.state in STARTING and view.attempt_started is None):
+                view.attempt_started = event.at
+        elif event.state == S.READY and view.attempt_started is not None and not late:
             stats.observe_ready((event.at - view.attempt_started).total_seconds())
             view.attempt_started = None
         if event.failure is not None and event.state != S.READY:
             stats.observe_failure(event.failure.value)
-            view.attempt_started = None
+            if not late:
+                view.attempt_started = None
 
     def _record_failure(
         self, event: SlotEvent, failure: FailureReason, *, in_a_row: bool = True

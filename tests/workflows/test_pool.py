@@ -285,10 +285,16 @@ async def test_a_late_slot_event_keeps_its_failure_but_not_its_state(
             reason="probe failed: connection refused",
             failure=FailureReason.COMFY_NEVER_READY,
         )
+        rented = late.model_copy(
+            update={"state": S.RENTING, "reason": "offer 7 on machine 7", "failure": None}
+        )
+        await pool.signal(WarmPoolWorkflow.slot_event, rented)
         await pool.signal(WarmPoolWorkflow.slot_event, late)
         status = await wait_pool(pool_env, pool, lambda s: bool(s.failures))
         assert "connection refused" in status.failures[-1].reason
         assert status.stats.failures_by_reason == {FailureReason.COMFY_NEVER_READY.value: 1}
+        assert status.stats.provisions_started == ready.stats.provisions_started + 1
+        assert status.stats.provisions_ready == ready.stats.provisions_ready
         assert not status.safe_mode, "a late failure does not undo the READY reported after it"
         assert [(s.index, s.state) for s in status.slots] == [(view.index, S.READY)]
 
