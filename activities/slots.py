@@ -6,10 +6,12 @@ pool's next workflow task for about 500 ms: bench/lease_latency.py measured leas
 1.6 s that way. The same message sent through the worker's client by an activity (eager, on
 the pool's own worker) keeps the lease path at one update round trip.
 
-`end_lease` is an update: the slot answers once it is clean (READY again, or on its way to
-be replaced), so the pool learns it from the activity's result, not from a slot event that
-could race the pool's continue-as-new (such a race fails that workflow task and forces a
-replay of the whole run). `assign_lease` and `retire` are signals.
+`assign_lease` and `end_lease` are updates, answered with the slot's state: a refused lease,
+or READY once the slot is clean after a release. The pool learns it from the activity's
+result, not from a slot event that could race the pool's continue-as-new (such a race fails
+that workflow task and forces a replay of the whole run). As the pool sends one slot's
+messages one after another, a lease's end never reaches the slot before the lease. `retire`
+is a signal (the slot reports how it ends).
 """
 
 from __future__ import annotations
@@ -20,17 +22,19 @@ from temporalio.service import RPCError, RPCStatusCode
 from warmpool.leasing import retry_transient
 from warmpool.models import SlotEvent, SlotMessage
 
+UPDATES = frozenset({"assign_lease", "end_lease"})
+
 
 @activity.defn(name="pool.message_slot")
 async def message_slot(message: SlotMessage) -> SlotEvent | None:
-    """Deliver one message: the slot's state after an `end_lease`, None for a signal.
+    """Deliver one message: the slot's answer to an update, None for a signal.
 
     None too when the slot has finished: nobody is left to tell.
     """
     name, arg = message.signal()
     handle = activity.client().get_workflow_handle(message.workflow_id)
     try:
-        if name == "end_lease":
+        if name in UPDATES:
             return await retry_transient(
                 lambda: handle.execute_update(name, arg, result_type=SlotEvent)
             )

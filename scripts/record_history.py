@@ -155,8 +155,9 @@ async def run_lifecycle(
         granted_at=now,
         leased_until=now + timedelta(minutes=5),
     )
-    await handle.signal("assign_lease", lease)
-    await wait_for(handle, lambda s: s.state == SlotState.LEASED)
+    leased = await handle.execute_update("assign_lease", lease, result_type=SlotEvent)
+    if leased.state != SlotState.LEASED:
+        raise SystemExit(f"record_history: the assigned slot is {leased.state}, not LEASED")
     cleaned = await handle.execute_update(
         "end_lease",
         LeaseEndRequest(lease_id=lease.lease_id, reason="released"),

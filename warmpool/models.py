@@ -245,9 +245,6 @@ class SlotRuntime(Model):
     excluded_machines: list[int] = Field(default_factory=list)
     lease: Lease | None = None
     last_lease_end: LeaseEnd | None = None
-    ended_unseen: str | None = None
-    """A lease whose `end_lease` came before its `assign_lease` (both in one workflow task):
-    its assign is ignored when it comes."""
     counters: SlotCounters = Field(default_factory=SlotCounters)
     transitions: list[Transition] = Field(default_factory=list)
     last_failure: str | None = None
@@ -342,8 +339,8 @@ class SlotEvent(Model):
 
 
 class SlotMessage(Model):
-    """One message from a pool to one of its slots (the `end_lease` update, or a signal):
-    exactly one of the three is set."""
+    """One message from a pool to one of its slots (the `assign_lease` and `end_lease`
+    updates, or the `retire` signal): exactly one of the three is set."""
 
     workflow_id: str
     assign_lease: Lease | None = None

@@ -188,8 +188,9 @@ class WarmPoolWorkflow:
         """Deliver through the `pool.message_slot` activity; awaited before continue-as-new.
 
         An activity, not `get_external_workflow_handle().signal()`: see activities/slots.py.
-        Messages to one slot go out one after another, else an `end_lease` could overtake its
-        `assign_lease` and leave the slot LEASED to nobody.
+        Messages to one slot go out one after another, each once the previous is answered, so
+        an `end_lease` never overtakes its `assign_lease` (which would leave the slot LEASED
+        to nobody).
         """
         slot = message.workflow_id
         previous = self._last_message.get(slot)
@@ -204,7 +205,7 @@ class WarmPoolWorkflow:
             except ActivityError as exc:  # a failing message must not fail the pool
                 workflow.logger.warning("message to %s failed: %s", slot, exc)
                 return
-            if answer is not None:  # the slot's state after an end_lease
+            if answer is not None:  # the slot's answer to an update
                 self.slot_event(answer)
 
         task = asyncio.create_task(send())

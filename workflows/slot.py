@@ -249,23 +249,27 @@ class WarmSlotWorkflow:
         """Lift BLOCKED (e.g. after an operator fixed a token): preflight runs again at once."""
         self._resume_requested = True
 
-    @workflow.signal
-    def assign_lease(self, lease: Lease) -> None:
-        """The pool (the lease authority) leased this slot; a slot not READY refuses it."""
+    @workflow.update
+    def assign_lease(self, lease: Lease) -> SlotEvent:
+        """The pool (the lease authority) leased this slot, or renewed its lease; answered
+        with the slot's state then, a refusal ("lease refused: ...") if it is not READY.
+
+        An update, as `end_lease` is: the pool sends a slot's messages one after another, so
+        a lease's end never reaches the slot before the lease does.
+        """
         rt = self._rt
         if rt.lease is not None and rt.lease.lease_id == lease.lease_id:
-            rt.lease = lease  # a renewal
-            return
-        ended = rt.last_lease_end.lease_id if rt.last_lease_end else None
-        if lease.lease_id in (ended, rt.ended_unseen):
-            return  # this lease has ended already; the pool knows
+            rt.lease = lease  # a renewal, or a repeat
+            return self._event(self._last_reason())
+        if rt.last_lease_end is not None and rt.last_lease_end.lease_id == lease.lease_id:
+            return self._event(f"lease {lease.lease_id} has ended")
         if rt.state == S.READY and rt.lease is None and not rt.retiring and not rt.needs_clean:
             rt.lease = lease
             rt.counters.leases += 1
-            # The pool granted this lease and marked the slot LEASED itself: no report back.
+            # The pool marked the slot LEASED when it granted the lease: no slot event.
             self._enter(S.LEASED, f"leased to {lease.holder} ({lease.lease_id})", report=False)
-            return
-        self._report(f"lease refused: slot is {rt.state.value}", lease_id=lease.lease_id)
+            return self._event(self._last_reason())
+        return self._event(f"lease refused: slot is {rt.state.value}", lease_id=lease.lease_id)
 
     @workflow.update
     async def end_lease(self, request: LeaseEndRequest) -> SlotEvent:
@@ -279,17 +283,16 @@ class WarmSlotWorkflow:
         if rt.lease is not None and rt.lease.lease_id == request.lease_id:
             self._end_lease(request.reason)
             rt.needs_clean = True
-        elif rt.last_lease_end is None or rt.last_lease_end.lease_id != request.lease_id:
-            # Handled before its `assign_lease` signal of the same workflow task.
-            rt.ended_unseen = request.lease_id
         await workflow.wait_condition(lambda: not self._clean_pending())
-        last = rt.transitions[-1].reason if rt.transitions else "answering end_lease"
-        return self._event(last)
+        return self._event(self._last_reason())
 
     # ---- helpers --------------------------------------------------------------------------
 
     def _now(self) -> datetime:
         return workflow.now()
+
+    def _last_reason(self) -> str:
+        return self._rt.transitions[-1].reason if self._rt.transitions else ""
 
     def _enter(self, state: SlotState, reason: str, *, report: bool = True) -> None:
         rt = self._rt

@@ -1,4 +1,4 @@
-"""`pool.message_slot`: the pool's signals to its slots, sent through the worker's client."""
+"""`pool.message_slot`: the pool's messages to its slots, sent through the worker's client."""
 
 from __future__ import annotations
 
@@ -34,9 +34,12 @@ class Recorder:
         await workflow.wait_condition(lambda: self.done)
         return self.leases
 
-    @workflow.signal
-    def assign_lease(self, lease: Lease) -> None:
+    @workflow.update
+    def assign_lease(self, lease: Lease) -> SlotEvent:
         self.leases.append(lease)
+        return SlotEvent(
+            index=0, state=SlotState.LEASED, at=workflow.now(), reason="leased", lease_id="l1"
+        )
 
     @workflow.signal
     def retire(self, reason: str) -> None:
@@ -77,13 +80,15 @@ async def test_delivers_to_a_running_slot_and_reports_a_finished_one(
         )
         run = ActivityEnvironment(client=dev_env.client).run
         assign = SlotMessage(workflow_id=handle.id, assign_lease=LEASE)
-        assert await run(message_slot, assign) is None, "a signal has no answer"
+        leased = await run(message_slot, assign)
+        assert leased is not None and (leased.state, leased.lease_id) == (SlotState.LEASED, "l1")
         end = SlotMessage(
             workflow_id=handle.id, end_lease=LeaseEndRequest(lease_id="l1", reason="done")
         )
         answer = await run(message_slot, end)
         assert answer is not None and (answer.state, answer.reason) == (SlotState.READY, "done")
-        await run(message_slot, SlotMessage(workflow_id=handle.id, retire="test over"))
+        retire = SlotMessage(workflow_id=handle.id, retire="test over")
+        assert await run(message_slot, retire) is None, "a signal has no answer"
         assert await asyncio.wait_for(handle.result(), 10) == [LEASE]
         for late in (SlotMessage(workflow_id=handle.id, retire="again"), end):
             assert await run(message_slot, late) is None, "nobody left to tell is not an error"

@@ -20,6 +20,7 @@ from warmpool.models import (
     Lease,
     LeaseEndRequest,
     SlotConfig,
+    SlotEvent,
     SlotInput,
     SlotState,
     SlotStatus,
@@ -277,23 +278,40 @@ async def test_ssh_log_lines_are_kept_once_and_a_fatal_line_replaces_the_instanc
         assert cloud.calls["ssh.cancelled"] == 1
 
 
-async def test_an_end_lease_handled_before_its_assign_keeps_the_slot_ready(
+async def test_assign_lease_answers_with_the_slot_state_or_a_refusal(
     ts_env: WorkflowEnvironment,
 ) -> None:
-    """The pool sends assign then end; one workflow task may hand the slot the end first.
-    The slot answers READY (the pool takes it as idle) and must then refuse that lease."""
+    """The pool reads a refused lease from the answer: no slot event comes back for it."""
     cloud = FakeCloud()
     async with running_slot(ts_env, cloud) as handle:
         await wait_status(ts_env, handle, in_state(S.READY))
         now = datetime.now(UTC)
-        lease = Lease(
-            lease_id="l1", holder="ann", request_id="r1", granted_at=now, leased_until=now
-        )
-        answer = await handle.execute_update(
+
+        def lease(lease_id: str) -> Lease:
+            return Lease(
+                lease_id=lease_id,
+                holder="ann",
+                request_id=lease_id,
+                granted_at=now,
+                leased_until=now,
+            )
+
+        async def assign(lease_id: str) -> SlotEvent:
+            return await handle.execute_update(WarmSlotWorkflow.assign_lease, lease(lease_id))
+
+        granted = await assign("l1")
+        assert (granted.state, granted.lease_id) == (S.LEASED, "l1")
+        again = await assign("l1")
+        assert (again.state, again.lease_id) == (S.LEASED, "l1"), "a renewal or a repeat"
+        refused = await assign("l2")
+        assert refused.state == S.LEASED and refused.lease_id == "l2"
+        assert refused.reason == "lease refused: slot is LEASED"
+        ended = await handle.execute_update(
             WarmSlotWorkflow.end_lease, LeaseEndRequest(lease_id="l1", reason="released")
         )
-        assert answer.state == S.READY and answer.lease_id is None
-        await handle.signal(WarmSlotWorkflow.assign_lease, lease)
+        assert ended.state == S.READY and ended.lease_id is None
+        late = await assign("l1")
+        assert late.state == S.READY and late.lease_id is None and "has ended" in late.reason
         status = await handle.query(WarmSlotWorkflow.status)
         assert status.state == S.READY and status.lease is None
-        assert cloud.calls["comfy.clean"] == 0
+        assert status.counters.leases == 1 and cloud.calls["comfy.clean"] == 1
