@@ -494,7 +494,7 @@ class PoolRuntime(Model):
     granted_total: int = 0
     stats: PoolStats = Field(default_factory=PoolStats)
     unsent: list[SlotMessage] = Field(default_factory=list)
-    """Slot signals held back while the pool continued-as-new; the next run sends them first."""
+    """Slot messages held back while the pool continued-as-new; the next run sends them first."""
 
 
 class PoolInput(Model):

@@ -90,9 +90,7 @@ class WarmPoolWorkflow:
 
     @workflow.run
     async def run(self, input: PoolInput) -> PoolStatus:
-        unsent, self._rt.unsent = self._rt.unsent, []
-        for message in unsent:
-            self._send(message)
+        self._send_unsent()
         while True:
             self._dirty = False
             self._expire(self._now())
@@ -181,7 +179,15 @@ class WarmPoolWorkflow:
         )
         if self._closing:
             self._rt.unsent.append(message)
-        else:
+            return
+        self._send_unsent()
+        self._send(message)
+
+    def _send_unsent(self) -> None:
+        """Send what the previous run held back, first: an update handled before `run` starts
+        (a release, say) must not overtake the `assign_lease` of its lease."""
+        unsent, self._rt.unsent = self._rt.unsent, []
+        for message in unsent:
             self._send(message)
 
     def _send(self, message: SlotMessage) -> None:
