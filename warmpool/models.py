@@ -216,6 +216,9 @@ class SlotConfig(Model):
     retry_backoff_max: timedelta = timedelta(minutes=10)
     transitions_kept: int = 30
     recycle_after_lease: bool = False
+    lease_overdue_grace: timedelta = timedelta(minutes=5)
+    """A slot still LEASED this long past `leased_until` (its pool's end never came) ends the
+    lease itself, cleans and reports READY: no instance stays leased to nobody."""
     ssh_logs: bool = False
     """Follow the instance's logs over SSH while it starts (the worker holds the SSH key)."""
     ssh_username: str = "root"

@@ -435,10 +435,11 @@ class WarmPoolWorkflow:
         refused = event.lease_id is not None and event.reason.startswith("lease refused")
         if refused and event.lease_id in self._rt.leases:
             self._end_lease(self._rt.leases[event.lease_id], event.reason, tell_slot=False)
-        elif lease is not None and event.state not in SERVING:
+        elif lease is not None:
             ended = event.ended_lease
             why = ended.reason if ended and ended.lease_id == lease.lease_id else None
-            self._end_lease(lease, why or f"slot lost: {event.reason}", tell_slot=False)
+            if why is not None or event.state not in SERVING:
+                self._end_lease(lease, why or f"slot lost: {event.reason}", tell_slot=False)
         if event.state == S.READY:
             view.cleaning = False
             self._rt.consecutive_failures = 0

@@ -93,6 +93,8 @@ class WarmSlotWorkflow:
         self._collector_for: int | None = None
         self._stopping: set[asyncio.Task[None]] = set()
         self._cleaning = False
+        self._report_clean = False
+        """A clean the pool did not ask for (an overdue lease): report the READY after it."""
         self._fatal: tuple[int, SshFollowResult] | None = None
         """A fatal line a collector returned for an instance, not acted on yet."""
         self._phases: dict[SlotState, Callable[[], Awaitable[None]]] = {
@@ -836,15 +838,21 @@ class WarmSlotWorkflow:
             ),
             **options.watch(cfg),
         )
-        await workflow.wait_condition(
-            lambda: (
-                handle.done()
-                or rt.state != mode
-                or rt.retiring
-                or self._rt.needs_clean
-                or self._should_continue_as_new()
-            )
-        )
+        while True:
+            try:
+                await workflow.wait_condition(
+                    lambda: (
+                        handle.done()
+                        or rt.state != mode
+                        or rt.retiring
+                        or self._rt.needs_clean
+                        or self._should_continue_as_new()
+                    ),
+                    timeout=self._lease_overdue_in(),
+                )
+                break
+            except builtins.TimeoutError:  # the lease is overdue
+                self._end_overdue_lease()
         if not handle.done():
             self._stop_watch(handle)
             return
@@ -863,7 +871,8 @@ class WarmSlotWorkflow:
     async def _after_lease(self) -> None:
         """Clear the queue, interrupt, free memory and check it answers; or recycle.
 
-        READY is not reported: the `end_lease` update waiting for this clean answers it.
+        READY is not reported (the `end_lease` update waiting for this clean answers it),
+        unless the slot ended an overdue lease itself.
         """
         rt = self._rt
         self._rt.needs_clean = False
@@ -884,7 +893,26 @@ class WarmSlotWorkflow:
             return
         finally:
             self._cleaning = False
-        self._enter(S.READY, "cleaned after lease", report=False)
+        self._enter(S.READY, "cleaned after lease", report=self._report_clean)
+        self._report_clean = False
+
+    def _lease_overdue_in(self) -> timedelta | None:
+        """How long until the held lease is overdue (its end should have come); None if none."""
+        lease = self._rt.lease
+        if lease is None or self._rt.state != S.LEASED:
+            return None
+        due = lease.leased_until + self._cfg.lease_overdue_grace - self._now()
+        return max(due, timedelta(milliseconds=1))
+
+    def _end_overdue_lease(self) -> None:
+        """The pool's `end_lease` never came: end the lease here, clean, and report READY."""
+        lease = self._rt.lease
+        if lease is None or self._now() < lease.leased_until + self._cfg.lease_overdue_grace:
+            return  # renewed meanwhile
+        workflow.logger.warning("lease %s overdue: the slot ends it", lease.lease_id)
+        self._end_lease(f"overdue: no end from the pool by {lease.leased_until.isoformat()}")
+        self._rt.needs_clean = True
+        self._report_clean = True
 
     def _end_lease(self, reason: str) -> None:
         lease = self._rt.lease

@@ -315,3 +315,30 @@ async def test_assign_lease_answers_with_the_slot_state_or_a_refusal(
         status = await handle.query(WarmSlotWorkflow.status)
         assert status.state == S.READY and status.lease is None
         assert status.counters.leases == 1 and cloud.calls["comfy.clean"] == 1
+
+
+async def test_a_lease_whose_end_never_comes_is_ended_by_the_slot_once_overdue(
+    ts_env: WorkflowEnvironment,
+) -> None:
+    """Whatever loses the pool's `end_lease`, the instance is not leased to nobody for ever."""
+    cloud = FakeCloud()
+    config = SlotConfig(lease_overdue_grace=timedelta(seconds=0.5))
+    async with running_slot(ts_env, cloud, config) as handle:
+        await wait_status(ts_env, handle, in_state(S.READY))
+        now = await handle.query(WarmSlotWorkflow.status)
+        assert now.state_since is not None
+        lease = Lease(
+            lease_id="l1",
+            holder="ann",
+            request_id="r1",
+            granted_at=now.state_since,
+            leased_until=now.state_since,
+        )
+        leased = await handle.execute_update(WarmSlotWorkflow.assign_lease, lease)
+        assert leased.state == S.LEASED
+        status = await wait_status(
+            ts_env, handle, lambda s: s.state == S.READY and s.last_lease_end is not None
+        )
+        assert status.lease is None and status.last_lease_end is not None
+        assert status.last_lease_end.reason.startswith("overdue")
+        assert cloud.calls["comfy.clean"] == 1, "cleaned before anyone else is served"
