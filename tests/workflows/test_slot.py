@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 
 import pytest
 from temporalio.client import WorkflowHandle
@@ -284,8 +284,9 @@ async def test_assign_lease_answers_with_the_slot_state_or_a_refusal(
     """The pool reads a refused lease from the answer: no slot event comes back for it."""
     cloud = FakeCloud()
     async with running_slot(ts_env, cloud) as handle:
-        await wait_status(ts_env, handle, in_state(S.READY))
-        now = datetime.now(UTC)
+        ready = await wait_status(ts_env, handle, in_state(S.READY))
+        assert ready.state_since is not None
+        now = ready.state_since  # the slot's clock (time-skipping), not the test's
 
         def lease(lease_id: str) -> Lease:
             return Lease(
@@ -293,7 +294,7 @@ async def test_assign_lease_answers_with_the_slot_state_or_a_refusal(
                 holder="ann",
                 request_id=lease_id,
                 granted_at=now,
-                leased_until=now,
+                leased_until=now + timedelta(days=1),
             )
 
         async def assign(lease_id: str) -> SlotEvent:
