@@ -133,6 +133,7 @@ class Settings(BaseSettings):
     # Slot timings (seconds).
     provision_timeout_s: float = Field(default=1200.0, gt=0)
     fatal_grace_s: float = Field(default=120.0, ge=0)
+    lease_overdue_grace_s: float = Field(default=300.0, gt=0)
     readiness_timeout_s: float = Field(default=300.0, gt=0)
     readiness_initial_s: float = Field(default=2.0, gt=0)
     readiness_max_s: float = Field(default=30.0, gt=0)
@@ -244,6 +245,7 @@ class Settings(BaseSettings):
             poll_default=timedelta(milliseconds=self.poll_default_ms),
             provision_timeout=timedelta(seconds=self.provision_timeout_s),
             fatal_grace=timedelta(seconds=self.fatal_grace_s),
+            lease_overdue_grace=timedelta(seconds=self.lease_overdue_grace_s),
             fatal_patterns=[p.lower() for p in self.fatal_patterns],
             readiness_timeout=timedelta(seconds=self.readiness_timeout_s),
             readiness_initial_interval=timedelta(seconds=self.readiness_initial_s),

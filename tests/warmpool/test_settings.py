@@ -91,6 +91,7 @@ def test_prefixed_settings_reach_the_slot_config(monkeypatch: pytest.MonkeyPatch
         "WARMPOOL_MAX_DPH": "0.55",
         "WARMPOOL_NUM_GPUS": "2",
         "WARMPOOL_FATAL_GRACE_S": "45",
+        "WARMPOOL_LEASE_OVERDUE_GRACE_S": "90",
         "WARMPOOL_PROVISION_TIMEOUT_S": "900",
         "WARMPOOL_WARMUP_WORKFLOW": "/etc/warmpool/warmup.json",
         "WARMPOOL_FATAL_PATTERNS": "No Space Left On Device, CUDA error",
@@ -106,6 +107,7 @@ def test_prefixed_settings_reach_the_slot_config(monkeypatch: pytest.MonkeyPatch
     assert config.disk_gb == 300 and config.constraints.min_disk_gb == 280
     assert config.constraints.max_dph == 0.55 and config.constraints.num_gpus == 2
     assert config.fatal_grace == timedelta(seconds=45)
+    assert config.lease_overdue_grace == timedelta(seconds=90)
     assert config.provision_timeout == timedelta(seconds=900)
     assert config.warmup_workflow == "/etc/warmpool/warmup.json"
     assert config.fatal_patterns == ["no space left on device", "cuda error"]
