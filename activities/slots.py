@@ -31,7 +31,7 @@ async def message_slot(message: SlotMessage) -> SlotEvent | None:
 
     None too when the slot has finished: nobody is left to tell.
     """
-    name, arg = message.signal()
+    name, arg = message.content()
     handle = activity.client().get_workflow_handle(message.workflow_id)
     try:
         if name in UPDATES:

@@ -351,7 +351,7 @@ class SlotMessage(Model):
     retire: str | None = None
 
     @model_validator(mode="after")
-    def _one_signal(self) -> SlotMessage:
+    def _exactly_one(self) -> SlotMessage:
         if len(self._set()) != 1:
             raise ValueError("a slot message carries exactly one signal or update")
         return self
@@ -364,7 +364,7 @@ class SlotMessage(Model):
         }
         return [(name, value) for name, value in values.items() if value is not None]
 
-    def signal(self) -> tuple[str, Lease | LeaseEndRequest | str]:
+    def content(self) -> tuple[str, Lease | LeaseEndRequest | str]:
         """The message's name (the slot's signal or update) and argument."""
         return self._set()[0]
 

@@ -896,18 +896,21 @@ class WarmSlotWorkflow:
         self._enter(S.READY, "cleaned after lease", report=self._report_clean)
         self._report_clean = False
 
-    def _lease_overdue_in(self) -> timedelta | None:
-        """How long until the held lease is overdue (its end should have come); None if none."""
+    def _lease_overdue_at(self) -> datetime | None:
+        """When the held lease is overdue (its end should have come by then); None if none."""
         lease = self._rt.lease
         if lease is None or self._rt.state != S.LEASED:
             return None
-        due = lease.leased_until + self._cfg.lease_overdue_grace - self._now()
-        return max(due, timedelta(milliseconds=1))
+        return lease.leased_until + self._cfg.lease_overdue_grace
+
+    def _lease_overdue_in(self) -> timedelta | None:
+        overdue = self._lease_overdue_at()
+        return None if overdue is None else max(overdue - self._now(), timedelta(milliseconds=1))
 
     def _end_overdue_lease(self) -> None:
         """The pool's `end_lease` never came: end the lease here, clean, and report READY."""
-        lease = self._rt.lease
-        if lease is None or self._now() < lease.leased_until + self._cfg.lease_overdue_grace:
+        overdue, lease = self._lease_overdue_at(), self._rt.lease
+        if overdue is None or lease is None or self._now() < overdue:
             return  # renewed meanwhile
         workflow.logger.warning("lease %s overdue: the slot ends it", lease.lease_id)
         self._end_lease(f"overdue: no end from the pool by {lease.leased_until.isoformat()}")

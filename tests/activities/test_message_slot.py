@@ -50,9 +50,9 @@ class Recorder:
         return SlotEvent(index=0, state=SlotState.READY, at=workflow.now(), reason=request.reason)
 
 
-def test_a_message_carries_exactly_one_signal() -> None:
-    assert SlotMessage(workflow_id="s", assign_lease=LEASE).signal() == ("assign_lease", LEASE)
-    assert SlotMessage(workflow_id="s", retire="bye").signal() == ("retire", "bye")
+def test_a_message_carries_exactly_one_signal_or_update() -> None:
+    assert SlotMessage(workflow_id="s", assign_lease=LEASE).content() == ("assign_lease", LEASE)
+    assert SlotMessage(workflow_id="s", retire="bye").content() == ("retire", "bye")
     with pytest.raises(ValidationError, match="exactly one signal or update"):
         SlotMessage(workflow_id="s")
     with pytest.raises(ValidationError, match="exactly one signal or update"):
@@ -67,7 +67,7 @@ def test_a_message_survives_the_data_converter_with_its_empty_fields() -> None:
     (payload,) = pydantic_data_converter.payload_converter.to_payloads([message])
     assert json.loads(payload.data)["assign_lease"] is None
     (back,) = pydantic_data_converter.payload_converter.from_payloads([payload], [SlotMessage])
-    assert back.signal() == ("end_lease", message.end_lease)
+    assert back.content() == ("end_lease", message.end_lease)
 
 
 async def test_delivers_to_a_running_slot_and_reports_a_finished_one(
