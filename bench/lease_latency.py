@@ -4,18 +4,22 @@ Measures: a pool of 10 READY slots (dev server, real workers and activities, the
 child process), then --leases lease + release pairs through `warmpool.leasing` (what the CLI
 and the gateway call), first on a quiet pool (all slots idle, no slot event in flight), then
 back to back (each lease lands while the pool handles the previous release), then from
---concurrency callers at once (the 8-in-flight gate applies). Next to them, the same number
-of updates on a workflow whose update handler only returns its argument, on its own worker in
-the same process as the pool's. The callers run in a process of their own, as the gateway and
-the CLI do: a caller sharing the worker's event loop would wait behind the work each lease
-starts (the slot's signal, its workflow task). A lease refused because every slot is still
-being cleaned is retried and not counted.
+--concurrency callers at once (the 8-in-flight gate applies). The baseline is an update on a
+workflow whose handler only returns its argument, on its own worker in the same process as the
+pool's: --leases of them back to back, and one just before each quiet lease, after the same
+idle wait. Only that pairing compares like with like: an update after half a second of idling
+costs 1-3 ms more than one in a hot loop. The callers run in a process of their own, as the
+gateway and the CLI do: a caller sharing the worker's event loop would wait behind the work
+each lease starts (the slot's message, its workflow task). A lease refused because every slot
+is still being cleaned is retried and not counted.
 
 Then where a quiet lease's time goes, read from the workflows' histories: the server's queue
 (workflow task scheduled -> started) and the worker (started -> completed, which includes the
-completion RPC that persists the task), each next to the same split for the bare update; the
-rest of the caller's round trip is the RPCs around the task. And the concurrent phase as a rate:
-lease + release cycles per second, and how many lease attempts were refused (no idle slot).
+completion RPC that persists the task), next to the same split for the quiet bare updates; the
+rest of the caller's round trip is the RPCs around the task. Then the concurrent phase as a
+rate (lease + release cycles per second, lease attempts refused because no slot was idle), and
+the pool's runs: how many times it continued-as-new, its failed workflow tasks (each replays
+the run) and how long each run's first task waited in the queue.
 
     .venv/bin/python bench/lease_latency.py [--leases 300] [--concurrency 10]
 """
@@ -28,6 +32,7 @@ import multiprocessing
 import statistics
 import time
 import uuid
+from collections import Counter
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 from datetime import timedelta
@@ -35,7 +40,7 @@ from typing import NamedTuple
 
 from harness import FAST_SIM, LOOSE_OFFERS, SimProcess, print_table, run, scaled_settings, stack
 from temporalio import workflow
-from temporalio.api.enums.v1 import EventType
+from temporalio.api.enums.v1 import EventType, WorkflowTaskFailedCause
 from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -47,7 +52,7 @@ from warmpool.models import LeaseRequest, PoolConfig, PoolInput, PoolStatus
 from workflows.pool import WarmPoolWorkflow
 
 READY_SLOTS = 10
-QUIET_SAMPLES = 40
+QUIET_SAMPLES = 60
 
 
 @workflow.defn(name="BenchEcho", sandboxed=False)
@@ -112,12 +117,12 @@ async def lease_and_release(client: Client, pool: str, samples: list[float]) -> 
 
 class Samples(NamedTuple):
     bare: list[float]
+    quiet_bare: list[float]
     quiet: list[float]
     sequential: list[float]
     concurrent: list[float]
-    bare_window: tuple[float, float]
     quiet_window: tuple[float, float]
-    """Wall-clock (epoch seconds) start and end of the bare and quiet phases."""
+    """Wall-clock (epoch seconds) start and end of the quiet phase."""
     concurrent_seconds: float
     concurrent_refused: int
 
@@ -130,14 +135,15 @@ def measure(target: str, pool: str, echo_id: str, leases: int, concurrency: int)
 async def _measure(target: str, pool: str, echo_id: str, leases: int, concurrency: int) -> Samples:
     client = await Client.connect(target, data_converter=pydantic_data_converter)
     echo = client.get_workflow_handle_for(Echo.run, echo_id)
-    bare_started = time.time()
     bare = [await timed(lambda: echo.execute_update(Echo.echo, "x")) for _ in range(leases)]
-    bare_window = (bare_started, time.time())
     quiet: list[float] = []
+    quiet_bare: list[float] = []
     quiet_started = time.time()
     for _ in range(min(leases, QUIET_SAMPLES)):
         await wait_idle(client, pool, READY_SLOTS, within=60)
         await asyncio.sleep(0.5)  # no slot event in flight: the update alone
+        quiet_bare.append(await timed(lambda: echo.execute_update(Echo.echo, "x")))
+        await asyncio.sleep(0.1)
         await lease_and_release(client, pool, quiet)
     quiet_window = (quiet_started, time.time())
     sequential: list[float] = []
@@ -152,7 +158,7 @@ async def _measure(target: str, pool: str, echo_id: str, leases: int, concurrenc
     refused = await asyncio.gather(*(caller(leases // concurrency) for _ in range(concurrency)))
     seconds = time.perf_counter() - started
     return Samples(
-        bare, quiet, sequential, concurrent, bare_window, quiet_window, seconds, sum(refused)
+        bare, quiet_bare, quiet, sequential, concurrent, quiet_window, seconds, sum(refused)
     )
 
 
@@ -214,6 +220,31 @@ async def split_of(
     ]
 
 
+def failed_tasks(runs: list[list[HistoryEvent]]) -> str:
+    """The pool's runs and its failed workflow tasks: each failure replays the run (a tail)."""
+    causes = Counter(
+        WorkflowTaskFailedCause.Name(e.workflow_task_failed_event_attributes.cause)
+        for events in runs
+        for e in events
+        if e.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED
+    )
+    listed = ", ".join(f"{n} {cause}" for cause, n in causes.most_common()) or "none"
+    firsts = []
+    for events in runs:
+        scheduled, started = (
+            next(e for e in events if e.event_type == kind).event_time.ToNanoseconds()
+            for kind in (
+                EventType.EVENT_TYPE_WORKFLOW_TASK_SCHEDULED,
+                EventType.EVENT_TYPE_WORKFLOW_TASK_STARTED,
+            )
+        )
+        firsts.append(f"{(started - scheduled) / 1e6:.0f}")
+    return (
+        f"pool: {len(runs)} runs (continue-as-new), failed workflow tasks: {listed};"
+        f" each run's first workflow task waited {', '.join(firsts)} ms in the queue"
+    )
+
+
 def breakdown_row(label: str, client_ms: list[float], tasks: list[TaskSplit]) -> list[str]:
     p50 = statistics.median
     if not tasks:
@@ -252,11 +283,12 @@ async def main(leases: int, concurrency: int) -> None:
                         callers, measure, target, pool, echo.id, leases, concurrency
                     )
                 await echo.signal(Echo.stop)
-            bare_tasks = await split_of(client, echo.id, "echo", samples.bare_window)
+            bare_tasks = await split_of(client, echo.id, "echo", samples.quiet_window)
             quiet_tasks = await split_of(
                 client, pool_workflow_id(pool), "lease", samples.quiet_window
             )
 
+            pool_runs = await all_runs(client, pool_workflow_id(pool))
             handle = leasing.pool_handle(client, pool)
             await handle.signal(WarmPoolWorkflow.drain)
             await handle.result()
@@ -265,7 +297,11 @@ async def main(leases: int, concurrency: int) -> None:
     print_table(
         ["call", "p50", "p99", "max"],
         [
-            ["bare update round trip", *percentiles(samples.bare)],
+            ["bare update, back to back", *percentiles(samples.bare)],
+            [
+                f"bare update, quiet ({len(samples.quiet_bare)} samples)",
+                *percentiles(samples.quiet_bare),
+            ],
             [f"lease, quiet pool ({len(samples.quiet)} samples)", *percentiles(samples.quiet)],
             ["lease, back to back (sequential)", *percentiles(samples.sequential)],
             [f"lease, {concurrency} concurrent callers", *percentiles(samples.concurrent)],
@@ -276,7 +312,7 @@ async def main(leases: int, concurrency: int) -> None:
     print_table(
         ["call", "caller", "server queue", "worker", "rest (RPCs)"],
         [
-            breakdown_row("bare update", samples.bare, bare_tasks),
+            breakdown_row("bare update, quiet", samples.quiet_bare, bare_tasks),
             breakdown_row("lease, quiet pool", samples.quiet, quiet_tasks),
         ],
     )
@@ -287,6 +323,7 @@ async def main(leases: int, concurrency: int) -> None:
         f" release cycles/s over {samples.concurrent_seconds:.1f} s,"
         f" {samples.concurrent_refused} lease attempts refused (no idle slot) for {cycles} granted"
     )
+    print(failed_tasks(pool_runs))
 
 
 if __name__ == "__main__":
