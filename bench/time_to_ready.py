@@ -31,7 +31,7 @@ from pathlib import Path
 
 from harness import ROOT, TEMPORAL_BIN, print_table, summary
 
-from warmpool.search_attributes import dev_server_flags
+from warmpool.devserver import dev_server_command
 
 READY_LINE = re.compile(r"first READY after ([\d.]+)s")
 SQLITE = ROOT / ".warmpool" / "temporal.sqlite"
@@ -70,18 +70,14 @@ def sqlite_users() -> list[int]:
     return users
 
 
-def terminate_leftovers(pool: str, port: int, ui_port: int) -> None:
+def terminate_leftovers(pool: str, port: int) -> None:
     """A failed run leaves its pool running in the SQLite file, where every later devstack
     would resume it: start the dev server on the file once more and terminate the pool."""
     server = subprocess.Popen(
-        [
-            str(TEMPORAL_BIN), "server", "start-dev", "--ip", "127.0.0.1",
-            "--port", str(port), "--ui-port", str(ui_port), "--headless",
-            "--db-filename", str(SQLITE), "--log-level", "error", *dev_server_flags(),
-        ],
+        dev_server_command(port, SQLITE, log_level="error"),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    )
     mine = f"(WorkflowId = 'warmpool/{pool}' OR WorkflowId STARTS_WITH 'warmpool/{pool}/')"
     try:
         deadline = time.monotonic() + 30
@@ -144,7 +140,7 @@ def main() -> None:
             if users := sqlite_users():
                 print(f"pool {pool} may be left running in {SQLITE}", file=sys.stderr)
                 raise SystemExit(f"processes {users} hold {SQLITE}: cannot clean up")
-            terminate_leftovers(pool, args.temporal_port, args.ui_port)
+            terminate_leftovers(pool, args.temporal_port)
     print(f"\nREADME run command ({' '.join(launcher[-1:])} --once) to the first READY slot")
     print_table(
         ["run", "to READY s", "devstack's own s", "whole run s", "exit"],

@@ -29,12 +29,12 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from warmpool import search_attributes as sa
 from warmpool.codec import data_converter
+from warmpool.devserver import dev_server_command
 from warmpool.labels import pool_workflow_id
 from warmpool.models import PoolConfig, PoolInput
 from warmpool.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
-BIN = Path(sys.executable).parent
 INSTANCE_SECRET = "chaos-instance-secret"
 READY_LINE = "worker running on task queues"
 
@@ -126,21 +126,7 @@ class DevServer(Process):
         self.db = workdir / "temporal.sqlite"
         super().__init__(
             "temporal",
-            [
-                str(BIN / "temporal"),
-                "server",
-                "start-dev",
-                "--ip",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--headless",
-                "--db-filename",
-                str(self.db),
-                "--log-level",
-                "warn",
-                *sa.dev_server_flags(),
-            ],
+            dev_server_command(port, self.db),
             workdir / "temporal.log",
             os.environ,
         )

@@ -24,11 +24,10 @@ sys.path.insert(0, str(ROOT))
 
 import httpx  # noqa: E402
 
-from warmpool.search_attributes import dev_server_flags  # noqa: E402
+from warmpool.devserver import dev_server_command  # noqa: E402
 
 STATE = ROOT / ".warmpool"
 LOGS = STATE / "logs"
-BIN = Path(sys.executable).parent
 DEMO_ENV = {
     # Fast demo timings (the simulator boots an instance in ~7 s); override in .env.
     "WARM_POOL_POLL_ACTIVE_INTERVAL_MS": "2000",
@@ -92,22 +91,9 @@ def main() -> int:
         procs.append(
             spawn(
                 "temporal",
-                [
-                    str(BIN / "temporal"),
-                    "server",
-                    "start-dev",
-                    "--ip",
-                    "127.0.0.1",
-                    "--port",
-                    str(args.temporal_port),
-                    "--ui-port",
-                    str(args.ui_port),
-                    "--db-filename",
-                    str(STATE / "temporal.sqlite"),
-                    "--log-level",
-                    "warn",
-                    *dev_server_flags(),
-                ],
+                dev_server_command(
+                    args.temporal_port, STATE / "temporal.sqlite", ui_port=args.ui_port
+                ),
                 env,
             )
         )
