@@ -46,7 +46,7 @@ async def main(poll: float, rounds: int) -> None:
         log = Path(tmp) / "provisioning.log"
         sim_config = FAST_SIM.model_copy(update={"ssh_host": sshd.host, "ssh_port": sshd.port})
         async with dev_server() as env, Simulator(sim_config) as sim, AsyncExitStack() as exits:
-            settings = Settings(  # type: ignore[arg-type]
+            settings = Settings(
                 **{**FAST, "readiness_timeout_s": 300},
                 ssh_logs=True,
                 ssh_user=sshd.username,

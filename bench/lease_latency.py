@@ -48,7 +48,7 @@ from temporalio.worker import Worker
 
 from warmpool import leasing
 from warmpool.labels import pool_workflow_id
-from warmpool.models import LeaseRequest, PoolConfig, PoolInput, PoolStatus
+from warmpool.models import LeaseRequest, PoolConfig, PoolInput
 from workflows.pool import WarmPoolWorkflow
 
 READY_SLOTS = 10
@@ -88,7 +88,7 @@ async def timed(call: Callable[[], Awaitable[object]]) -> float:
 
 
 async def wait_idle(client: Client, pool: str, n: int, within: float) -> None:
-    handle = leasing.pool_handle(client, pool)
+    handle = client.get_workflow_handle_for(WarmPoolWorkflow.run, pool_workflow_id(pool))
     deadline = time.monotonic() + within
     while (status := await handle.query(WarmPoolWorkflow.status)).idle_ready < n:
         if time.monotonic() > deadline:
@@ -134,7 +134,7 @@ def measure(target: str, pool: str, echo_id: str, leases: int, concurrency: int)
 
 async def _measure(target: str, pool: str, echo_id: str, leases: int, concurrency: int) -> Samples:
     client = await Client.connect(target, data_converter=pydantic_data_converter)
-    echo = client.get_workflow_handle_for(Echo.run, echo_id)
+    echo: WorkflowHandle[Echo, None] = client.get_workflow_handle(echo_id)
     bare = [await timed(lambda: echo.execute_update(Echo.echo, "x")) for _ in range(leases)]
     quiet: list[float] = []
     quiet_bare: list[float] = []
@@ -263,12 +263,11 @@ async def main(leases: int, concurrency: int) -> None:
             config = PoolConfig(
                 min_ready=READY_SLOTS, max_slots=READY_SLOTS, slot=bench.settings.slot_config()
             )
-            await client.start_workflow(
+            handle = await client.start_workflow(
                 WarmPoolWorkflow.run,
                 PoolInput(pool=pool, config=config),
                 id=pool_workflow_id(pool),
                 task_queue=bench.queue,
-                result_type=PoolStatus,
             )
             await wait_idle(client, pool, READY_SLOTS, within=120)
             echo_queue = f"echo-{uuid.uuid4().hex[:6]}"
@@ -289,7 +288,6 @@ async def main(leases: int, concurrency: int) -> None:
             )
 
             pool_runs = await all_runs(client, pool_workflow_id(pool))
-            handle = leasing.pool_handle(client, pool)
             await handle.signal(WarmPoolWorkflow.drain)
             await handle.result()
 

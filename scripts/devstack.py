@@ -107,7 +107,7 @@ def main() -> int:
             cwd=ROOT,
             start_new_session=True,
         )
-        procs.append(sim)  # type: ignore[arg-type]
+        procs.append(sim)
         assert sim.stdout is not None
         urls = json.loads(sim.stdout.readline())
         env.update(

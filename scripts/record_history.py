@@ -97,7 +97,7 @@ async def record_with(sshd: Sshd, log: Path) -> str:
                 ]
             )
             configure_logging(level="WARNING", secret_values=lambda: current_values(secrets))
-            settings = Settings(  # type: ignore[arg-type]
+            settings = Settings(
                 **FAST,
                 ssh_logs=True,
                 ssh_user=sshd.username,

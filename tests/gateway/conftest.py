@@ -88,7 +88,8 @@ class GatewayStack:
         return {"X-Admin-Key": ADMIN_KEY}
 
     async def status(self) -> PoolStatus:
-        return await self.handle.query("status", result_type=PoolStatus)
+        status: PoolStatus = await self.handle.query("status", result_type=PoolStatus)
+        return status
 
     async def wait_pool(
         self, predicate: Callable[[PoolStatus], bool], within: float = 60

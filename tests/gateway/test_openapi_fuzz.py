@@ -70,7 +70,7 @@ def fuzz(url: str) -> list[str]:
         suppress_health_check=list(hypothesis.HealthCheck),
     )
     @hypothesis.given(case=cases, admin=st.booleans())
-    def run(case: schemathesis.Case, admin: bool) -> None:
+    def run(case: schemathesis.Case[Any], admin: bool) -> None:
         headers = {"X-Admin-Key": ADMIN_KEY} if admin else {}
         label = f"{case.method} {case.formatted_path}"
         try:

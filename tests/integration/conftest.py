@@ -7,6 +7,7 @@ from contextlib import AsyncExitStack
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -30,7 +31,7 @@ from worker import serving
 
 INSTANCE_SECRET = "integration-instance-secret"
 
-FAST = {
+FAST: dict[str, Any] = {
     "poll_active_ms": 200,
     "poll_idle_ms": 500,
     "poll_default_ms": 500,
@@ -130,7 +131,7 @@ async def stack_factory(
             **overrides: object,
         ) -> Stack:
             sim = await exits.enter_async_context(Simulator(sim_config))
-            settings = Settings(**{**FAST, **overrides})  # type: ignore[arg-type]
+            settings = Settings(**{**FAST, **overrides})
             secrets = sim_secrets(sim, FileSecretStore(tmp_path / "secrets"))
             transport = wrap(httpx.AsyncHTTPTransport()) if wrap else None
             return await start_stack(exits, dev_env, sim, settings, secrets, transport=transport)

@@ -106,7 +106,7 @@ async def stack(
     """The integration conftest's stack (FAST settings) with more offers, built once."""
     async with AsyncExitStack() as exits:
         sim = await exits.enter_async_context(Simulator(SIM))
-        settings = Settings(**FAST)  # type: ignore[arg-type]
+        settings = Settings(**FAST)
         secrets = sim_secrets(sim, FileSecretStore(tmp_path_factory.mktemp("secrets")))
         yield await start_stack(exits, dev_env, sim, settings, secrets)
 

@@ -439,7 +439,7 @@ async def workflows_only_stack(
     """The slot workflow and provider activities here; main-queue activities in other processes."""
     async with AsyncExitStack() as exits:
         sim = await exits.enter_async_context(Simulator(sim_config))
-        settings = Settings(**{**FAST, **overrides})  # type: ignore[arg-type]
+        settings = Settings(**{**FAST, **overrides})
         secrets = sim_secrets(sim)
         acts = build_activities(settings, secrets, vast_base_url=sim.base_url)
         exits.push_async_callback(acts.aclose)

@@ -63,7 +63,7 @@ async def running_pool(
 ) -> AsyncIterator[Pool]:
     queue = new_queue()
     acts = cloud.activities()
-    beat = {
+    beat: dict[str, Any] = {
         "max_heartbeat_throttle_interval": heartbeat_throttle,
         "default_heartbeat_throttle_interval": heartbeat_throttle,
     }

@@ -222,7 +222,7 @@ async def record_history() -> None:
     """A slot holding its instance, an old orphan and a young one; one reaper run, recorded."""
     env = await start_dev_server()
     async with AsyncExitStack() as exits, Simulator(FAST_SIM) as sim:
-        settings = Settings(**FAST)  # type: ignore[arg-type]
+        settings = Settings(**FAST)
         stack = await start_stack(
             exits, env, sim, settings, sim_secrets(sim), queue="record-reaper"
         )

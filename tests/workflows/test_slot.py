@@ -6,6 +6,7 @@ import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import timedelta
+from typing import Any
 
 import pytest
 from temporalio.client import WorkflowHandle
@@ -38,7 +39,7 @@ async def running_slot(
 ) -> AsyncIterator[WorkflowHandle[WarmSlotWorkflow, SlotStatus]]:
     queue = new_queue()
     acts = cloud.activities()
-    beat = {
+    beat: dict[str, Any] = {
         "max_heartbeat_throttle_interval": timedelta(seconds=0.2),
         "default_heartbeat_throttle_interval": timedelta(seconds=0.2),
     }
