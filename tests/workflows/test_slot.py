@@ -327,14 +327,14 @@ async def test_a_lease_whose_end_never_comes_is_ended_by_the_slot_once_overdue(
     config = SlotConfig(lease_overdue_grace=timedelta(seconds=0.5))
     async with running_slot(ts_env, cloud, config) as handle:
         await wait_status(ts_env, handle, in_state(S.READY))
-        now = await handle.query(WarmSlotWorkflow.status)
-        assert now.state_since is not None
+        ready = await handle.query(WarmSlotWorkflow.status)
+        assert ready.state_since is not None  # the slot's clock (time-skipping)
         lease = Lease(
             lease_id="l1",
             holder="ann",
             request_id="r1",
-            granted_at=now.state_since,
-            leased_until=now.state_since,
+            granted_at=ready.state_since,
+            leased_until=ready.state_since,
         )
         leased = await handle.execute_update(WarmSlotWorkflow.assign_lease, lease)
         assert leased.state == S.LEASED
