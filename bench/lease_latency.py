@@ -48,7 +48,7 @@ from temporalio.worker import Worker
 
 from warmpool import leasing
 from warmpool.labels import pool_workflow_id
-from warmpool.models import LeaseRequest, PoolConfig, PoolInput
+from warmpool.models import LeaseRequest, PoolConfig, PoolInput, PoolStatus
 from workflows.pool import WarmPoolWorkflow
 
 READY_SLOTS = 10
@@ -88,9 +88,9 @@ async def timed(call: Callable[[], Awaitable[object]]) -> float:
 
 
 async def wait_idle(client: Client, pool: str, n: int, within: float) -> None:
-    handle = client.get_workflow_handle_for(WarmPoolWorkflow.run, pool_workflow_id(pool))
+    handle = leasing.pool_handle(client, pool)
     deadline = time.monotonic() + within
-    while (status := await handle.query(WarmPoolWorkflow.status)).idle_ready < n:
+    while (status := await handle.query("status", result_type=PoolStatus)).idle_ready < n:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{status.idle_ready}/{n} idle READY: {status.counts}")
         await asyncio.sleep(0.2)
