@@ -39,7 +39,7 @@ from warmpool.secrets import (
 )
 from warmpool.settings import DEFAULT_VAST_BASE_URL, Settings, SettingsError, load_settings
 from warmpool.temporal import connect
-from workflows import WORKFLOWS
+from workflows import WORKFLOWS, WarmPoolWorkflow
 from workflows.options import vast_queue
 
 log = logging.getLogger("warmpool.worker")
@@ -55,6 +55,9 @@ from its history when something happens to it. A cached slot costs ~270 KB (its 
 module, instance and SDK state): 1,000 slots on one worker measured 234 MB RSS with 200 cached,
 314 MB with 500 (`bench/api_calls_per_period.py`). The price is replay CPU when more slots than
 this change state at once (e.g. retiring 1,000 slots together)."""
+
+UNSANDBOXED: tuple[type, ...] = (WarmPoolWorkflow,)
+"""The lease path's workflow runs without the sandbox's per-task cost (see warmpool/sandbox.py)."""
 
 SIM_INSTANCE_SECRET = "simulator-only-instance-secret"
 """Used only with the embedded simulator, whose instances are not real."""
@@ -108,7 +111,7 @@ def create_workers(
         activities=activities.main,
         max_concurrent_activities=settings.max_concurrent_activities,
         max_cached_workflows=max_cached_workflows,
-        workflow_runner=LeanSandbox(workflows),
+        workflow_runner=LeanSandbox(workflows, unsandboxed=UNSANDBOXED),
         graceful_shutdown_timeout=timedelta(seconds=10),
         **beat,
     )

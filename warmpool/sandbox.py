@@ -7,24 +7,39 @@ was most of a cached slot's memory. `LeanSandbox` sandboxes each workflow exactl
 default runner does, except that the *other* workflow modules come from the host: the running
 workflow's own module is still re-imported and restricted, and the others' code never runs in
 its sandbox (they are only imported by the package).
+
+Workflows named in `unsandboxed` run without a sandbox. The worker does that for the pool
+alone: every lease is one of its workflow tasks, and the sandbox's per-activation cost
+(restricted imports and builtins swapped in and out, proxied modules) was 1.5-3 ms of a
+15-19 ms lease on the CI machine (`bench/lease_latency.py`). The pool is one run per pool
+(not a thousand), keeps no module state, and its tests still run it in the default sandbox
+(`tests/workflows/test_pool.py` uses a plain `Worker`), so a restricted call in it fails there.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 
-from temporalio.worker import WorkflowInstance, WorkflowInstanceDetails, WorkflowRunner
+from temporalio.worker import (
+    UnsandboxedWorkflowRunner,
+    WorkflowInstance,
+    WorkflowInstanceDetails,
+    WorkflowRunner,
+)
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 from temporalio.workflow import _Definition
 
 
 class LeanSandbox(WorkflowRunner):
-    """One default sandbox per workflow module, passing the other workflow modules through."""
+    """One default sandbox per workflow module, passing the other workflow modules through;
+    no sandbox for the workflows in `unsandboxed`."""
 
     def __init__(
         self,
         workflows: Sequence[type],
         restrictions: SandboxRestrictions = SandboxRestrictions.default,
+        *,
+        unsandboxed: Collection[type] = (),
     ) -> None:
         modules = {cls.__module__ for cls in workflows}
         self._runners = {
@@ -34,12 +49,17 @@ class LeanSandbox(WorkflowRunner):
             for module in modules
         }
         self._fallback = SandboxedWorkflowRunner(restrictions=restrictions)
+        self._unsandboxed = set(unsandboxed)
+        self._bare = UnsandboxedWorkflowRunner()
 
     def restrictions_for(self, workflow: type) -> SandboxRestrictions:
-        return self._runner(workflow).restrictions
+        return self._sandbox(workflow).restrictions
 
-    def _runner(self, workflow: type) -> SandboxedWorkflowRunner:
+    def _sandbox(self, workflow: type) -> SandboxedWorkflowRunner:
         return self._runners.get(workflow.__module__, self._fallback)
+
+    def _runner(self, workflow: type) -> WorkflowRunner:
+        return self._bare if workflow in self._unsandboxed else self._sandbox(workflow)
 
     def prepare_workflow(self, defn: _Definition) -> None:
         self._runner(defn.cls).prepare_workflow(defn)
@@ -50,5 +70,5 @@ class LeanSandbox(WorkflowRunner):
     def set_worker_level_failure_exception_types(
         self, types: Sequence[type[BaseException]]
     ) -> None:
-        for runner in (*self._runners.values(), self._fallback):
+        for runner in (*self._runners.values(), self._fallback, self._bare):
             runner.set_worker_level_failure_exception_types(types)

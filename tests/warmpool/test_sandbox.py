@@ -1,4 +1,5 @@
-"""LeanSandbox: a run re-imports its own workflow module, never the other workflow modules."""
+"""LeanSandbox: a run re-imports its own workflow module, never the other workflow modules; an
+unsandboxed workflow re-imports nothing."""
 
 from __future__ import annotations
 
@@ -51,6 +52,15 @@ async def test_a_run_reimports_its_own_module_but_not_its_siblings(
     # Validation builds one instance of each workflow; each run of First builds one more.
     assert lean == {FIRST: 1 + 3, SECOND: 1}, "each module runs only in its own sandboxes"
     assert default == {FIRST: 2 + 3, SECOND: 2 + 3}, "the default re-imports every sibling"
+
+
+async def test_an_unsandboxed_workflow_runs_on_the_host_module_while_its_sibling_is_sandboxed(
+    ts_env: WorkflowEnvironment,
+) -> None:
+    runs = await executions_for_three_runs_of_first(
+        ts_env, LeanSandbox([First, Second], unsandboxed=[First]), [First, Second]
+    )
+    assert runs == {FIRST: 0, SECOND: 1}, "First never re-imported; Second still validated alone"
 
 
 def test_the_workers_slot_sandbox_takes_the_other_workflow_modules_from_the_host() -> None:
