@@ -1,6 +1,7 @@
-"""Which slot history does the replay test check? This script records it, from a real run.
+"""Which histories does the replay test check? This script records them, from a real run.
 
     .venv/bin/python scripts/record_history.py [--out tests/histories/slot_lifecycle.json]
+        [--pool-out tests/histories/pool_leases.json]
 
 An in-process Temporal dev server, the simulator and a worker with the real activities run one
 slot through its whole lifecycle: the first instance fails with "no space left on device" (destroyed
@@ -12,6 +13,11 @@ installs it), so the history holds `ssh_log` signals and collectors cancelled at
 history is written as JSON for `tests/workflows/test_replay.py`, which replays it against the
 current workflow code: re-record after an intended change to the workflow's commands, never to
 hide an unintended one.
+
+Then a pool of at most two slots runs on the same stack: a lease takes its one READY slot, a
+waiting request (`request_lease`) is granted once the replacement is READY, the first lease is
+renewed, both are released (each slot cleans), and a drain ends the pool. The replay test
+replays that history in Temporal's default sandbox, which the worker spares the pool.
 """
 
 from __future__ import annotations
@@ -23,24 +29,31 @@ import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import NamedTuple
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from temporalio.client import WorkflowHandle  # noqa: E402
+from temporalio.client import WorkflowHandle, WorkflowHistory  # noqa: E402
 from temporalio.contrib.pydantic import pydantic_data_converter  # noqa: E402
 from temporalio.testing import WorkflowEnvironment  # noqa: E402
 
 from tests.integration.conftest import FAST, FAST_SIM, INSTANCE_SECRET  # noqa: E402
 from tests.sshd import Sshd, running_sshd  # noqa: E402
 from vastsim import Fault, Simulator  # noqa: E402
+from warmpool import leasing  # noqa: E402
 from warmpool import search_attributes as sa  # noqa: E402
 from warmpool.instance_token import derive_instance_token  # noqa: E402
-from warmpool.labels import slot_workflow_id  # noqa: E402
+from warmpool.labels import pool_workflow_id, slot_workflow_id  # noqa: E402
 from warmpool.logging import configure_logging  # noqa: E402
 from warmpool.models import (  # noqa: E402
     Lease,
     LeaseEndRequest,
+    LeaseRequest,
+    PoolConfig,
+    PoolInput,
+    PoolStatus,
+    RenewRequest,
     SlotEvent,
     SlotInput,
     SlotState,
@@ -51,9 +64,11 @@ from warmpool.settings import Settings  # noqa: E402
 from worker import serving  # noqa: E402
 
 DEFAULT_OUT = ROOT / "tests" / "histories" / "slot_lifecycle.json"
+DEFAULT_POOL_OUT = ROOT / "tests" / "histories" / "pool_leases.json"
 POOL = "replay"
+POOL_OF_TWO = "replaypool"
 QUEUE = "replay-recording"
-TIME_LIMIT_S = 120.0
+TIME_LIMIT_S = 240.0
 PROVISIONING_LOG = ("pulling image vastai/comfyui", "downloading models", "starting ComfyUI")
 
 
@@ -68,15 +83,20 @@ async def wait_for(
         await asyncio.sleep(0.1)
 
 
-async def record() -> str:
-    """Run the stack, record one lifecycle, shut everything down; return the history JSON."""
+class Recorded(NamedTuple):
+    slot: str
+    pool: str
+
+
+async def record() -> Recorded:
+    """Run the stack, record a slot's lifecycle and a pool's leases, shut everything down."""
     with tempfile.TemporaryDirectory() as tmp, running_sshd(Path(tmp)) as sshd:
         log = Path(tmp) / "provisioning.log"
         log.write_text("".join(f"{line}\n" for line in PROVISIONING_LOG))
         return await record_with(sshd, log)
 
 
-async def record_with(sshd: Sshd, log: Path) -> str:
+async def record_with(sshd: Sshd, log: Path) -> Recorded:
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=str(Path(sys.executable).parent / "temporal"),
         data_converter=pydantic_data_converter,
@@ -115,10 +135,12 @@ async def record_with(sshd: Sshd, log: Path) -> str:
                 ),
                 asyncio.timeout(TIME_LIMIT_S),
             ):
-                text = await run_lifecycle(env, sim, settings, [sshd.client_key_pem])
+                secret_values = [sshd.client_key_pem]
+                slot = await run_lifecycle(env, sim, settings, secret_values)
+                pool = await run_pool(env, sim, settings, secret_values)
     finally:
         await env.shutdown()
-    return text
+    return Recorded(slot, pool)
 
 
 async def run_lifecycle(
@@ -171,23 +193,83 @@ async def run_lifecycle(
         raise SystemExit(f"record_history: the slot did not end cleanly: {final.state}")
     if final.log_tail.count(PROVISIONING_LOG[-1]) < 2:
         raise SystemExit("record_history: the SSH collector delivered too little; run it again")
-    text = (await handle.fetch_history()).to_json()
     labels = [f"wp.{POOL}.0.{attempt}" for attempt in range(1, final.attempt + 1)]
+    return without_secrets(await handle.fetch_history(), sim, labels, secrets)
+
+
+def without_secrets(
+    history: WorkflowHistory, sim: Simulator, labels: list[str], secrets: list[str]
+) -> str:
+    """The history as JSON, refused if any secret, or a portal token of `labels`, is in it."""
+    text = history.to_json()
     tokens = [derive_instance_token(INSTANCE_SECRET.encode(), label) for label in labels]
     if any(secret in text for secret in [sim.api_key, INSTANCE_SECRET, *tokens, *secrets]):
         raise SystemExit("record_history: a secret reached the history; nothing written")
     return text
 
 
+async def run_pool(
+    env: WorkflowEnvironment, sim: Simulator, settings: Settings, secrets: list[str]
+) -> str:
+    """Lease, wait for capacity, renew, release and drain a pool of two slots; its history."""
+    client = env.client
+    config = PoolConfig(min_ready=1, max_slots=2, slot=settings.slot_config())
+    handle = await client.start_workflow(
+        "WarmPoolWorkflow",
+        PoolInput(pool=POOL_OF_TWO, config=config),
+        id=pool_workflow_id(POOL_OF_TWO),
+        task_queue=QUEUE,
+        result_type=PoolStatus,
+    )
+    await wait_for_pool(handle, lambda s: s.idle_ready == 1)
+    first = await leasing.acquire(
+        client, POOL_OF_TWO, LeaseRequest(holder="recorder", request_id="recorded-first")
+    )
+    waited = await leasing.acquire_waiting(
+        client,
+        POOL_OF_TWO,
+        LeaseRequest(
+            holder="recorder", request_id="recorded-waiting", wait_for=timedelta(seconds=60)
+        ),
+        poll_s=0.1,
+    )
+    await leasing.renew(client, POOL_OF_TWO, RenewRequest(lease_id=first.lease_id))
+    for grant in (first, waited):
+        await leasing.release(client, POOL_OF_TWO, grant.lease_id)
+    # Both clean; the pool then retires the idle slot beyond min_ready.
+    await wait_for_pool(
+        handle, lambda s: s.idle_ready >= 1 and not any(v.cleaning for v in s.slots)
+    )
+    await handle.signal("drain")
+    final = await handle.result()
+    if final.slots or final.granted_total != 2 or sim.live_instances():
+        raise SystemExit(f"record_history: the pool did not end cleanly: {final.counts}")
+    labels = [info.label for info in sim.instances() if info.label]
+    return without_secrets(await handle.fetch_history(), sim, labels, secrets)
+
+
+async def wait_for_pool(
+    handle: WorkflowHandle[object, PoolStatus], predicate: Callable[[PoolStatus], bool]
+) -> PoolStatus:
+    while True:
+        status: PoolStatus = await handle.query("status", result_type=PoolStatus)
+        if predicate(status):
+            return status
+        await asyncio.sleep(0.1)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="where to write the JSON")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the slot's history")
+    parser.add_argument(
+        "--pool-out", type=Path, default=DEFAULT_POOL_OUT, help="the pool's history"
+    )
     args = parser.parse_args()
-    text = asyncio.run(record())
-    out: Path = args.out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(text + "\n")
-    print(f"wrote {out} ({len(text)} characters)")
+    recorded = asyncio.run(record())
+    for out, text in ((args.out, recorded.slot), (args.pool_out, recorded.pool)):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+        print(f"wrote {out} ({len(text)} characters)")
     return 0
 
 

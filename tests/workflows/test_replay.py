@@ -1,27 +1,39 @@
-"""Do recorded slot histories still replay on today's workflow code? (no nondeterminism)
+"""Do recorded histories still replay on today's workflow code? (no nondeterminism)
 
-Every `tests/histories/*.json` is replayed with the worker's workflows and converter. A failure
-means a code change would break running slots on deploy: patch the change (`workflow.patched`)
-or, for an intended break before any slot runs it, re-record with `scripts/record_history.py`.
+Every `tests/histories/*.json` is replayed with the worker's workflows and converter, both in
+Temporal's default sandbox and with the worker's own runner (which spares the pool the
+sandbox). A failure means a code change would break running workflows on deploy: patch the
+change (`workflow.patched`) or, for an intended break before anything runs it, re-record with
+`scripts/record_history.py`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
 
 import pytest
 from temporalio import workflow
 from temporalio.api.enums.v1 import EventType
+from temporalio.api.history.v1 import HistoryEvent
 from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.worker import Replayer
+from temporalio.worker import Replayer, WorkflowRunner
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner
 
-from warmpool.models import SlotInput, SlotState, SlotStatus
+from warmpool.models import PoolStatus, SlotInput, SlotState, SlotStatus
+from warmpool.sandbox import LeanSandbox
+from worker import UNSANDBOXED
 from workflows import WORKFLOWS
 
 HISTORIES = Path(__file__).resolve().parent.parent / "histories"
 LIFECYCLE = HISTORIES / "slot_lifecycle.json"
+POOL_LEASES = HISTORIES / "pool_leases.json"
+RUNNERS: dict[str, WorkflowRunner] = {
+    "sandboxed": SandboxedWorkflowRunner(),
+    "worker": LeanSandbox(WORKFLOWS, unsandboxed=UNSANDBOXED),
+}
 
 
 def history_files() -> list[Path]:
@@ -33,14 +45,45 @@ def load(path: Path) -> WorkflowHistory:
 
 
 def test_histories_are_recorded() -> None:
-    assert LIFECYCLE in history_files(), "run scripts/record_history.py"
+    assert {LIFECYCLE, POOL_LEASES} <= set(history_files()), "run scripts/record_history.py"
 
 
+@pytest.mark.parametrize("runner", RUNNERS)
 @pytest.mark.parametrize("path", history_files(), ids=lambda p: p.name)
-async def test_history_replays_without_nondeterminism(path: Path) -> None:
-    replayer = Replayer(workflows=WORKFLOWS, data_converter=pydantic_data_converter)
+async def test_history_replays_without_nondeterminism(path: Path, runner: str) -> None:
+    replayer = Replayer(
+        workflows=WORKFLOWS,
+        data_converter=pydantic_data_converter,
+        workflow_runner=RUNNERS[runner],
+    )
     result = await replayer.replay_workflow(load(path), raise_on_replay_failure=False)
     assert result.replay_failure is None, f"{path.name}: {result.replay_failure}"
+
+
+def accepted_updates(events: Sequence[HistoryEvent]) -> list[str]:
+    return [
+        event.workflow_execution_update_accepted_event_attributes.accepted_request.input.name
+        for event in events
+        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED
+    ]
+
+
+def test_pool_history_covers_a_lease_a_wait_a_renewal_releases_and_a_drain() -> None:
+    events = load(POOL_LEASES).events
+    done = events[-1]
+    assert done.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED
+    payloads = done.workflow_execution_completed_event_attributes.result.payloads
+    [status] = pydantic_data_converter.payload_converter.from_payloads(payloads, [PoolStatus])
+    assert isinstance(status, PoolStatus)
+    assert status.draining and not status.slots and status.granted_total == 2
+    assert [lease.end_reason for lease in status.recent_leases] == ["released", "released"]
+    assert accepted_updates(events) == ["lease", "renew", "release", "release"]
+    signals = [
+        event.workflow_execution_signaled_event_attributes.signal_name
+        for event in events
+        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED
+    ]
+    assert "request_lease" in signals and "drain" in signals
 
 
 def test_lifecycle_history_covers_failure_replacement_lease_and_retire() -> None:
@@ -57,12 +100,7 @@ def test_lifecycle_history_covers_failure_replacement_lease_and_retire() -> None
     states = [t.to_state for t in status.transitions]
     assert states.count(SlotState.READY) == 3, "two provisions and one clean after a lease"
     assert SlotState.LEASED in states and SlotState.DRAINING in states
-    updates = [
-        event.workflow_execution_update_accepted_event_attributes.accepted_request.input.name
-        for event in events
-        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED
-    ]
-    assert updates == ["assign_lease", "end_lease"]
+    assert accepted_updates(events) == ["assign_lease", "end_lease"]
 
 
 @workflow.defn(name="WarmSlotWorkflow", sandboxed=False)
