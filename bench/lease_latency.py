@@ -13,13 +13,17 @@ gateway and the CLI do: a caller sharing the worker's event loop would wait behi
 each lease starts (the slot's message, its workflow task). A lease refused because every slot
 is still being cleaned is retried and not counted.
 
-Then where a quiet lease's time goes, read from the workflows' histories: the server's queue
+Then where a lease's time goes, read from the workflows' histories: the server's queue
 (workflow task scheduled -> started) and the worker (started -> completed, which includes the
 completion RPC that persists the task), next to the same split for the quiet bare updates; the
-rest of the caller's round trip is the RPCs around the task. Then the concurrent phase as a
-rate (lease + release cycles per second, lease attempts refused because no slot was idle), and
-the pool's runs: how many times it continued-as-new, its failed workflow tasks (each replays
-the run) and how long each run's first task waited in the queue.
+rest of the caller's round trip is the RPCs around the task and, back to back, the wait for the
+pool's workflow task already in flight (an update is handed to the next one). Then the
+concurrent phase as a rate (lease + release cycles per second, lease attempts refused because
+no slot was idle), and the pool's runs: how many times it continued-as-new, its failed workflow
+tasks (each replays the run) and how long each run's first task waited in the queue. Last, the
+leases asked for just before a continue-as-new and how long they took (the server aborts an
+update that arrives during that task; the SDK re-sends it about a second later,
+`warmpool.leasing` after 0.25 s), and the slowest leases.
 
     .venv/bin/python bench/lease_latency.py [--leases 300] [--concurrency 10]
 """
@@ -53,6 +57,8 @@ from workflows.pool import WarmPoolWorkflow
 
 READY_SLOTS = 10
 QUIET_SAMPLES = 60
+CAN_WINDOW_S = 0.25
+"""A lease asked for at most this long before a pool run began met that continue-as-new."""
 
 
 @workflow.defn(name="BenchEcho", sandboxed=False)
@@ -96,23 +102,35 @@ async def wait_idle(client: Client, pool: str, n: int, within: float) -> None:
         await asyncio.sleep(0.2)
 
 
-async def lease_and_release(client: Client, pool: str, samples: list[float]) -> int:
-    """One lease and its release; returns how many attempts were refused first."""
+async def lease_and_release(
+    client: Client, pool: str, samples: list[float], asked: list[Asked] | None = None
+) -> int:
+    """One lease and its release; returns how many attempts were refused first. The lease is
+    also noted in `asked` with the wall-clock time it was asked for."""
     request = LeaseRequest(
         holder="bench", duration=timedelta(minutes=5), request_id=uuid.uuid4().hex
     )
     refused = 0
     while True:
         try:
-            started = time.perf_counter()
+            asked_at, started = time.time(), time.perf_counter()
             grant = await leasing.acquire(client, pool, request)
             samples.append((time.perf_counter() - started) * 1000)
+            if asked is not None:
+                asked.append(Asked(asked_at, samples[-1]))
             break
         except WorkflowUpdateFailedError:
             refused += 1
             await asyncio.sleep(0.05)  # every slot busy being cleaned: not a latency sample
     await leasing.release(client, pool, grant.lease_id)
     return refused
+
+
+class Asked(NamedTuple):
+    """A lease: when it was asked for (epoch seconds) and how long it took."""
+
+    asked_at: float
+    ms: float
 
 
 class Samples(NamedTuple):
@@ -123,8 +141,11 @@ class Samples(NamedTuple):
     concurrent: list[float]
     quiet_window: tuple[float, float]
     """Wall-clock (epoch seconds) start and end of the quiet phase."""
+    sequential_window: tuple[float, float]
     concurrent_seconds: float
     concurrent_refused: int
+    asked: list[Asked]
+    """The back-to-back and concurrent leases, with when each was asked for."""
 
 
 def measure(target: str, pool: str, echo_id: str, leases: int, concurrency: int) -> Samples:
@@ -147,18 +168,30 @@ async def _measure(target: str, pool: str, echo_id: str, leases: int, concurrenc
         await lease_and_release(client, pool, quiet)
     quiet_window = (quiet_started, time.time())
     sequential: list[float] = []
+    asked: list[Asked] = []
+    sequential_started = time.time()
     for _ in range(leases):
-        await lease_and_release(client, pool, sequential)
+        await lease_and_release(client, pool, sequential, asked)
+    sequential_window = (sequential_started, time.time())
     concurrent: list[float] = []
 
     async def caller(n: int) -> int:
-        return sum([await lease_and_release(client, pool, concurrent) for _ in range(n)])
+        return sum([await lease_and_release(client, pool, concurrent, asked) for _ in range(n)])
 
     started = time.perf_counter()
     refused = await asyncio.gather(*(caller(leases // concurrency) for _ in range(concurrency)))
     seconds = time.perf_counter() - started
     return Samples(
-        bare, quiet_bare, quiet, sequential, concurrent, quiet_window, seconds, sum(refused)
+        bare,
+        quiet_bare,
+        quiet,
+        sequential,
+        concurrent,
+        quiet_window,
+        sequential_window,
+        seconds,
+        sum(refused),
+        asked,
     )
 
 
@@ -200,20 +233,24 @@ def update_tasks(
 
 
 async def all_runs(client: Client, workflow_id: str) -> list[list[HistoryEvent]]:
-    """Every run's history (the pool continues-as-new during the bench)."""
+    """Every run's history, oldest first (the pool continues-as-new during the bench)."""
     runs = []
     async for execution in client.list_workflows(f'WorkflowId = "{workflow_id}"'):
         handle: WorkflowHandle[object, object] = client.get_workflow_handle(
             workflow_id, run_id=execution.run_id
         )
         runs.append(list((await handle.fetch_history()).events))
-    return runs
+    return sorted(runs, key=run_start)
 
 
 def split_of(
     runs: list[list[HistoryEvent]], name: str, window: tuple[float, float]
 ) -> list[TaskSplit]:
     return [task for events in runs for task in update_tasks(events, name, window)]
+
+
+def run_start(events: list[HistoryEvent]) -> int:
+    return events[0].event_time.ToNanoseconds()
 
 
 def runs_summary(runs: list[list[HistoryEvent]]) -> str:
@@ -238,6 +275,23 @@ def runs_summary(runs: list[list[HistoryEvent]]) -> str:
     return (
         f"pool: {len(runs)} runs (continue-as-new), failed workflow tasks: {listed};"
         f" each run's first workflow task waited {', '.join(firsts)} ms in the queue"
+    )
+
+
+def continue_as_new_summary(asked: list[Asked], runs: list[list[HistoryEvent]]) -> str:
+    """The leases that met the pool's continue-as-new, and the slowest leases.
+
+    An update that reaches the server while a run's last workflow task completes is aborted
+    (temporalio/temporal#6485) and asked again on the new run (see warmpool/leasing.py).
+    """
+    starts = [events[0].event_time.ToNanoseconds() / 1e9 for events in runs[1:]]
+    met = [a.ms for a in asked if any(0 <= s - a.asked_at <= CAN_WINDOW_S for s in starts)]
+    slowest = ", ".join(f"{a.ms:.0f}" for a in sorted(asked, key=lambda a: -a.ms)[:5])
+    return (
+        f"leases asked for at most {CAN_WINDOW_S * 1000:.0f} ms before one of the"
+        f" {len(starts)} continue-as-new: {len(met)}"
+        + (f" (p50 {statistics.median(met):.0f}, max {max(met):.0f} ms)" if met else "")
+        + f"; slowest back-to-back and concurrent leases: {slowest} ms"
     )
 
 
@@ -298,7 +352,7 @@ async def main(leases: int, concurrency: int) -> None:
         ],
     )
     print()
-    print("where a quiet lease goes: p50 ms; the worker's share includes the completion RPC")
+    print("where a lease goes: p50 ms; the worker's share includes the completion RPC")
     print_table(
         ["call", "caller", "server queue", "worker", "rest (RPCs)"],
         [
@@ -312,6 +366,11 @@ async def main(leases: int, concurrency: int) -> None:
                 samples.quiet,
                 split_of(pool_runs, "lease", samples.quiet_window),
             ),
+            breakdown_row(
+                "lease, back to back",
+                samples.sequential,
+                split_of(pool_runs, "lease", samples.sequential_window),
+            ),
         ],
     )
     cycles = len(samples.concurrent)
@@ -322,6 +381,7 @@ async def main(leases: int, concurrency: int) -> None:
         f" {samples.concurrent_refused} lease attempts refused (no idle slot) for {cycles} granted"
     )
     print(runs_summary(pool_runs))
+    print(continue_as_new_summary(samples.asked, pool_runs))
 
 
 if __name__ == "__main__":

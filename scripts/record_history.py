@@ -29,7 +29,7 @@ import tempfile
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, TypeVar
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -72,12 +72,15 @@ TIME_LIMIT_S = 240.0
 PROVISIONING_LOG = ("pulling image vastai/comfyui", "downloading models", "starting ComfyUI")
 
 
+Status = TypeVar("Status", SlotStatus, PoolStatus)
+
+
 async def wait_for(
-    handle: WorkflowHandle[object, SlotStatus], predicate: Callable[[SlotStatus], bool]
-) -> SlotStatus:
-    """Poll the status query: the recording only moves on once the slot is where we expect."""
+    handle: WorkflowHandle[object, Status], kind: type[Status], predicate: Callable[[Status], bool]
+) -> Status:
+    """Poll the status query: the recording only moves on once the workflow is where we expect."""
     while True:
-        status: SlotStatus = await handle.query("status", result_type=SlotStatus)
+        status: Status = await handle.query("status", result_type=kind)
         if predicate(status):
             return status
         await asyncio.sleep(0.1)
@@ -161,13 +164,16 @@ async def run_lifecycle(
     )
     first_ready = await wait_for(
         handle,
+        SlotStatus,
         lambda s: s.state == SlotState.READY and s.counters.failures_by_reason == {"no_space": 1},
     )
     if first_ready.instance is None:
         raise SystemExit("record_history: a READY slot without an instance")
     await sim.kill_comfy(first_ready.instance.id)
     await wait_for(
-        handle, lambda s: s.state == SlotState.READY and s.counters.keepalive_losses == 1
+        handle,
+        SlotStatus,
+        lambda s: s.state == SlotState.READY and s.counters.keepalive_losses == 1,
     )
     now = datetime.now(UTC)
     lease = Lease(
@@ -221,7 +227,7 @@ async def run_pool(
         task_queue=QUEUE,
         result_type=PoolStatus,
     )
-    await wait_for_pool(handle, lambda s: s.idle_ready == 1)
+    await wait_for(handle, PoolStatus, lambda s: s.idle_ready == 1)
     first = await leasing.acquire(
         client, POOL_OF_TWO, LeaseRequest(holder="recorder", request_id="recorded-first")
     )
@@ -237,8 +243,8 @@ async def run_pool(
     for grant in (first, waited):
         await leasing.release(client, POOL_OF_TWO, grant.lease_id)
     # Both clean; the pool then retires the idle slot beyond min_ready.
-    await wait_for_pool(
-        handle, lambda s: s.idle_ready >= 1 and not any(v.cleaning for v in s.slots)
+    await wait_for(
+        handle, PoolStatus, lambda s: s.idle_ready >= 1 and not any(v.cleaning for v in s.slots)
     )
     await handle.signal("drain")
     final = await handle.result()
@@ -246,16 +252,6 @@ async def run_pool(
         raise SystemExit(f"record_history: the pool did not end cleanly: {final.counts}")
     labels = [info.label for info in sim.instances() if info.label]
     return without_secrets(await handle.fetch_history(), sim, labels, secrets)
-
-
-async def wait_for_pool(
-    handle: WorkflowHandle[object, PoolStatus], predicate: Callable[[PoolStatus], bool]
-) -> PoolStatus:
-    while True:
-        status: PoolStatus = await handle.query("status", result_type=PoolStatus)
-        if predicate(status):
-            return status
-        await asyncio.sleep(0.1)
 
 
 def main() -> int:
