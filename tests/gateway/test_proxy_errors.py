@@ -170,6 +170,10 @@ async def test_a_temporal_that_does_not_answer_gets_503_within_the_deadline(
             answer = await http.get(f"/comfy/{uuid.uuid4()}/system_stats")
             assert loop.time() - started < 3
             assert answer.status_code == 503 and answer.json()["error"] == "temporal_timeout"
+            started = loop.time()  # a lease is an update, asked again while it goes unanswered
+            answer = await http.post("/api/leases", json={"holder": "eve", "duration_s": 600})
+            assert loop.time() - started < 3
+            assert answer.status_code == 503 and answer.json()["error"] == "temporal_timeout"
             metrics = await http.get("/metrics")
             assert metrics.status_code == 200
             assert f'warmpool_pool_up{{pool="{stack.pool}"}} 0.0' in metrics.text
