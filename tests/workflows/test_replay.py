@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from datetime import timedelta
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from temporalio import workflow
@@ -27,6 +28,7 @@ from warmpool.sandbox import LeanSandbox
 from worker import UNSANDBOXED
 from workflows import WORKFLOWS
 
+R = TypeVar("R", PoolStatus, SlotStatus)
 HISTORIES = Path(__file__).resolve().parent.parent / "histories"
 LIFECYCLE = HISTORIES / "slot_lifecycle.json"
 POOL_LEASES = HISTORIES / "pool_leases.json"
@@ -68,13 +70,19 @@ def accepted_updates(events: Sequence[HistoryEvent]) -> list[str]:
     ]
 
 
-def test_pool_history_covers_a_lease_a_wait_a_renewal_releases_and_a_drain() -> None:
-    events = load(POOL_LEASES).events
+def result_of(events: Sequence[HistoryEvent], kind: type[R]) -> R:
+    """The result the recorded workflow completed with."""
     done = events[-1]
     assert done.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED
     payloads = done.workflow_execution_completed_event_attributes.result.payloads
-    [status] = pydantic_data_converter.payload_converter.from_payloads(payloads, [PoolStatus])
-    assert isinstance(status, PoolStatus)
+    [result] = pydantic_data_converter.payload_converter.from_payloads(payloads, [kind])
+    assert isinstance(result, kind)
+    return result
+
+
+def test_pool_history_covers_a_lease_a_wait_a_renewal_releases_and_a_drain() -> None:
+    events = load(POOL_LEASES).events
+    status = result_of(events, PoolStatus)
     assert status.draining and not status.slots and status.granted_total == 2
     assert [lease.end_reason for lease in status.recent_leases] == ["released", "released"]
     assert accepted_updates(events) == ["lease", "renew", "release", "release"]
@@ -89,11 +97,7 @@ def test_pool_history_covers_a_lease_a_wait_a_renewal_releases_and_a_drain() -> 
 def test_lifecycle_history_covers_failure_replacement_lease_and_retire() -> None:
     """A re-recording must keep exercising the paths the replay is meant to protect."""
     events = load(LIFECYCLE).events
-    done = events[-1]
-    assert done.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_COMPLETED
-    payloads = done.workflow_execution_completed_event_attributes.result.payloads
-    [status] = pydantic_data_converter.payload_converter.from_payloads(payloads, [SlotStatus])
-    assert isinstance(status, SlotStatus)
+    status = result_of(events, SlotStatus)
     assert status.state == SlotState.DONE
     assert status.counters.failures_by_reason == {"no_space": 1, "keepalive_lost": 1}
     assert status.counters.rents == 3 and status.counters.destroys == 3
