@@ -11,7 +11,7 @@ its sandbox (they are only imported by the package).
 Workflows named in `unsandboxed` run without a sandbox. The worker does that for the pool
 alone: every lease is one of its workflow tasks, and the sandbox's per-activation cost
 (restricted imports and builtins swapped in and out, proxied modules) made a lease cost
-3.0-5.0 ms more than a bare update round trip on the CI machine, against 1.0-1.8 ms without
+3.0-5.0 ms more than a bare update round trip on the CI machine, against 0.9-1.8 ms without
 it (`bench/lease_latency.py`, 2026-12-07). The pool is one run per pool
 (not a thousand), keeps no module state, and its tests still run it in the default sandbox
 (`tests/workflows/test_pool.py` uses a plain `Worker`), so a restricted call in it fails there.
