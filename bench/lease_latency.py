@@ -102,11 +102,9 @@ async def wait_idle(client: Client, pool: str, n: int, within: float) -> None:
         await asyncio.sleep(0.2)
 
 
-async def lease_and_release(
-    client: Client, pool: str, samples: list[float], asked: list[Asked] | None = None
-) -> int:
-    """One lease and its release; returns how many attempts were refused first. The lease is
-    also noted in `asked` with the wall-clock time it was asked for."""
+async def lease_and_release(client: Client, pool: str, leases: list[LeaseSample]) -> int:
+    """One lease (noted in `leases`) and its release; returns how many attempts were refused
+    first."""
     request = LeaseRequest(
         holder="bench", duration=timedelta(minutes=5), request_id=uuid.uuid4().hex
     )
@@ -115,9 +113,7 @@ async def lease_and_release(
         try:
             asked_at, started = time.time(), time.perf_counter()
             grant = await leasing.acquire(client, pool, request)
-            samples.append((time.perf_counter() - started) * 1000)
-            if asked is not None:
-                asked.append(Asked(asked_at, samples[-1]))
+            leases.append(LeaseSample(asked_at, (time.perf_counter() - started) * 1000))
             break
         except WorkflowUpdateFailedError:
             refused += 1
@@ -126,26 +122,28 @@ async def lease_and_release(
     return refused
 
 
-class Asked(NamedTuple):
+class LeaseSample(NamedTuple):
     """A lease: when it was asked for (epoch seconds) and how long it took."""
 
     asked_at: float
     ms: float
 
 
+def ms(leases: list[LeaseSample]) -> list[float]:
+    return [lease.ms for lease in leases]
+
+
 class Samples(NamedTuple):
     bare: list[float]
     quiet_bare: list[float]
-    quiet: list[float]
-    sequential: list[float]
-    concurrent: list[float]
+    quiet: list[LeaseSample]
+    sequential: list[LeaseSample]
+    concurrent: list[LeaseSample]
     quiet_window: tuple[float, float]
     """Wall-clock (epoch seconds) start and end of the quiet phase."""
     sequential_window: tuple[float, float]
     concurrent_seconds: float
     concurrent_refused: int
-    asked: list[Asked]
-    """The back-to-back and concurrent leases, with when each was asked for."""
 
 
 def measure(target: str, pool: str, echo_id: str, leases: int, concurrency: int) -> Samples:
@@ -157,7 +155,7 @@ async def _measure(target: str, pool: str, echo_id: str, leases: int, concurrenc
     client = await Client.connect(target, data_converter=pydantic_data_converter)
     echo: WorkflowHandle[Echo, None] = client.get_workflow_handle(echo_id)
     bare = [await timed(lambda: echo.execute_update(Echo.echo, "x")) for _ in range(leases)]
-    quiet: list[float] = []
+    quiet: list[LeaseSample] = []
     quiet_bare: list[float] = []
     quiet_started = time.time()
     for _ in range(min(leases, QUIET_SAMPLES)):
@@ -167,16 +165,15 @@ async def _measure(target: str, pool: str, echo_id: str, leases: int, concurrenc
         await asyncio.sleep(0.1)
         await lease_and_release(client, pool, quiet)
     quiet_window = (quiet_started, time.time())
-    sequential: list[float] = []
-    asked: list[Asked] = []
+    sequential: list[LeaseSample] = []
     sequential_started = time.time()
     for _ in range(leases):
-        await lease_and_release(client, pool, sequential, asked)
+        await lease_and_release(client, pool, sequential)
     sequential_window = (sequential_started, time.time())
-    concurrent: list[float] = []
+    concurrent: list[LeaseSample] = []
 
     async def caller(n: int) -> int:
-        return sum([await lease_and_release(client, pool, concurrent, asked) for _ in range(n)])
+        return sum([await lease_and_release(client, pool, concurrent) for _ in range(n)])
 
     started = time.perf_counter()
     refused = await asyncio.gather(*(caller(leases // concurrency) for _ in range(concurrency)))
@@ -191,7 +188,6 @@ async def _measure(target: str, pool: str, echo_id: str, leases: int, concurrenc
         sequential_window,
         seconds,
         sum(refused),
-        asked,
     )
 
 
@@ -278,13 +274,13 @@ def runs_summary(runs: list[list[HistoryEvent]]) -> str:
     )
 
 
-def continue_as_new_summary(asked: list[Asked], runs: list[list[HistoryEvent]]) -> str:
+def continue_as_new_summary(asked: list[LeaseSample], runs: list[list[HistoryEvent]]) -> str:
     """The leases that met the pool's continue-as-new, and the slowest leases.
 
     An update that reaches the server while a run's last workflow task completes is aborted
     (temporalio/temporal#6485) and asked again on the new run (see warmpool/leasing.py).
     """
-    starts = [events[0].event_time.ToNanoseconds() / 1e9 for events in runs[1:]]
+    starts = [run_start(events) / 1e9 for events in runs[1:]]
     met = [a.ms for a in asked if any(0 <= s - a.asked_at <= CAN_WINDOW_S for s in starts)]
     slowest = ", ".join(f"{a.ms:.0f}" for a in sorted(asked, key=lambda a: -a.ms)[:5])
     return (
@@ -346,9 +342,9 @@ async def main(leases: int, concurrency: int) -> None:
                 f"bare update, quiet ({len(samples.quiet_bare)} samples)",
                 *percentiles(samples.quiet_bare),
             ],
-            [f"lease, quiet pool ({len(samples.quiet)} samples)", *percentiles(samples.quiet)],
-            ["lease, back to back (sequential)", *percentiles(samples.sequential)],
-            [f"lease, {concurrency} concurrent callers", *percentiles(samples.concurrent)],
+            [f"lease, quiet pool ({len(samples.quiet)} samples)", *percentiles(ms(samples.quiet))],
+            ["lease, back to back (sequential)", *percentiles(ms(samples.sequential))],
+            [f"lease, {concurrency} concurrent callers", *percentiles(ms(samples.concurrent))],
         ],
     )
     print()
@@ -363,12 +359,12 @@ async def main(leases: int, concurrency: int) -> None:
             ),
             breakdown_row(
                 "lease, quiet pool",
-                samples.quiet,
+                ms(samples.quiet),
                 split_of(pool_runs, "lease", samples.quiet_window),
             ),
             breakdown_row(
                 "lease, back to back",
-                samples.sequential,
+                ms(samples.sequential),
                 split_of(pool_runs, "lease", samples.sequential_window),
             ),
         ],
@@ -381,7 +377,7 @@ async def main(leases: int, concurrency: int) -> None:
         f" {samples.concurrent_refused} lease attempts refused (no idle slot) for {cycles} granted"
     )
     print(runs_summary(pool_runs))
-    print(continue_as_new_summary(samples.asked, pool_runs))
+    print(continue_as_new_summary(samples.sequential + samples.concurrent, pool_runs))
 
 
 if __name__ == "__main__":

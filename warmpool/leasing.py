@@ -80,11 +80,18 @@ async def update_pool(
     result_type: type[T],
     update_id: str,
 ) -> T:
-    """Execute the pool update `name`, asking again under `update_id` when an attempt is late.
+    """Execute the pool update `name`: transient refusals retried (`retry_transient`), and a
+    late attempt asked again under `update_id`.
 
     The caller's own deadline or cancel ends it (as CancelledError, which the caller's
     `asyncio.timeout` turns into TimeoutError), never a retry.
     """
+    return await retry_transient(lambda: _ask(handle, name, arg, result_type, update_id))
+
+
+async def _ask(
+    handle: WorkflowHandle[Any, Any], name: str, arg: object, result_type: type[T], update_id: str
+) -> T:
     attempt_s = FIRST_ATTEMPT_S
     while True:
         try:
@@ -107,8 +114,8 @@ def pool_handle(client: Client, pool: str) -> WorkflowHandle[object, PoolStatus]
 async def acquire(client: Client, pool: str, request: LeaseRequest) -> LeaseGrant:
     handle = pool_handle(client, pool)
     async with _gate(pool):
-        return await retry_transient(
-            lambda: update_pool(handle, "lease", request, LeaseGrant, f"lease/{request.request_id}")
+        return await update_pool(
+            handle, "lease", request, LeaseGrant, f"lease/{request.request_id}"
         )
 
 
@@ -148,16 +155,12 @@ async def acquire_waiting(
 async def renew(client: Client, pool: str, request: RenewRequest) -> LeaseGrant:
     handle = pool_handle(client, pool)
     update_id = f"renew/{request.lease_id}/{uuid.uuid4().hex}"
-    return await retry_transient(
-        lambda: update_pool(handle, "renew", request, LeaseGrant, update_id)
-    )
+    return await update_pool(handle, "renew", request, LeaseGrant, update_id)
 
 
 async def release(client: Client, pool: str, lease_id: str) -> PoolLease:
     handle = pool_handle(client, pool)
-    return await retry_transient(
-        lambda: update_pool(handle, "release", lease_id, PoolLease, f"release/{lease_id}")
-    )
+    return await update_pool(handle, "release", lease_id, PoolLease, f"release/{lease_id}")
 
 
 async def show(client: Client, pool: str, lease_id: str) -> PoolLease | None:
