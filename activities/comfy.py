@@ -42,6 +42,8 @@ class ProbeInput(Model):
     initial_interval: timedelta
     max_interval: timedelta
     firewall_after_attempts: int = 3
+    portal: bool = True
+    """`SlotConfig.portal`: a candidate must refuse a tokenless request before it gets the token."""
 
 
 class WarmupInput(Model):
@@ -68,14 +70,31 @@ class WatchInput(Model):
     fatal_patterns: list[str]
     comfy_port: int
     internal_port: int
+    portal: bool = True
+    """`SlotConfig.portal`: then only the mapped ComfyUI (portal) port can be the watched URL."""
 
 
 class WatchResult(Model):
-    """Why a watch ended: keepalive lost, a fatal provider status, or the instance gone."""
+    """Why a watch ended: keepalive lost, a fatal provider status, the instance gone, or the
+    provider mapping ComfyUI's port elsewhere (PORTS_CHANGED: the slot validates it again)."""
 
     reason: FailureReason
     detail: str
     instance: InstanceView | None = None
+
+
+def moved_from(input: WatchInput, instance: InstanceView) -> str | None:
+    """Why the watched URL is no longer where the provider maps ComfyUI, or None if it still is.
+
+    Only a mapping that exists and differs counts (a new host port or public IP); a listing
+    without the mapping for a moment is left to keepalive and `assess`.
+    """
+    candidates = candidates_for(instance, input.comfy_port, input.internal_port)
+    if input.portal:
+        candidates = [c for c in candidates if c.name == f"mapped-{input.comfy_port}"]
+    if not candidates or any(c.url == input.url for c in candidates):
+        return None
+    return f"provider now maps ComfyUI to {candidates[0].url}, watched {input.url}"
 
 
 class ComfyActivities:
@@ -105,6 +124,7 @@ class ComfyActivities:
         report = await validate_ports(
             candidates,
             self._token(input.label),
+            portal=input.portal,
             tcp_timeout=input.tcp_timeout.total_seconds(),
             http_timeout=input.http_timeout.total_seconds(),
             tls=self._tls,
@@ -143,6 +163,7 @@ class ComfyActivities:
         return await validate_ports(
             candidates,
             self._token(input.label),
+            portal=input.portal,
             tcp_timeout=input.tcp_timeout.total_seconds(),
             http_timeout=input.http_timeout.total_seconds(),
             tls=self._tls,
@@ -217,6 +238,13 @@ class ComfyActivities:
                             assert verdict.reason is not None
                             return WatchResult(
                                 reason=verdict.reason, detail=verdict.detail, instance=obs.instance
+                            )
+                        moved = None if obs.instance is None else moved_from(input, obs.instance)
+                        if moved is not None:
+                            return WatchResult(
+                                reason=FailureReason.PORTS_CHANGED,
+                                detail=moved,
+                                instance=obs.instance,
                             )
                         if lost:
                             return WatchResult(

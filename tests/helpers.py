@@ -1,11 +1,18 @@
-"""Small test helpers: unique task queues and waiting on a workflow's state."""
+"""Small test helpers: unique task queues, waiting on a workflow's state, and a stranger."""
 
 from __future__ import annotations
 
 import asyncio
+import json
+import random
+import threading
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from datetime import timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlsplit
 
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
@@ -40,3 +47,109 @@ async def wait_status(
 
 def in_state(*states: SlotState) -> Callable[[SlotStatus], bool]:
     return lambda s: s.state in states
+
+
+# --- a stranger next to our instances --------------------------------------------------------
+
+STRANGER_STATS = {
+    "system": {"os": "posix", "comfyui_version": "0.0.0-stranger", "argv": ["main.py"]},
+    "devices": [],
+}
+
+
+@dataclass(frozen=True)
+class StrangerRequest:
+    method: str
+    path: str
+    authorization: bool
+    """An Authorization header, a `token` query parameter or a `token` cookie was present."""
+
+
+@dataclass
+class Stranger:
+    """Another tenant's ComfyUI on a shared host's public IP: healthy, un-gated, recording all.
+
+    It answers `/system_stats` (and anything else) with 200 to every request, with or without
+    a token, so a prober that guesses its address would take it for a ready instance.
+    """
+
+    host: str
+    port: int
+    requests: list[StrangerRequest] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def tokened(self) -> list[StrangerRequest]:
+        return [r for r in self.requests if r.authorization]
+
+    def assert_no_token(self) -> None:
+        tokened = self.tokened()
+        assert not tokened, f"the stranger at {self.url} received a token: {tokened}"
+
+
+def random_loopback() -> str:
+    """A loopback address other than 127.0.0.1 (Linux routes all of 127.0.0.0/8 to `lo`), so
+    servers can bind well-known ports there whatever listens on 127.0.0.1."""
+    pick = random.SystemRandom()
+    return f"127.{pick.randint(1, 254)}.{pick.randint(1, 254)}.{pick.randint(2, 254)}"
+
+
+@contextmanager
+def running_stranger(host: str | None = None, port: int = 8188) -> Iterator[Stranger]:
+    """A Stranger bound on `host:port` (default: a fresh random loopback address) in a thread."""
+    for _ in range(20):
+        address = host or random_loopback()
+        stranger = Stranger(address, port)
+        try:
+            server = ThreadingHTTPServer((address, port), _stranger_handler(stranger))
+        except OSError:
+            if host is not None:
+                raise
+            continue
+        break
+    else:
+        raise RuntimeError(f"no free loopback address for a stranger on port {port}")
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="stranger", daemon=True)
+    thread.start()
+    try:
+        yield stranger
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def _stranger_handler(stranger: Stranger) -> type[BaseHTTPRequestHandler]:
+    class Handler(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            query = parse_qs(urlsplit(self.path).query)
+            cookies = self.headers.get("Cookie", "")
+            stranger.requests.append(
+                StrangerRequest(
+                    method=self.command,
+                    path=urlsplit(self.path).path,
+                    authorization="Authorization" in self.headers
+                    or "token" in query
+                    or "token=" in cookies,
+                )
+            )
+            length = int(self.headers.get("Content-Length") or 0)
+            if length:
+                self.rfile.read(length)
+            data = STRANGER_STATS if self.path.startswith("/system_stats") else {}
+            body = json.dumps(data).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = do_PUT = do_DELETE = _answer
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    return Handler

@@ -161,7 +161,7 @@ async def test_start_status_retire_against_a_worker(stack_factory: Any, tmp_path
     start = await cli(env, tmp_path, "slot", "start", *slot, "--wait-ready", "--timeout", "20")
     assert start.code == 0, start.stderr
     assert f"started warmpool/{pool}/slot-3" in start.stdout
-    assert "READY http://127.0.0.1:" in start.stdout
+    assert f"READY http://{stack.sim.config.public_ip}:" in start.stdout
 
     status = await cli(env, tmp_path, "slot", "status", *slot, "--json")
     assert status.code == 0, status.stderr

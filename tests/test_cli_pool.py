@@ -74,7 +74,7 @@ async def test_operator_flow_of_a_pool_and_its_leases(stack_factory: Any, tmp_pa
             await ok("--json", "lease", "acquire", *pool, "--holder", "ana", "--duration", "600")
         ).stdout
     )
-    assert grant["connection_url"].startswith("http://127.0.0.1:")
+    assert grant["connection_url"].startswith(f"http://{stack.sim.config.public_ip}:")
     assert "no capacity" in await refused("lease", "acquire", *pool, "--holder", "bo")
     assert "exceeds the maximum" in await refused(
         "lease", "acquire", *pool, "--holder", "bo", "--duration", "999999"

@@ -33,7 +33,7 @@ class Cloud:
         self._ids = random.Random(config.seed + 1)
         self._next_id = 20_000_000 + self._ids.randrange(5_000_000)
         # Bound, never listening: the SSH port and unmapped ports point here, and are refused.
-        self._dead = reserve(config.host)
+        self._dead = reserve(config.instance_bind_host)
         self.dead_port: int = self._dead.getsockname()[1]
         mix = default_fault_mix() if config.fault_mix == "default" else []
         for fault in [*config.faults, *mix]:

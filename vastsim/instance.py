@@ -197,7 +197,7 @@ class Instance:
         await _sleep_until(running)
         if not f.ports_never:
             self._endpoint = ComfyEndpoint(
-                host=c.host,
+                host=c.instance_bind_host,
                 mode=self.comfy_mode,
                 token=self._portal_token,
                 container_ports={

@@ -29,7 +29,7 @@ class Simulator:
         if self._server is not None:
             return
         sock = reserve(self.config.host, self.config.port)
-        cloud = Cloud(self.config, f"http://{self.config.public_ip}:{sock.getsockname()[1]}")
+        cloud = Cloud(self.config, f"http://{self.config.api_ip}:{sock.getsockname()[1]}")
         api, tokens, control = VastApi(cloud), TokenApis(cloud), ControlApi(cloud)
 
         async def dispatch(request: Request) -> Response:

@@ -4,6 +4,11 @@ On Vast.ai a container port is reached through its mapped host port, and on the 
 that port is a token-gated Caddy proxy. So a candidate is probed in two steps: a TCP connect
 (refused vs timed out tells "nothing there yet" from "firewall"), then `GET /system_stats` with
 the instance token (401 = wrong token, 502/placeholder = still starting, 200 JSON = ready).
+
+Only host ports the provider maps to *this* instance are candidates: a Vast.ai host's public IP is
+shared by tenants, so a guessed address (port 8188 on the public IP) may be another customer's
+ComfyUI. In portal mode a candidate must also prove to be our gate: the same request *without*
+the token goes first and must be refused; an endpoint that answers it never receives the token.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from warmpool.comfy import (
     ComfyUnauthorized,
     base_url,
     bearer_headers,
+    check_portal,
     new_client,
     read_system_stats,
 )
@@ -47,28 +53,25 @@ class ProbeOutcome(StrEnum):
     TIMEOUT = "timeout"  # TCP connect timed out: packets dropped, firewall-like
     UNAUTHORIZED = "unauthorized"  # 401/403: our token is wrong
     BAD_RESPONSE = "bad_response"  # another status, not JSON, or JSON without "system"
+    NOT_GATED = "not_gated"  # portal mode: answered without the token, so not this instance's gate
 
 
 def candidates_for(
     instance: InstanceView, comfy_port: int = 8188, internal_port: int = 18188
 ) -> list[Candidate]:
-    """Candidates in preference order: mapped ComfyUI port, mapped internal port, direct port.
+    """The host ports the provider maps to this instance: ComfyUI's port, then the internal one.
 
-    The direct port comes last: the seeds tried it first, but on Vast.ai it is the one that
-    times out. Unmapped ports are skipped and identical host:port pairs kept once.
+    Never a guessed address: port `comfy_port` on the shared public IP may be another tenant's
+    server. Unmapped ports are skipped and identical host:port pairs kept once.
     """
     host = (instance.public_ip or "").strip()
     if not host:
         return []
-    wanted = [
-        (f"mapped-{comfy_port}", instance.ports.get(f"{comfy_port}/tcp")),
-        (f"mapped-{internal_port}", instance.ports.get(f"{internal_port}/tcp")),
-        (f"direct-{comfy_port}", comfy_port),
-    ]
     candidates: list[Candidate] = []
-    for name, port in wanted:
+    for container in (comfy_port, internal_port):
+        port = instance.ports.get(f"{container}/tcp")
         if port is not None and all(c.port != port for c in candidates):
-            candidates.append(Candidate(name=name, host=host, port=port))
+            candidates.append(Candidate(name=f"mapped-{container}", host=host, port=port))
     return candidates
 
 
@@ -76,6 +79,7 @@ async def probe(
     candidate: Candidate,
     token: str | None,
     *,
+    portal: bool = True,
     tcp_timeout: float = 5.0,
     http_timeout: float = 10.0,
     client: httpx.AsyncClient | None = None,
@@ -83,6 +87,7 @@ async def probe(
 ) -> CandidateReport:
     """Classify one candidate (see ProbeOutcome); `detail` is a short reason, never the token.
 
+    With `portal`, the token is sent only after a request without it was refused (401/403).
     Without `client`, a short-lived one is made (from the worker's `tls` context if given)."""
     try:
         _, writer = await asyncio.wait_for(
@@ -100,6 +105,10 @@ async def probe(
     with suppress(OSError):
         await writer.wait_closed()
     async with _borrow(client, tls) as http:
+        if portal:
+            gate = await _probe_gate(candidate, http, http_timeout)
+            if gate is not None:
+                return gate
         return await _probe_http(candidate, token, http, http_timeout)
 
 
@@ -107,6 +116,7 @@ async def validate_ports(
     candidates: Sequence[Candidate],
     token: str | None,
     *,
+    portal: bool = True,
     tcp_timeout: float = 5.0,
     http_timeout: float = 10.0,
     client: httpx.AsyncClient | None = None,
@@ -114,35 +124,67 @@ async def validate_ports(
 ) -> PortReport:
     """Probe all candidates at once; the URL is the first READY one in preference order.
 
-    `firewall` when no candidate accepted TCP and every *mapped* candidate timed out (refused
-    means "not up yet", not blocked; the direct port is a guess, so its refusal proves nothing);
-    `unauthorized` when some candidate refused our token and none is ready.
+    `firewall` when there are candidates and every one timed out on TCP connect (refused means
+    "not up yet", not blocked); `unauthorized` when some candidate refused our token and none is
+    ready.
     """
     async with _borrow(client, tls) as http:
         reports = await asyncio.gather(
             *(
-                probe(c, token, tcp_timeout=tcp_timeout, http_timeout=http_timeout, client=http)
+                probe(
+                    c,
+                    token,
+                    portal=portal,
+                    tcp_timeout=tcp_timeout,
+                    http_timeout=http_timeout,
+                    client=http,
+                )
                 for c in candidates
             )
         )
     outcomes = [r.outcome for r in reports]
     ready = next((r for r in reports if r.outcome == ProbeOutcome.READY), None)
-    mapped = [r for r in reports if r.name.startswith("mapped-")] or list(reports)
     return PortReport(
         candidates=list(reports),
         url=base_url(ready.host, ready.port) if ready else None,
-        firewall=bool(mapped)
-        and not any(r.tcp_ok for r in reports)
-        and all(r.outcome == ProbeOutcome.TIMEOUT for r in mapped),
+        firewall=bool(reports)
+        and all(not r.tcp_ok and r.outcome == ProbeOutcome.TIMEOUT for r in reports),
         unauthorized=ready is None and ProbeOutcome.UNAUTHORIZED in outcomes,
     )
 
 
-async def _probe_http(
-    candidate: Candidate, token: str | None, client: httpx.AsyncClient, http_timeout: float
-) -> CandidateReport:
+async def _probe_gate(
+    candidate: Candidate, client: httpx.AsyncClient, http_timeout: float
+) -> CandidateReport | None:
+    """Portal mode: ask without the token first. None (go on with the token) only if refused.
+
+    An endpoint that answers a tokenless request is not this instance's gate (maybe another
+    tenant's ComfyUI on a shared host) and never sees the token; a placeholder means the gate is
+    there but ComfyUI is not up yet, so the token can wait until it is.
+    """
+    response = await _get_stats(candidate, None, client, http_timeout)
+    if isinstance(response, CandidateReport):
+        return response
+    status = response.status_code
     try:
-        response = await client.get(
+        check_portal(response, "GET /system_stats without token")
+    except ComfyUnauthorized:
+        return None
+    except ComfyNotReady as exc:
+        return _report(candidate, ProbeOutcome.STARTING, str(exc), status=status)
+    if 200 <= status < 300:
+        detail = f"HTTP {status} without the instance token: not this instance's portal"
+        return _report(candidate, ProbeOutcome.NOT_GATED, detail, status=status)
+    detail = f"HTTP {status} without the instance token, expected 401/403 from the portal"
+    return _report(candidate, ProbeOutcome.BAD_RESPONSE, detail, status=status)
+
+
+async def _get_stats(
+    candidate: Candidate, token: str | None, client: httpx.AsyncClient, http_timeout: float
+) -> httpx.Response | CandidateReport:
+    """`GET /system_stats`, or the report for a candidate that gave no HTTP answer."""
+    try:
+        return await client.get(
             f"{candidate.url}/system_stats", headers=bearer_headers(token), timeout=http_timeout
         )
     except httpx.ConnectTimeout:
@@ -157,6 +199,14 @@ async def _probe_http(
         # e.g. a port forwarder that accepts and then drops the connection: nothing behind it yet.
         detail = f"TCP accepted, then {type(exc).__name__} before an HTTP answer"
         return _report(candidate, ProbeOutcome.STARTING, detail)
+
+
+async def _probe_http(
+    candidate: Candidate, token: str | None, client: httpx.AsyncClient, http_timeout: float
+) -> CandidateReport:
+    response = await _get_stats(candidate, token, client, http_timeout)
+    if isinstance(response, CandidateReport):
+        return response
     status = response.status_code
     try:
         stats = read_system_stats(response)

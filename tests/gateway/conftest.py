@@ -24,8 +24,8 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from tests.helpers import new_queue
-from tests.integration.conftest import FAST, FAST_SIM, sim_secrets
+from tests.helpers import Stranger, new_queue
+from tests.integration.conftest import FAST, FAST_SIM, beside_stranger, sim_secrets
 from vastsim import SimConfig, Simulator
 from warmpool.cli.tokens import ensure_token_watch
 from warmpool.gateway.app import create_app
@@ -72,6 +72,8 @@ class GatewayStack:
     url: str
     watch_id: str
     worker_metrics_url: str | None
+    stranger: Stranger | None = None
+    """Another tenant's ComfyUI on the instances' public address, port 8188 (no token, ever)."""
 
     @property
     def client(self) -> Client:
@@ -130,6 +132,8 @@ async def gateway_stack(
     **overrides: object,
 ) -> AsyncIterator[GatewayStack]:
     async with AsyncExitStack() as exits:
+        stranger = beside_stranger(exits, sim_config.public_host)
+        sim_config = sim_config.model_copy(update={"public_host": stranger.host})
         sim = await exits.enter_async_context(Simulator(sim_config))
         queue = new_queue()
         pool = f"gw-{uuid.uuid4().hex[:8]}"
@@ -174,7 +178,9 @@ async def gateway_stack(
         )
         app = create_app(settings, env.client, secrets, token_watch_id=watch_id)
         server, task, url = await serve(app)
-        stack = GatewayStack(env, sim, settings, pool, secrets, url, watch_id, metrics_url)
+        stack = GatewayStack(
+            env, sim, settings, pool, secrets, url, watch_id, metrics_url, stranger
+        )
         try:
             await stack.wait_pool(lambda s: s.idle_ready >= 1)
             yield stack

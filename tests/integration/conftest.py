@@ -1,4 +1,8 @@
-"""A real stack per test: dev server + simulator over HTTP + a worker with the real activities."""
+"""A real stack per test: dev server + simulator over HTTP + a worker with the real activities.
+
+The simulator's instances sit on a random loopback address (their `public_ipaddr`), next to a
+`Stranger`: another tenant's ComfyUI on that address's port 8188, which must never get a token.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,7 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from activities import WorkerActivities
-from tests.helpers import new_queue
+from tests.helpers import Stranger, new_queue, running_stranger
 from vastsim import SimConfig, Simulator
 from warmpool.labels import slot_workflow_id
 from warmpool.models import SlotInput, SlotStatus
@@ -49,6 +53,7 @@ FAST: dict[str, Any] = {
     "tcp_timeout_s": 0.5,
     "http_timeout_s": 1.0,
     "vast_calls_per_second": 100,
+    "vast_pacing_scale": 0,  # the simulator enforces no limits here: no pacing
     "min_direct_ports": 2,
     "min_inet_down": 0,
     "min_reliability": 0,
@@ -65,6 +70,7 @@ class Stack:
     queue: str
     secrets: LayeredSecretStore
     activities: WorkerActivities
+    stranger: Stranger | None = None
 
     @property
     def client(self) -> Client:
@@ -130,13 +136,25 @@ async def stack_factory(
             wrap: Callable[[httpx.AsyncBaseTransport], httpx.AsyncBaseTransport] | None = None,
             **overrides: object,
         ) -> Stack:
+            stranger = beside_stranger(exits, sim_config.public_host)
+            sim_config = sim_config.model_copy(update={"public_host": stranger.host})
             sim = await exits.enter_async_context(Simulator(sim_config))
             settings = Settings(**{**FAST, **overrides})
             secrets = sim_secrets(sim, FileSecretStore(tmp_path / "secrets"))
             transport = wrap(httpx.AsyncHTTPTransport()) if wrap else None
-            return await start_stack(exits, dev_env, sim, settings, secrets, transport=transport)
+            stack = await start_stack(exits, dev_env, sim, settings, secrets, transport=transport)
+            stack.stranger = stranger
+            return stack
 
         yield make
+
+
+def beside_stranger(exits: AsyncExitStack, host: str | None = None) -> Stranger:
+    """A Stranger on `host:8188` (a fresh random loopback address when None) until `exits`
+    closes, which then fails if it ever received a token. Enter it before the simulator."""
+    stranger = exits.enter_context(running_stranger(host))
+    exits.callback(stranger.assert_no_token)
+    return stranger
 
 
 def assert_no_orphans(sim: Simulator) -> None:
@@ -145,4 +163,12 @@ def assert_no_orphans(sim: Simulator) -> None:
     assert live == [], f"instances left behind: {live}"
 
 
-__all__ = ["FAST", "FAST_SIM", "INSTANCE_SECRET", "Stack", "SecretName", "assert_no_orphans"]
+__all__ = [
+    "FAST",
+    "FAST_SIM",
+    "INSTANCE_SECRET",
+    "Stack",
+    "SecretName",
+    "assert_no_orphans",
+    "beside_stranger",
+]

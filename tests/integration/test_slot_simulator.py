@@ -46,7 +46,8 @@ async def test_portal_instance_reaches_ready_with_token_kept_out_of_history(
     handle = await stack.start_slot()
     status = await ready(stack, handle)
     inst = stack.sim.live_instances()[0]
-    assert status.connection_url == f"http://127.0.0.1:{inst.host_ports['8188/tcp']}"
+    public_ip = stack.sim.config.public_ip
+    assert status.connection_url == f"http://{public_ip}:{inst.host_ports['8188/tcp']}"
     assert inst.comfy_mode == "portal" and inst.label == "wp.it.0.1"
     # The portal answers 401 without the token: READY proves the activities sent it.
     async with httpx.AsyncClient() as http:
@@ -62,12 +63,53 @@ async def test_portal_instance_reaches_ready_with_token_kept_out_of_history(
     assert stack.sim.call_counts["create"] == 1
 
 
+async def test_ready_only_on_the_mapped_port_with_a_stranger_on_the_public_ip(
+    stack_factory: Make,
+) -> None:
+    """The field incident: on a shared host another tenant's ComfyUI answers 200 on
+    `<public_ip>:8188`. The slot must become READY on the port the provider maps to its own
+    instance, keep watching that one, and never send the stranger anything."""
+    stack: Stack = await stack_factory()
+    stranger = stack.stranger
+    assert stranger is not None and stranger.host == stack.sim.config.public_ip
+    handle = await stack.start_slot()
+    status = await ready(stack, handle)
+    mapped = stack.sim.live_instances()[0].host_ports["8188/tcp"]
+    assert mapped != stranger.port
+    assert status.connection_url == f"http://{stranger.host}:{mapped}"
+    assert status.port_report is not None
+    assert [(c.name, c.port, c.outcome) for c in status.port_report.candidates] == [
+        ("mapped-8188", mapped, "ready")
+    ]
+    # A few keepalive beats (200 ms apart) go to the mapped port, not to the stranger.
+    await wait_status(stack.env, handle, in_state(S.READY), attempts=10, real_pause=0.1)
+    assert stranger.requests == []
+    await retire(stack, handle)
+    stranger.assert_no_token()
+
+
 async def test_bare_comfyui_without_portal_works(stack_factory: Make) -> None:
     stack: Stack = await stack_factory(FAST_BARE)
-    handle = await stack.start_slot()
+    handle = await stack.start_slot(portal=False)
     status = await ready(stack, handle)
     assert stack.sim.live_instances()[0].comfy_mode == "bare"
     assert status.port_report is not None
+    await retire(stack, handle)
+
+
+async def test_bare_comfyui_in_portal_mode_is_never_ready(stack_factory: Make) -> None:
+    """A mapped port that answers without the token is not this instance's gate: with
+    `portal` on (the default), an un-gated ComfyUI never makes the slot READY."""
+    stack: Stack = await stack_factory(FAST_BARE, readiness_timeout_s=2)
+    handle = await stack.start_slot()
+    status = await wait_status(
+        stack.env,
+        handle,
+        lambda s: s.counters.failures_by_reason.get("comfy_never_ready", 0) >= 1,
+        attempts=1500,
+    )
+    assert S.READY not in [t.to_state for t in status.transitions]
+    assert status.time_to_ready_s is None
     await retire(stack, handle)
 
 

@@ -180,6 +180,22 @@ async def test_ping_true_on_comfy_json() -> None:
     assert await client.ping(timeout=0.5) is True
 
 
+async def test_ping_fails_when_comfy_dies_behind_the_portal() -> None:
+    """The portal keeps accepting TCP and our token after ComfyUI died: its 502 placeholder (or
+    the tunnel's 200 placeholder) is a missed beat, not a live ComfyUI."""
+    replies = [
+        httpx.Response(200, json=SYSTEM_STATS),
+        httpx.Response(502, text="<html>Loading...</html>", headers=PLACEHOLDER),
+        httpx.Response(200, text="<html>Loading...</html>", headers=PLACEHOLDER),
+        httpx.Response(502, text="Bad Gateway"),
+    ]
+    fake = FakeComfy({"GET /system_stats": lambda _: replies.pop(0)})
+    client = client_for(fake)
+    beats = [await client.ping(timeout=0.5) for _ in range(4)]
+    assert beats == [True, False, False, False]
+    assert {r.headers["authorization"] for r in fake.seen} == {f"Bearer {TOKEN}"}
+
+
 def test_repr_hides_the_token() -> None:
     client = client_for(FakeComfy({}))
     assert TOKEN not in repr(client) and BASE in repr(client)

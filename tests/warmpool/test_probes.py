@@ -7,9 +7,12 @@ import hashlib
 import hmac
 import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 
 import pytest
 
+from activities.comfy import WatchInput, moved_from
+from tests.helpers import running_stranger
 from tests.warmpool.fake_portal import (
     SYSTEM_STATS,
     Blackhole,
@@ -20,22 +23,31 @@ from tests.warmpool.fake_portal import (
     comfy_ready,
     free_port,
 )
+from vastsim.comfy import GpuInfo
+from vastsim.endpoint import ComfyEndpoint
 from warmpool.comfy import new_client
 from warmpool.instance_token import derive_instance_token
 from warmpool.models import CandidateReport, InstanceView, PortReport
 from warmpool.probes import Candidate, ProbeOutcome, candidates_for, probe, validate_ports
 
 TOKEN = derive_instance_token(b"pool-secret-for-tests", "wp.test.0.1")
+PLACEHOLDER = {"X-Portal-Placeholder": "true"}
 TCP_TIMEOUT, HTTP_TIMEOUT = 0.3, 0.5
 
 
-async def quick_probe(candidate: Candidate, token: str | None) -> CandidateReport:
-    return await probe(candidate, token, tcp_timeout=TCP_TIMEOUT, http_timeout=HTTP_TIMEOUT)
+async def quick_probe(
+    candidate: Candidate, token: str | None, *, portal: bool = True
+) -> CandidateReport:
+    return await probe(
+        candidate, token, portal=portal, tcp_timeout=TCP_TIMEOUT, http_timeout=HTTP_TIMEOUT
+    )
 
 
-async def quick_validate(candidates: list[Candidate], token: str | None) -> PortReport:
+async def quick_validate(
+    candidates: list[Candidate], token: str | None, *, portal: bool = True
+) -> PortReport:
     return await validate_ports(
-        candidates, token, tcp_timeout=TCP_TIMEOUT, http_timeout=HTTP_TIMEOUT
+        candidates, token, portal=portal, tcp_timeout=TCP_TIMEOUT, http_timeout=HTTP_TIMEOUT
     )
 
 
@@ -93,19 +105,20 @@ def view(public_ip: str | None, ports: dict[str, int]) -> InstanceView:
     return InstanceView(id=1, public_ip=public_ip, ports=ports)
 
 
-def test_candidates_prefer_mapped_comfy_port_then_internal_then_direct() -> None:
+def test_candidates_are_the_mapped_comfy_port_then_the_internal_one() -> None:
     instance = view("203.0.113.7", {"18188/tcp": 40002, "8188/tcp": 40001, "22/tcp": 40000})
     assert [(c.name, c.host, c.port) for c in candidates_for(instance)] == [
         ("mapped-8188", "203.0.113.7", 40001),
         ("mapped-18188", "203.0.113.7", 40002),
-        ("direct-8188", "203.0.113.7", 8188),
     ]
 
 
-def test_candidates_skip_unmapped_ports() -> None:
+def test_candidates_never_guess_an_address() -> None:
+    """Port 8188 on a shared public IP may be another tenant's ComfyUI: never a candidate."""
     names = [c.name for c in candidates_for(view("203.0.113.7", {"18188/tcp": 40002}))]
-    assert names == ["mapped-18188", "direct-8188"]
-    assert [c.name for c in candidates_for(view("203.0.113.7", {}))] == ["direct-8188"]
+    assert names == ["mapped-18188"]
+    assert candidates_for(view("203.0.113.7", {})) == []
+    assert candidates_for(view("203.0.113.7", {"22/tcp": 8188})) == []
 
 
 def test_candidates_dedupe_identity_mapping() -> None:
@@ -124,7 +137,6 @@ def test_candidates_follow_configured_ports() -> None:
     assert [(c.name, c.host, c.port) for c in candidates] == [
         ("mapped-3000", "203.0.113.7", 41000),
         ("mapped-13000", "203.0.113.7", 41001),
-        ("direct-3000", "203.0.113.7", 3000),
     ]
 
 
@@ -155,22 +167,71 @@ async def test_probe_portal(
     assert report.detail and TOKEN not in report.detail and "f" * 32 not in report.detail
 
 
-async def test_probe_sends_the_bearer_token(servers: list[FakeHttpServer]) -> None:
+async def test_probe_asks_without_the_token_first_then_sends_it(
+    servers: list[FakeHttpServer],
+) -> None:
     server = await serve(servers, Portal(TOKEN, ready=True))
     await quick_probe(cand(server.port), TOKEN)
-    assert server.requests[0].path == "/system_stats"
-    assert server.requests[0].headers["authorization"] == f"Bearer {TOKEN}"
+    assert [r.path for r in server.requests] == ["/system_stats", "/system_stats"]
+    assert "authorization" not in server.requests[0].headers
+    assert server.requests[1].headers["authorization"] == f"Bearer {TOKEN}"
+
+
+async def test_probe_bare_mode_sends_the_bearer_token_at_once(
+    servers: list[FakeHttpServer],
+) -> None:
+    server = await serve(servers, comfy_ready)
+    report = await quick_probe(cand(server.port), TOKEN, portal=False)
+    assert report.outcome == ProbeOutcome.READY
+    assert [r.headers.get("authorization") for r in server.requests] == [f"Bearer {TOKEN}"]
 
 
 async def test_probe_bare_comfy_refused_then_ready(servers: list[FakeHttpServer]) -> None:
     port = free_port()
-    before = await quick_probe(cand(port), None)
+    before = await quick_probe(cand(port), None, portal=False)
     assert (before.outcome, before.tcp_ok, before.http_status) == ("refused", False, None)
 
     await serve(servers, comfy_ready, port)
-    after = await quick_probe(cand(port), None)
+    after = await quick_probe(cand(port), None, portal=False)
     assert (after.outcome, after.http_status) == ("ready", 200)
     assert "0.3.64" in after.detail
+
+
+@pytest.mark.parametrize(
+    ("reply", "outcome"),
+    [
+        (Reply.json(200, SYSTEM_STATS), ProbeOutcome.NOT_GATED),
+        (Reply(200, b"<html>hello</html>", content_type="text/html"), ProbeOutcome.NOT_GATED),
+        (Reply(404, b"", content_type="text/plain"), ProbeOutcome.BAD_RESPONSE),
+        (Reply(503, b"", content_type="text/plain"), ProbeOutcome.STARTING),
+    ],
+    ids=["comfy-json", "html", "404", "503"],
+)
+async def test_portal_mode_never_sends_the_token_to_an_endpoint_that_is_not_a_gate(
+    servers: list[FakeHttpServer], reply: Reply, outcome: ProbeOutcome
+) -> None:
+    """A mapped port that answers without the token is not this instance's portal: not READY,
+    and it never sees the token (only a 401/403 to the tokenless request earns it)."""
+    server = await serve(servers, lambda _: reply)
+    report = await quick_probe(cand(server.port), TOKEN)
+    assert (report.outcome, report.http_status) == (outcome, reply.status)
+    assert [r.headers.get("authorization") for r in server.requests] == [None]
+    assert TOKEN not in report.detail
+
+    validated = await quick_validate([cand(server.port)], TOKEN)
+    assert validated.url is None and not validated.unauthorized and not validated.firewall
+    assert all("authorization" not in r.headers for r in server.requests)
+
+
+async def test_portal_placeholder_without_token_is_starting_and_gets_no_token(
+    servers: list[FakeHttpServer],
+) -> None:
+    """A gate that shows its placeholder even to a tokenless request: there, but not up yet."""
+    placeholder = Reply(502, b"<html/>", content_type="text/html", headers=PLACEHOLDER)
+    server = await serve(servers, lambda _: placeholder)
+    report = await quick_probe(cand(server.port), TOKEN)
+    assert (report.outcome, report.http_status) == (ProbeOutcome.STARTING, 502)
+    assert [r.headers.get("authorization") for r in server.requests] == [None]
 
 
 async def test_probe_blackhole_times_out(blackhole: Blackhole) -> None:
@@ -194,7 +255,7 @@ async def test_probe_blackhole_times_out(blackhole: Blackhole) -> None:
 )
 async def test_probe_bad_response(servers: list[FakeHttpServer], reply: Reply) -> None:
     server = await serve(servers, lambda _: reply)
-    report = await quick_probe(cand(server.port), None)
+    report = await quick_probe(cand(server.port), None, portal=False)
     assert (report.outcome, report.http_status, report.tcp_ok) == (
         "bad_response",
         reply.status,
@@ -244,7 +305,7 @@ async def test_validate_skips_candidates_that_are_not_ready(
     servers: list[FakeHttpServer], blackhole: Blackhole
 ) -> None:
     starting = await serve(servers, Portal(TOKEN))
-    ready = await serve(servers, comfy_ready)
+    ready = await serve(servers, Portal(TOKEN, ready=True))
     candidates = [cand(starting.port), cand(free_port()), cand(blackhole.port), cand(ready.port)]
 
     report = await quick_validate(candidates, TOKEN)
@@ -275,9 +336,13 @@ async def test_validate_unauthorized_unless_something_is_ready(
     assert locked_out.unauthorized and locked_out.url is None and not locked_out.firewall
     assert_no_token(locked_out)
 
-    with_fallback = await quick_validate([cand(gated.port), cand(bare.port)], TOKEN)
+    with_fallback = await quick_validate([cand(gated.port), cand(bare.port)], TOKEN, portal=False)
     assert not with_fallback.unauthorized
     assert with_fallback.url == f"http://127.0.0.1:{bare.port}"
+
+    not_a_gate = await quick_validate([cand(gated.port), cand(bare.port)], TOKEN)
+    assert not_a_gate.unauthorized and not_a_gate.url is None
+    assert [c.outcome for c in not_a_gate.candidates] == ["unauthorized", "not_gated"]
 
 
 # --- a client the caller owns ----------------------------------------------------------------
@@ -296,5 +361,87 @@ async def test_validations_sharing_one_client_send_their_own_token(
         )
         assert not http.is_closed, "validate_ports closes only a client it made"
     assert [r.url is not None for r in reports] == [True, True]
-    assert {r.headers["authorization"] for r in mine.requests} == {f"Bearer {TOKEN}"}
-    assert {r.headers["authorization"] for r in theirs.requests} == {f"Bearer {other}"}
+    assert {r.headers.get("authorization") for r in mine.requests} == {None, f"Bearer {TOKEN}"}
+    assert {r.headers.get("authorization") for r in theirs.requests} == {None, f"Bearer {other}"}
+
+
+# --- a stranger on the shared public IP --------------------------------------------------------
+
+
+async def test_a_stranger_on_the_public_ip_never_becomes_ready_nor_sees_the_token() -> None:
+    """The field incident: another tenant's ComfyUI answers 200 on `<public_ip>:8188` while our
+    mapped portal still shows its placeholder. Only the mapped port may become READY, and the
+    stranger must never be asked anything, let alone be sent the token."""
+    with running_stranger() as stranger:
+        endpoint = ComfyEndpoint(
+            host=stranger.host,
+            mode="portal",
+            token=TOKEN,
+            container_ports={8188},
+            gpu=GpuInfo("RTX 4090", 24564),
+            prompt_s=0.01,
+        )
+        await endpoint.start(firewall=False)
+        try:
+            mapped = endpoint.host_ports()[8188]
+            instance = view(stranger.host, {"8188/tcp": mapped})
+            candidates = candidates_for(instance)
+            assert [(c.host, c.port) for c in candidates] == [(stranger.host, mapped)]
+
+            starting = await quick_validate(candidates, TOKEN)
+            assert starting.url is None
+            assert [c.outcome for c in starting.candidates] == [ProbeOutcome.STARTING]
+
+            await endpoint.comfy_up()
+            ready = await quick_validate(candidates, TOKEN)
+            assert ready.url == f"http://{stranger.host}:{mapped}"
+            assert [(c.port, c.outcome) for c in ready.candidates] == [(mapped, "ready")]
+        finally:
+            endpoint.close()
+    assert stranger.requests == []
+    stranger.assert_no_token()
+
+
+async def test_a_stranger_on_a_mapped_port_is_not_ready_in_portal_mode() -> None:
+    """Even where the provider's answer points at it, an un-gated ComfyUI is not our portal."""
+    with running_stranger() as stranger:
+        instance = view(stranger.host, {"8188/tcp": stranger.port})
+        report = await quick_validate(candidates_for(instance), TOKEN)
+        bare = await quick_validate(candidates_for(instance), None, portal=False)
+    assert report.url is None and [c.outcome for c in report.candidates] == ["not_gated"]
+    assert bare.url == stranger.url
+    assert [r.path for r in stranger.requests] == ["/system_stats", "/system_stats"]
+    stranger.assert_no_token()
+
+
+# --- the watch: has the provider moved ComfyUI since READY? -----------------------------------
+
+
+def watching(url: str, *, portal: bool = True) -> WatchInput:
+    return WatchInput(
+        label="wp.test.0.1",
+        url=url,
+        instance_id=1,
+        keepalive_interval=timedelta(seconds=30),
+        keepalive_timeout=timedelta(seconds=5),
+        max_failures=5,
+        poll_interval=timedelta(seconds=30),
+        fatal_grace=timedelta(seconds=120),
+        fatal_patterns=[],
+        comfy_port=8188,
+        internal_port=18188,
+        portal=portal,
+    )
+
+
+def test_watch_sees_the_comfy_port_mapped_elsewhere() -> None:
+    watched = watching("http://203.0.113.7:40001")
+    assert moved_from(watched, view("203.0.113.7", {"8188/tcp": 40001})) is None
+    assert moved_from(watched, view("203.0.113.7", {})) is None, "unmapped for a moment"
+    moved = moved_from(watched, view("203.0.113.7", {"8188/tcp": 40005}))
+    assert moved is not None and "http://203.0.113.7:40005" in moved
+    assert moved_from(watched, view("198.51.100.9", {"8188/tcp": 40001})) is not None
+    # In portal mode only the portal's port may be watched; a bare image may use either.
+    internal = view("203.0.113.7", {"8188/tcp": 40005, "18188/tcp": 40001})
+    assert moved_from(watched, internal) is not None
+    assert moved_from(watching("http://203.0.113.7:40001", portal=False), internal) is None
