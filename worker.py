@@ -1,8 +1,10 @@
 """How is a worker process run? settings, secrets, clients, activities, workers; SIGTERM drains.
 
-Two workers share the process: the main task queue (workflows, ComfyUI and token activities)
-and the provider task queue (Vast.ai activities), whose activity start rate the Temporal server
-caps across every worker (`WARMPOOL_VAST_CALLS_PER_SECOND`).
+Several workers share the process: the main task queue (workflows, ComfyUI and token
+activities) and the provider task queues (Vast.ai activities), whose activity start rates the
+Temporal server caps across every worker: search, create and destroy each on a queue of their own
+at one start per endpoint interval (Vast.ai's limits times `WARMPOOL_VAST_PACING_SCALE`), the
+other provider calls on `<queue>-vast` at `WARMPOOL_VAST_CALLS_PER_SECOND`.
 
 With no `VASTAI_API_KEY` and no `VASTAI_BASE_URL`, an embedded simulator is the provider.
 With `WARMPOOL_WORKER_METRICS_ADDR`, the process serves Prometheus `/metrics` there.
@@ -15,7 +17,7 @@ import contextlib
 import logging
 import signal
 import sys
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -39,8 +41,9 @@ from warmpool.secrets import (
 )
 from warmpool.settings import DEFAULT_VAST_BASE_URL, Settings, SettingsError, load_settings
 from warmpool.temporal import connect
+from warmpool.vast import VAST_DEFAULT_MIN_INTERVALS
 from workflows import WORKFLOWS, WarmPoolWorkflow
-from workflows.options import vast_queue
+from workflows.options import PACED_QUEUES, PacedQueue, provider_queues, vast_queue
 
 log = logging.getLogger("warmpool.worker")
 
@@ -55,6 +58,14 @@ from its history when something happens to it. A cached slot costs ~270 KB (its 
 module, instance and SDK state): 1,000 slots on one worker measured 234 MB RSS with 200 cached,
 314 MB with 500 (`bench/api_calls_per_period.py`). The price is replay CPU when more slots than
 this change state at once (e.g. retiring 1,000 slots together)."""
+
+STICKY_SCHEDULE_TO_START = timedelta(seconds=2)
+"""How long a cached workflow's next task waits on this worker's sticky queue before the server
+hands it to any worker (the SDK's default is 10 s). After a worker dies (kill -9) its pool's and
+slots' next tasks move to a surviving worker this soon, so a lease asked during the failover
+is answered within 3 s (3.4 s measured with 3 s here); a live worker polls its sticky queue
+continuously, so it takes a task in milliseconds. A busier worker that misses the bound only
+costs a replay of that workflow's (bounded) history on whichever worker takes the task."""
 
 UNSANDBOXED: tuple[type, ...] = (WarmPoolWorkflow,)
 """The lease path's workflow runs without the sandbox's per-task cost (see warmpool/sandbox.py)."""
@@ -111,19 +122,42 @@ def create_workers(
         activities=activities.main,
         max_concurrent_activities=settings.max_concurrent_activities,
         max_cached_workflows=max_cached_workflows,
+        sticky_queue_schedule_to_start_timeout=STICKY_SCHEDULE_TO_START,
         workflow_runner=LeanSandbox(workflows, unsandboxed=UNSANDBOXED),
         graceful_shutdown_timeout=timedelta(seconds=10),
         **beat,
     )
-    provider = Worker(
-        client,
-        task_queue=vast_queue(queue),
-        activities=activities.vast,
-        max_task_queue_activities_per_second=settings.vast_calls_per_second,
-        graceful_shutdown_timeout=timedelta(seconds=10),
-        **beat,
-    )
-    return [main, provider]
+    workers = [main]
+    for name, acts, rate in provider_plan(queue, settings, activities):
+        workers.append(
+            Worker(
+                client,
+                task_queue=name,
+                activities=acts,
+                max_task_queue_activities_per_second=rate,
+                graceful_shutdown_timeout=timedelta(seconds=10),
+                **beat,
+            )
+        )
+    return workers
+
+
+def paced_rate(settings: Settings, queue: PacedQueue) -> float | None:
+    """Starts per second of a paced queue: one per endpoint interval, None (unlimited) when
+    pacing is off (`vast_pacing_scale` 0)."""
+    interval = VAST_DEFAULT_MIN_INTERVALS[queue.endpoint] * settings.vast_pacing_scale
+    return 1.0 / interval if interval > 0 else None
+
+
+def provider_plan(
+    queue: str, settings: Settings, activities: WorkerActivities
+) -> list[tuple[str, list[Callable[..., Any]], float | None]]:
+    """(task queue, activities, server-side start rate) of every provider queue."""
+    shared = (vast_queue(queue), activities.vast, settings.vast_calls_per_second)
+    return [
+        shared,
+        *((q.name(queue), activities.for_paced(q), paced_rate(settings, q)) for q in PACED_QUEUES),
+    ]
 
 
 @contextlib.asynccontextmanager
@@ -198,7 +232,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> None:
             log.info(
                 "worker running on task queues %s and %s",
                 settings.task_queue,
-                vast_queue(settings.task_queue),
+                ", ".join(provider_queues(settings.task_queue)),
             )
             await stop.wait()
             log.info("stopping: finishing running activities (up to 10 s)")

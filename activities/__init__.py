@@ -2,7 +2,9 @@
 
 One `VastClient`, one shared listing, one TLS context for the ComfyUI clients and one token
 validator per worker process; every slot the worker runs shares them (that keeps provider calls
-O(pages), not O(slots), and a READY slot's keepalive client at a few KB).
+O(pages), not O(slots), and a READY slot's keepalive client at a few KB). The client paces each
+Vast.ai endpoint at its minimum interval times `vast_pacing_scale` and backs every caller off
+after a 429.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import httpx
 
 from activities.comfy import ComfyActivities
 from activities.reaper import ReaperActivities
-from activities.slots import message_slot
+from activities.slots import exclude_machine, message_slot
 from activities.ssh import SshLogActivities
 from activities.tokens import TokenActivities
 from activities.vast import VastActivities
@@ -26,17 +28,28 @@ from warmpool.logging import Redactor
 from warmpool.secrets import SecretName, SecretStore, current_values
 from warmpool.settings import Settings
 from warmpool.tokens import TokenValidator
-from warmpool.vast import VastClient
+from warmpool.vast import VastClient, scaled_min_intervals
+from workflows.options import CREATE_QUEUE, DESTROY_QUEUE, SEARCH_QUEUE, PacedQueue
 
 
 @dataclass
 class WorkerActivities:
-    """Activities for the main task queue and for the provider (rate-limited) task queue."""
+    """Activities for the main task queue and for the provider (rate-limited) task queues.
+
+    `vast` is every provider activity, served on `<queue>-vast`; `paced` maps a paced queue's
+    suffix (`workflows.options.PACED_QUEUES`) to the one activity it runs. A queue missing from
+    `paced` is served with all of `vast`. Keeping every activity on `<queue>-vast` lets tasks
+    scheduled there before the per-endpoint queues existed (and their retries) still run.
+    """
 
     main: list[Callable[..., Any]]
     vast: list[Callable[..., Any]]
     client: VastClient
     extras: list[Any] = field(default_factory=list)
+    paced: dict[str, list[Callable[..., Any]]] = field(default_factory=dict)
+
+    def for_paced(self, queue: PacedQueue) -> list[Callable[..., Any]]:
+        return self.paced.get(queue.suffix, self.vast)
 
     async def aclose(self) -> None:
         await self.client.aclose()
@@ -62,7 +75,11 @@ def build_activities(
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> WorkerActivities:
     client = VastClient(
-        vast_base_url, _vast_key(secrets), transport=transport, timeout=settings.vast_timeout_s
+        vast_base_url,
+        _vast_key(secrets),
+        transport=transport,
+        timeout=settings.vast_timeout_s,
+        min_intervals=scaled_min_intervals(settings.vast_pacing_scale),
     )
     listing_ttl = min(settings.poll_active_ms, settings.keepalive_interval_ms) / 2000
     listing = SharedListing(client, ttl=listing_ttl)
@@ -95,6 +112,7 @@ def build_activities(
             reaper.slot_claims,
             ssh.follow_logs,
             message_slot,
+            exclude_machine,
         ],
         vast=[
             vast.search_offers,
@@ -106,4 +124,9 @@ def build_activities(
             reaper.list_candidates,
         ],
         client=client,
+        paced={
+            SEARCH_QUEUE.suffix: [vast.search_offers],
+            CREATE_QUEUE.suffix: [vast.rent],
+            DESTROY_QUEUE.suffix: [vast.destroy],
+        },
     )

@@ -92,6 +92,7 @@ def scaled_settings(scale: float, **overrides: object) -> dict[str, object]:
     }
     values.update({name: production(name) / scale for name in _SCALED_S})
     values["vast_calls_per_second"] = production("vast_calls_per_second") * scale
+    values["vast_pacing_scale"] = production("vast_pacing_scale") / scale
     return {**values, **overrides}
 
 

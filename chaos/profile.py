@@ -26,6 +26,7 @@ SETTINGS: dict[str, object] = {
     "tcp_timeout_s": 1.0,
     "http_timeout_s": 2.0,
     "vast_calls_per_second": 50,
+    "vast_pacing_scale": 0,
     "vast_timeout_s": 2.0,
     "min_direct_ports": 2,
     "min_inet_down": 0,
@@ -50,6 +51,8 @@ class Profile:
     """How long a scenario may take to settle after its last fault before that is a violation."""
     drain: bool = True
     """End with the drain scenario (every pool drained, nothing left billing)."""
+    failover: bool = True
+    """Run the two-worker failover scenario (about 2 minutes: it waits out a heartbeat timeout)."""
     sim_speed: float = 4.0
     """The simulator boots an instance in 7 s / speed."""
     api_failure: float = 0.30
@@ -76,4 +79,5 @@ SHORT = Profile(
     flap_cycles=2,
     converge_s=100,
     drain=False,
+    failover=False,
 )

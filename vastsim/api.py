@@ -4,6 +4,8 @@ Every call is recorded (rejected ones too) under an endpoint key: bundles, creat
 list_v1, list_v0, destroy, label (PUT on an instance: label or state), user, logs, unknown.
 Answering faults (rate_limit, server_error, bad_key, success_false, non_json) and `slow` are
 scoped by endpoint key only; the others are scoped by offer, machine and image as well.
+With `SimConfig.min_intervals` set, an endpoint also answers 429 (no Retry-After) to a call of
+an API key that arrives sooner than its interval after that key's last accepted call.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from typing import Any
 
 from vastsim.cloud import Cloud
 from vastsim.config import ANSWERING_KINDS
-from vastsim.faults import Scope, answer, unauthorized
+from vastsim.faults import Scope, answer, too_frequent, unauthorized
 from vastsim.filters import QueryError
 from vastsim.httpserver import Request, Response, json_response, text_response
 from vastsim.instance import Instance, RentRequest
@@ -52,6 +54,7 @@ class VastApi:
             ("GET", re.compile(r"/api/v0/users/current/?"), "user", self._user),
             ("GET", re.compile(r"/api/v1/instances/?"), "list_v1", self._list_v1),
         ]
+        self._accepted: dict[tuple[str, str], float] = {}  # (identity, endpoint) -> monotonic
 
     async def handle(self, request: Request) -> Response:
         arrived = time.time()
@@ -72,6 +75,9 @@ class VastApi:
 
     async def _answer(self, request: Request, key: str, action: Action, arg: str) -> Response:
         cloud = self._cloud
+        limited = self._too_soon(request, key)
+        if limited is not None:
+            return limited
         slow = cloud.faults.take({"slow"}, Scope(key))
         if slow is not None and slow.seconds:
             await asyncio.sleep(cloud.config.scaled(slow.seconds))
@@ -83,10 +89,23 @@ class VastApi:
             return unauthorized()
         return await action(request, arg)
 
+    def _too_soon(self, request: Request, key: str) -> Response | None:
+        """Vast.ai's rate limit: a minimum interval per endpoint and identity (the key sent;
+        keyless calls share one), measured at arrival between accepted calls."""
+        intervals = self._cloud.config.min_intervals
+        interval = intervals.get(key, 0.0) if intervals else 0.0
+        if interval <= 0:
+            return None
+        identity = _credential(request) or "anonymous"  # every caller of the simulator is local
+        now = time.monotonic()
+        last = self._accepted.get((identity, key))
+        if last is not None and now - last < self._cloud.config.scaled(interval):
+            return too_frequent(key, threshold=interval)
+        self._accepted[(identity, key)] = now
+        return None
+
     def _authorized(self, request: Request, *, optional: bool) -> bool:
-        scheme, _, credential = request.headers.get("authorization", "").partition(" ")
-        given = credential.strip() if scheme.lower() == "bearer" else ""
-        given = given or request.query.get("api_key", "")
+        given = _credential(request)
         if not given:
             return optional
         expected = self._cloud.config.api_key.get_secret_value()
@@ -275,6 +294,13 @@ class VastApi:
         if entry is None or time.monotonic() < entry[0]:
             return text_response(404, "NoSuchKey\n", "application/xml")
         return text_response(200, entry[1])
+
+
+def _credential(request: Request) -> str:
+    """The API key a call carries: the bearer header, else the `api_key` query parameter."""
+    scheme, _, credential = request.headers.get("authorization", "").partition(" ")
+    given = credential.strip() if scheme.lower() == "bearer" else ""
+    return given or request.query.get("api_key", "")
 
 
 def parse_rent(body: dict[str, Any]) -> RentRequest:

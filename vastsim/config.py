@@ -130,6 +130,10 @@ class SimConfig(BaseModel):
 
     host: str = "127.0.0.1"
     port: int = Field(default=0, ge=0, le=65535)
+    public_host: str | None = None
+    """The address instances are reached on (their `public_ipaddr`; their ComfyUI ports bind
+    there), e.g. another loopback address such as 127.0.0.7 so a test can put a stranger on its
+    port 8188. None: the API's address, as before."""
     api_key: SecretStr = SecretStr("sim-vast-key")
     seed: int = 0
     offers: int = Field(default=40, ge=1)
@@ -149,6 +153,11 @@ class SimConfig(BaseModel):
     civitai_tokens: frozenset[str] = Field(default=frozenset({"sim-civitai-token"}), repr=False)
     fault_mix: Literal["none", "default"] = "none"
     call_log_limit: int = Field(default=100_000, ge=1)  # newest calls kept; counts are total
+    min_intervals: dict[str, float] | None = None
+    """Vast.ai's rate limits, off by default: simulated seconds each endpoint key (bundles,
+    create, show, list_v1, destroy, label, ...) requires between two accepted calls of one API
+    key; a call arriving sooner gets 429 without Retry-After. The spec's values are
+    `vastsim.faults.SPEC_MIN_INTERVALS`."""
     faults: tuple[Fault, ...] = ()
 
     def scaled(self, seconds: float) -> float:
@@ -156,5 +165,15 @@ class SimConfig(BaseModel):
         return seconds / self.speed
 
     @property
-    def public_ip(self) -> str:
+    def api_ip(self) -> str:
+        """Where a client reaches the API (`host`, or loopback when bound to every address)."""
         return "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+
+    @property
+    def public_ip(self) -> str:
+        return self.public_host or self.api_ip
+
+    @property
+    def instance_bind_host(self) -> str:
+        """Where instances' ports listen: `public_host` if set, else wherever the API listens."""
+        return self.public_host or self.host

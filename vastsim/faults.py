@@ -19,6 +19,10 @@ from vastsim.httpserver import Response, json_response, text_response
 # The spec's per-endpoint thresholds, echoed in 429 bodies as Vast.ai does.
 _THRESHOLDS = {"create": 4.5, "show": 2.0, "list_v1": 1.0, "destroy": 3.0, "label": 1.0}
 
+SPEC_MIN_INTERVALS: dict[str, float] = {"bundles": 6.0, **_THRESHOLDS}
+"""Vast.ai's minimum intervals per endpoint key and API key (vastai-api.md section 1), read as
+seconds; search's "10 per minute per IP" is one per 6 s. For `SimConfig(min_intervals=...)`."""
+
 
 @dataclass(frozen=True, slots=True)
 class Scope:
@@ -180,8 +184,20 @@ def unauthorized() -> Response:
 
 
 def _rate_limited(fault: Fault, endpoint: str) -> Response:
-    message = f"API requests too frequent endpoint threshold={_THRESHOLDS.get(endpoint, 1.0)}"
-    variant = fault.value or ("destroy" if endpoint == "destroy" else "json")
+    response = too_frequent(endpoint, fault.value)
+    if fault.with_retry_after is not None:  # the real API never sends one; clients must cope
+        response.headers.append(("Retry-After", f"{fault.with_retry_after:g}"))
+    return response
+
+
+def too_frequent(
+    endpoint: str, variant: str | None = None, threshold: float | None = None
+) -> Response:
+    """Vast.ai's 429 (no Retry-After): JSON `detail`, plain text, or destroy's error shape."""
+    if threshold is None:
+        threshold = _THRESHOLDS.get(endpoint, 1.0)
+    message = f"API requests too frequent endpoint threshold={float(threshold)}"
+    variant = variant or ("destroy" if endpoint == "destroy" else "json")
     if variant == "text":
         response = text_response(429, message)
     elif variant == "destroy":
@@ -190,6 +206,4 @@ def _rate_limited(fault: Fault, endpoint: str) -> Response:
         )
     else:
         response = json_response(429, {"detail": message})
-    if fault.with_retry_after is not None:  # the real API never sends one; clients must cope
-        response.headers.append(("Retry-After", f"{fault.with_retry_after:g}"))
     return response

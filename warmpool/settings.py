@@ -69,6 +69,12 @@ class Settings(BaseSettings):
     vast_calls_per_second: float = Field(default=2.0, gt=0)
     """Ceiling on Vast.ai activity starts per second, enforced by the Temporal server across
     every worker (`max_task_queue_activities_per_second` on the provider task queue)."""
+    vast_pacing_scale: float = Field(default=1.0, ge=0, allow_inf_nan=False)
+    """Multiplies Vast.ai's per-endpoint minimum intervals (`warmpool.vast.
+    VAST_DEFAULT_MIN_INTERVALS`: search 6.5 s, create 5.0, show 2.2, list 1.1, destroy 3.3):
+    each worker's own pacing and 429 backoff, and the server-side start rates of the search,
+    create and destroy task queues (one per interval). 1.0 keeps the provider's limits; 0 turns
+    pacing off (tests against a simulator that enforces none)."""
     vast_timeout_s: float = Field(default=30.0, gt=0)
     """Timeout of one Vast.ai HTTP call; a call that hangs longer fails and is retried."""
 
@@ -88,6 +94,8 @@ class Settings(BaseSettings):
     onstart: str = "entrypoint.sh"
     comfy_port: int = Field(default=8188, ge=1, le=65535)
     comfy_internal_port: int = Field(default=18188, ge=1, le=65535)
+    comfy_portal: bool = True
+    """The image serves ComfyUI behind Vast.ai's token-gated portal (`SlotConfig.portal`)."""
     require_tokens: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["vast"])
     warmup_workflow: Path | None = None
     fatal_patterns: Annotated[list[str], NoDecode] = Field(
@@ -239,6 +247,7 @@ class Settings(BaseSettings):
             onstart=self.onstart,
             comfy_port=self.comfy_port,
             comfy_internal_port=self.comfy_internal_port,
+            portal=self.comfy_portal,
             require_tokens=self.require_tokens,
             poll_active=timedelta(milliseconds=self.poll_active_ms),
             poll_idle=timedelta(milliseconds=self.poll_idle_ms),

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import random
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
@@ -65,6 +66,22 @@ VAST_DEFAULT_MIN_INTERVALS: Mapping[str, float] = MappingProxyType(
 )
 
 _ENDPOINT_KEYS = frozenset(VAST_DEFAULT_MIN_INTERVALS)
+
+# After a 429 (Vast.ai sends no Retry-After) the endpoint's next call in this client waits a
+# jittered backoff: 2**n intervals after n consecutive 429s, times a random 0.5-1.0, at least one
+# interval, at most RATE_LIMIT_BACKOFF_GROWTH intervals and RATE_LIMIT_BACKOFF_MAX_S (below the
+# rent's 60 s heartbeat timeout). Any other answer of that endpoint resets the count.
+RATE_LIMIT_BACKOFF_GROWTH = 16.0
+RATE_LIMIT_BACKOFF_MAX_S = 30.0
+
+
+def scaled_min_intervals(scale: float) -> dict[str, float]:
+    """The default intervals times `scale` (0 turns pacing and the 429 backoff off)."""
+    if scale < 0 or not math.isfinite(scale):
+        raise ValueError(f"pacing scale must be a finite number >= 0, not {scale}")
+    return {key: interval * scale for key, interval in VAST_DEFAULT_MIN_INTERVALS.items()}
+
+
 _GONE_CODES = frozenset({"no_such_instance", "not_found"})
 _OFFER_GONE_PHRASES = ("unavailable", "no longer rentable", "already rented")
 _MIN_ECHOED_SECRET = 8  # env values this long are scrubbed from create errors; "1" is not a secret
@@ -547,7 +564,11 @@ class VastClient:
         transport: httpx.AsyncBaseTransport | None = None,
         timeout: float = 30.0,
         min_intervals: Mapping[str, float] | None = None,
+        jitter: Callable[[float, float], float] = random.uniform,
     ) -> None:
+        """`min_intervals` (seconds per endpoint key, e.g. `VAST_DEFAULT_MIN_INTERVALS`) paces
+        this client's calls and turns on the 429 backoff for those endpoints; `jitter(lo, hi)`
+        draws the backoff's random part (tests pin it)."""
         root = base_url.rstrip("/")
         if not root.endswith("/api/v0"):
             raise ValueError(f"base_url must end with /api/v0, e.g. {DEFAULT_BASE_URL}")
@@ -565,8 +586,11 @@ class VastClient:
             headers={"Accept": "application/json", "User-Agent": "comfy-warmpool"},
         )
         self._min_intervals = intervals
-        self._pace_locks = {key: asyncio.Lock() for key in intervals}
+        self._pace_locks = {key: asyncio.Lock() for key in _ENDPOINT_KEYS}
         self._last_call: dict[str, float] = {}
+        self._not_before: dict[str, float] = {}  # pushed forward by a 429's backoff
+        self._strikes: dict[str, int] = {}  # consecutive 429s per endpoint key
+        self._jitter = jitter
 
     def __repr__(self) -> str:
         return f"VastClient(base_url={self._v0!r})"
@@ -737,7 +761,7 @@ class VastClient:
             body: Any = json.loads(outcome.content)
         except ValueError:
             body = _NOT_JSON
-        return _Answer(
+        answer = _Answer(
             endpoint=endpoint,
             status=outcome.status_code,
             body=body,
@@ -745,6 +769,8 @@ class VastClient:
             retry_after=outcome.headers.get("Retry-After"),
             secrets=secrets,
         )
+        self._note_rate_limit(key, answer)
+        return answer
 
     async def _transmit(
         self, request: httpx.Request, endpoint: str, secrets: tuple[str, ...]
@@ -759,17 +785,51 @@ class VastClient:
             return VastMalformedResponse(_describe(exc), endpoint=endpoint, redact=secrets)
 
     async def _pace(self, key: str) -> None:
-        """Wait until `min_intervals[key]` has passed since this client's previous such call."""
+        """Wait until `min_intervals[key]` has passed since this client's previous such call,
+        and until any 429 backoff of that endpoint is over. Callers queue on one lock per
+        endpoint, and the one at the head re-checks after its sleep: a 429 that arrives
+        meanwhile (another caller's) holds it back too."""
         interval = self._min_intervals.get(key, 0.0)
         if interval <= 0:
             return
         async with self._pace_locks[key]:
-            last = self._last_call.get(key)
-            if last is not None:
-                wait = last + interval - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
+            while True:
+                last = self._last_call.get(key)
+                due = self._not_before.get(key, 0.0)
+                if last is not None:
+                    due = max(due, last + interval)
+                wait = due - time.monotonic()
+                if wait <= 0:
+                    break
+                await asyncio.sleep(wait)
             self._last_call[key] = time.monotonic()
+
+    def _note_rate_limit(self, key: str, answer: _Answer) -> None:
+        """After a 429, push the endpoint's next call back for every caller of this client
+        (Retry-After when sent, else a jittered backoff growing with consecutive 429s); any
+        other answer ends the streak. Endpoints without a minimum interval are not paced."""
+        limited = answer.status == 429 or answer.code == "rate_limit_exceeded"
+        if not limited:
+            self._strikes.pop(key, None)
+            return
+        interval = self._min_intervals.get(key, 0.0)
+        if interval <= 0:
+            return
+        strikes = self._strikes.get(key, 0) + 1
+        self._strikes[key] = strikes
+        retry_after = parse_retry_after(answer.retry_after)
+        if retry_after is not None:
+            delay = min(retry_after, RATE_LIMIT_BACKOFF_MAX_S)
+        else:
+            ceiling = min(
+                interval * 2.0 ** min(strikes, 16),
+                interval * RATE_LIMIT_BACKOFF_GROWTH,
+                RATE_LIMIT_BACKOFF_MAX_S,
+            )
+            delay = max(interval, self._jitter(ceiling / 2, ceiling))
+        until = time.monotonic() + delay
+        self._not_before[key] = max(self._not_before.get(key, 0.0), until)
+        _log.info("vast.rate_limited", endpoint=answer.endpoint, strikes=strikes, backoff_s=delay)
 
 
 def _describe(exc: Exception) -> str:

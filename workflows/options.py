@@ -1,12 +1,15 @@
 """How long may each activity take, and how is it retried? Every timeout and RetryPolicy, with why.
 
-Pure data (no I/O), imported by workflows. Vast.ai activities go to the provider task queue,
-whose start rate the Temporal server limits across every worker.
+Pure data (no I/O), imported by workflows. Vast.ai activities go to provider task queues whose
+start rate the Temporal server limits across every worker: search, create and destroy, the
+endpoints with the tightest per-key limits, each on a queue of its own at one start per
+endpoint interval; every other provider call on `<queue>-vast` (`vast_calls_per_second`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -18,8 +21,33 @@ from warmpool.models import SlotConfig
 VAST_QUEUE_SUFFIX = "-vast"
 
 
+@dataclass(frozen=True)
+class PacedQueue:
+    """A provider task queue for one activity, started at most once per `endpoint`'s minimum
+    interval (a key of `warmpool.vast.VAST_DEFAULT_MIN_INTERVALS`) across every worker."""
+
+    suffix: str
+    activity: str
+    endpoint: str
+
+    def name(self, task_queue: str) -> str:
+        return f"{task_queue}{self.suffix}"
+
+
+SEARCH_QUEUE = PacedQueue("-vast-search", "vast.search_offers", "bundles")
+CREATE_QUEUE = PacedQueue("-vast-create", "vast.rent", "create")
+DESTROY_QUEUE = PacedQueue("-vast-destroy", "vast.destroy", "destroy")
+PACED_QUEUES = (SEARCH_QUEUE, CREATE_QUEUE, DESTROY_QUEUE)
+
+
 def vast_queue(task_queue: str) -> str:
+    """Every other provider call (observe, show, listings): `vast_calls_per_second`."""
     return f"{task_queue}{VAST_QUEUE_SUFFIX}"
+
+
+def provider_queues(task_queue: str) -> list[str]:
+    """Every provider task queue of `task_queue`, the shared one first."""
+    return [vast_queue(task_queue), *(q.name(task_queue) for q in PACED_QUEUES)]
 
 
 # Provider calls: a few quick retries inside one call (429, 5xx, timeouts); the workflow decides
@@ -41,6 +69,16 @@ DESTROY_RETRY = RetryPolicy(
     maximum_attempts=6,
 )
 
+# The slot observes its instance on every poll and simply polls again after a failure, so a
+# failing API hands control back within seconds instead of holding the slot in one activity.
+OBSERVE_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=5),
+    maximum_attempts=3,
+    non_retryable_error_types=["VastAuthError", "ConfigurationError"],
+)
+
 TOKENS_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), maximum_attempts=3)
 
 
@@ -52,10 +90,29 @@ def vast(task_queue: str, *, timeout: timedelta = timedelta(seconds=90)) -> dict
     }
 
 
-def rent(task_queue: str) -> dict[str, Any]:
-    """The rent may wait for its label to appear (adopt-or-create), so it heartbeats."""
+def search(task_queue: str) -> dict[str, Any]:
+    """`vast.search_offers`, on the search queue (one start per 6.5 s across every worker)."""
+    return {
+        "task_queue": SEARCH_QUEUE.name(task_queue),
+        "start_to_close_timeout": timedelta(seconds=90),
+        "retry_policy": VAST_RETRY,
+    }
+
+
+def observe(task_queue: str) -> dict[str, Any]:
+    """`vast.observe`, called on every poll: few, quick attempts (see OBSERVE_RETRY)."""
     return {
         "task_queue": vast_queue(task_queue),
+        "start_to_close_timeout": timedelta(seconds=90),
+        "retry_policy": OBSERVE_RETRY,
+    }
+
+
+def rent(task_queue: str) -> dict[str, Any]:
+    """The rent may wait for its label to appear (adopt-or-create), so it heartbeats.
+    On the create queue: one start per 5 s across every worker."""
+    return {
+        "task_queue": CREATE_QUEUE.name(task_queue),
         "start_to_close_timeout": timedelta(minutes=3),
         "heartbeat_timeout": timedelta(seconds=60),
         "retry_policy": VAST_RETRY,
@@ -63,8 +120,9 @@ def rent(task_queue: str) -> dict[str, Any]:
 
 
 def destroy(task_queue: str) -> dict[str, Any]:
+    """On the destroy queue: one start per 3.3 s across every worker."""
     return {
-        "task_queue": vast_queue(task_queue),
+        "task_queue": DESTROY_QUEUE.name(task_queue),
         "start_to_close_timeout": timedelta(seconds=90),
         "retry_policy": DESTROY_RETRY,
     }
@@ -121,8 +179,9 @@ def watch(cfg: SlotConfig) -> dict[str, Any]:
         "cancellation_type": ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         "start_to_close_timeout": timedelta(days=3650),
         "heartbeat_timeout": beat * 2 + timedelta(seconds=60),
+        # A dead worker's watch resumes on another worker 1 s after its heartbeat timeout.
         "retry_policy": RetryPolicy(
-            initial_interval=timedelta(seconds=5), maximum_interval=timedelta(seconds=60)
+            initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=60)
         ),
     }
 
@@ -177,5 +236,16 @@ def message_slot(cfg: SlotConfig) -> dict[str, Any]:
         "schedule_to_close_timeout": timedelta(minutes=10),
         "retry_policy": RetryPolicy(
             initial_interval=timedelta(milliseconds=200), maximum_interval=timedelta(seconds=10)
+        ),
+    }
+
+
+def exclude_machine() -> dict[str, Any]:
+    """A slot telling its pool about a bad machine before releasing it: quick, best effort (the
+    slot event repeats it)."""
+    return {
+        "start_to_close_timeout": timedelta(seconds=10),
+        "retry_policy": RetryPolicy(
+            initial_interval=timedelta(milliseconds=200), maximum_attempts=3
         ),
     }

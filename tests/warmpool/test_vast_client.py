@@ -6,9 +6,11 @@ Every answer here is a shape from /work/shared/vastai-api.md, served by httpx.Mo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from typing import Any
@@ -16,6 +18,7 @@ from urllib.parse import parse_qs, urlsplit
 
 import httpx
 import pytest
+import structlog
 from structlog.testing import capture_logs
 
 from warmpool.errors import (
@@ -41,6 +44,7 @@ from warmpool.vast import (
     VastClient,
     parse_retry_after,
     port_env,
+    scaled_min_intervals,
     to_summary,
     to_view,
 )
@@ -714,6 +718,16 @@ async def test_the_key_never_appears_in_an_error(
     assert "[REDACTED]" in str(error)
 
 
+@pytest.fixture
+def debug_logs() -> Iterator[None]:
+    """Debug events on (the test session filters them out), restored afterwards."""
+    saved = structlog.get_config()
+    structlog.configure(wrapper_class=structlog.make_filtering_bound_logger(logging.DEBUG))
+    yield
+    structlog.configure(**saved)
+
+
+@pytest.mark.usefixtures("debug_logs")
 async def test_logs_name_endpoint_status_and_duration_only(vast: MakeClient) -> None:
     client, _ = vast(ok({"instances": instance_row(5, extra_env=[["HF_TOKEN", "hf_secret"]])}))
     with capture_logs() as logs:
@@ -805,6 +819,114 @@ async def test_min_intervals_space_calls_of_one_endpoint(vast: MakeClient) -> No
     show = arrivals["show"]
     assert all(later - earlier >= 0.14 for earlier, later in zip(show, show[1:], strict=False))
     assert arrivals["list"][1] - arrivals["list"][0] < 0.1  # other endpoints are not held up
+
+
+class Jitter:
+    """A pinned backoff jitter: always the upper bound, and every (lo, hi) it was asked for."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[float, float]] = []
+
+    def __call__(self, lo: float, hi: float) -> float:
+        self.asked.append((lo, hi))
+        return hi
+
+
+def too_frequent(status: int = 429) -> httpx.Response:
+    return ok({"detail": "API requests too frequent endpoint threshold=2.0"}, status=status)
+
+
+async def test_a_429_holds_back_every_caller_of_that_endpoint(vast: MakeClient) -> None:
+    arrivals: list[float] = []
+    answers = [too_frequent(), ok({"instances": None})]
+
+    def clock(request: httpx.Request) -> httpx.Response:
+        arrivals.append(time.monotonic())
+        return answers.pop(0) if len(answers) > 1 else answers[0]
+
+    jitter = Jitter()
+    client, _ = vast(clock, min_intervals={"show": 0.05}, jitter=jitter)
+    results = await asyncio.gather(
+        *(client.show_instance(i) for i in range(3)), return_exceptions=True
+    )
+    assert isinstance(results[0], VastRateLimited) and results[1:] == [None, None]
+    assert jitter.asked == [(0.05, 0.1)]  # 2 intervals after the first 429, jittered down to 1
+    assert arrivals[1] - arrivals[0] >= 0.095  # the callers already queued waited the backoff
+    assert arrivals[2] - arrivals[1] >= 0.045  # then the plain interval again
+
+
+async def test_429_backoff_grows_with_consecutive_429s_and_resets_on_success(
+    vast: MakeClient,
+) -> None:
+    jitter = Jitter()
+    client, _ = vast(
+        too_frequent(),
+        text("API requests too frequent", status=429),
+        ok({"instances": None}),
+        too_frequent(),
+        ok({"instances": None}),
+        min_intervals={"show": 0.01},
+        jitter=jitter,
+    )
+    for _ in range(5):
+        with contextlib.suppress(VastRateLimited):
+            await client.show_instance(1)
+    assert [hi for _, hi in jitter.asked] == pytest.approx([0.02, 0.04, 0.02])
+
+
+async def test_429_backoff_is_capped(vast: MakeClient) -> None:
+    jitter = Jitter()
+    client, _ = vast(too_frequent(), min_intervals={"list": 0.001}, jitter=jitter)
+    for _ in range(8):
+        with pytest.raises(VastRateLimited):
+            await client.list_instances()
+    ceilings = [hi for _, hi in jitter.asked]
+    assert ceilings[-1] == pytest.approx(0.016)  # 16 intervals at most
+    assert ceilings == sorted(ceilings)
+
+
+async def test_destroys_rate_limit_body_backs_off_too(vast: MakeClient) -> None:
+    jitter = Jitter()
+    body = {"success": False, "error": "rate_limit_exceeded", "msg": "API requests too frequent"}
+    client, _ = vast(ok(body, status=429), min_intervals={"destroy": 0.01}, jitter=jitter)
+    with pytest.raises(VastRateLimited):
+        await client.destroy_instance(7)
+    assert len(jitter.asked) == 1
+
+
+async def test_retry_after_sets_the_backoff_when_sent(vast: MakeClient) -> None:
+    arrivals: list[float] = []
+    answers = [text("slow down", status=429, headers={"Retry-After": "0.15"}), ok({"id": 1})]
+
+    def clock(request: httpx.Request) -> httpx.Response:
+        arrivals.append(time.monotonic())
+        return answers.pop(0)
+
+    jitter = Jitter()
+    client, _ = vast(clock, min_intervals={"user": 0.01}, jitter=jitter)
+    with pytest.raises(VastRateLimited):
+        await client.current_user()
+    await client.current_user()
+    assert jitter.asked == []
+    assert arrivals[1] - arrivals[0] >= 0.14
+
+
+async def test_unpaced_endpoints_do_not_back_off(vast: MakeClient) -> None:
+    jitter = Jitter()
+    client, _ = vast(too_frequent(), ok({"instances": None}), jitter=jitter)
+    with pytest.raises(VastRateLimited):
+        await client.show_instance(1)
+    started = time.monotonic()
+    await client.show_instance(1)
+    assert jitter.asked == [] and time.monotonic() - started < 0.1
+
+
+def test_scaled_min_intervals() -> None:
+    assert scaled_min_intervals(1.0) == dict(VAST_DEFAULT_MIN_INTERVALS)
+    assert scaled_min_intervals(0.5)["bundles"] == pytest.approx(3.25)
+    assert set(scaled_min_intervals(0).values()) == {0.0}
+    with pytest.raises(ValueError):
+        scaled_min_intervals(-1)
 
 
 def test_construction() -> None:
