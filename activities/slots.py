@@ -20,7 +20,7 @@ from temporalio import activity
 from temporalio.service import RPCError, RPCStatusCode
 
 from warmpool.leasing import retry_transient
-from warmpool.models import SlotEvent, SlotMessage
+from warmpool.models import Model, SlotEvent, SlotMessage
 
 UPDATES = frozenset({"assign_lease", "end_lease"})
 
@@ -44,3 +44,30 @@ async def message_slot(message: SlotMessage) -> SlotEvent | None:
             return None
         raise
     return None
+
+
+class MachineExclusion(Model):
+    """A machine one slot saw fail, for its pool to exclude for every slot."""
+
+    pool_workflow_id: str
+    machine_id: int
+    reason: str
+    slot: int
+
+
+EXCLUDE_SIGNAL = "exclude_machine"
+
+
+@activity.defn(name="pool.exclude_machine")
+async def exclude_machine(exclusion: MachineExclusion) -> None:
+    """Tell the pool before the machine is released (destroyed, or its create refused).
+
+    A slot event (a workflow's signal) can take hundreds of milliseconds to arrive; meanwhile
+    another slot could search and rent the machine again. The worker's client signals at once.
+    """
+    handle = activity.client().get_workflow_handle(exclusion.pool_workflow_id)
+    try:
+        await handle.signal(EXCLUDE_SIGNAL, exclusion)
+    except RPCError as exc:
+        if exc.status != RPCStatusCode.NOT_FOUND:  # no pool left to tell
+            raise

@@ -13,6 +13,7 @@ from datetime import timedelta
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
 
 from activities.errors import vast_errors
 from warmpool.errors import (
@@ -49,6 +50,8 @@ LOOK_ERRORS = (VastServerError, VastTransportError, VastRateLimited, VastMalform
 class SearchInput(Model):
     constraints: OfferConstraints
     exclude_machines: list[int] = []
+    pool_workflow_id: str | None = None
+    """The slot's pool, asked for the machines it excludes for every slot (`excluded_machines`)."""
 
 
 class RentInput(Model):
@@ -59,6 +62,9 @@ class RentInput(Model):
     runtype: str | None
     onstart: str | None
     ports: list[int]
+    machine_id: int | None = None
+    pool_workflow_id: str | None = None
+    """Asked again just before the create: a machine another slot saw fail meanwhile is left."""
 
 
 class RentResult(Model):
@@ -83,6 +89,37 @@ def instance_secret(store: SecretStore) -> bytes:
     return secret.encode()
 
 
+async def pool_exclusions(pool_workflow_id: str | None) -> set[int]:
+    """The machines the pool excludes for every slot, asked now (inside an activity)."""
+    if pool_workflow_id is None:
+        return set()
+    pool = activity.client().get_workflow_handle(pool_workflow_id)
+    try:
+        return set(await pool.query("excluded_machines", result_type=list[int]))
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:  # no pool: a standalone slot
+            return set()
+        raise
+
+
+async def machines_to_exclude(input: SearchInput) -> list[int]:
+    """The slot's own exclusions and its pool's."""
+    return sorted(set(input.exclude_machines) | await pool_exclusions(input.pool_workflow_id))
+
+
+async def refuse_excluded(input: RentInput) -> None:
+    """Refuse to create on a machine the pool excluded since the search (another slot's
+    failure): the slot searches again, as for an offer that vanished."""
+    if input.machine_id is not None and input.machine_id in await pool_exclusions(
+        input.pool_workflow_id
+    ):
+        raise ApplicationError(
+            f"machine {input.machine_id} was excluded by the pool since the search",
+            type="VastOfferUnavailable",
+            non_retryable=True,
+        )
+
+
 class VastActivities:
     """One instance per worker; the client and listing are shared by every slot it runs."""
 
@@ -103,10 +140,15 @@ class VastActivities:
 
     @activity.defn(name="vast.search_offers")
     async def search_offers(self, input: SearchInput) -> list[OfferSummary]:
+        """Offers on machines neither the slot nor its pool excludes.
+
+        The pool's list is read at search time, so a machine another slot just saw fail is
+        left out; a pool that cannot be asked fails the attempt (retried), rather than risk
+        renting a known-bad host again.
+        """
+        excluded = await machines_to_exclude(input)
         with vast_errors(activity.info().attempt):
-            offers = await self._client.search_offers(
-                input.constraints, exclude_machines=input.exclude_machines
-            )
+            offers = await self._client.search_offers(input.constraints, exclude_machines=excluded)
         return [to_summary(o) for o in offers]
 
     async def _find_by_label(self, label: str) -> int | None:
@@ -159,6 +201,7 @@ class VastActivities:
             if existing is not None:
                 activity.logger.info("adopted instance %s for %s", existing, input.label)
                 return RentResult(instance_id=existing, adopted=True)
+            await refuse_excluded(input)
             request = CreateRequest(
                 image=input.image,
                 disk=input.disk_gb,

@@ -55,6 +55,10 @@ class FailureReason(StrEnum):
     RENT_FAILED = "rent_failed"
     NO_OFFERS = "no_offers"
     FATAL_LOG = "fatal_log"
+    PROVIDER_KEY_REJECTED = "provider_key_rejected"
+    PORTS_CHANGED = "ports_changed"
+    """Not a failure of the instance: the provider mapped ComfyUI's port elsewhere, so the slot
+    validates the new endpoint before it trusts it again."""
 
 
 class OfferConstraints(Model):
@@ -194,6 +198,10 @@ class SlotConfig(Model):
     onstart: str = "entrypoint.sh"
     comfy_port: int = 8188
     comfy_internal_port: int = 18188
+    portal: bool = True
+    """The image serves ComfyUI behind Vast.ai's token-gated portal (the `vastai/comfyui`
+    template). Then an endpoint counts only once it proves to be this instance's gate: it refuses
+    a request without the instance token and accepts ours. False for a bare ComfyUI image."""
     require_tokens: list[str] = Field(default_factory=lambda: ["vast"])
     poll_active: timedelta = timedelta(seconds=30)
     poll_idle: timedelta = timedelta(seconds=180)
@@ -261,6 +269,8 @@ class SlotRuntime(Model):
     """A lease ended: clean ComfyUI (or recycle) before serving anyone else."""
     block_after_terminate: str | None = None
     """A configuration error found while validating: BLOCKED once the instance is destroyed."""
+    provider_refused: bool = False
+    """The provider rejected our key and the pool was told; cleared by the next answer."""
     ready_since: datetime | None = None
     state_since: datetime | None = None
     provision_started: datetime | None = None
@@ -339,6 +349,14 @@ class SlotEvent(Model):
     failure: FailureReason | None = None
     lease_id: str | None = None
     ended_lease: LeaseEndRequest | None = None
+    machine_id: int | None = None
+    """The machine the failed attempt ran on (with `failure`)."""
+    image: str | None = None
+    """The image the attempt used: a failure on several machines with one image is systemic."""
+    host_fault: bool = False
+    """The failure is the machine's: the pool excludes it for every slot."""
+    image_failure: bool = False
+    """The provider said the image could not be pulled or extracted."""
 
 
 class SlotMessage(Model):
@@ -375,7 +393,12 @@ class PoolConfig(Model):
     min_ready: int = Field(default=1, ge=0, le=10_000)
     max_slots: int = Field(default=4, ge=0, le=10_000)
     budget_dph: float | None = Field(default=None, gt=0)
-    safe_mode_after: int = Field(default=5, ge=1)
+    safe_mode_after: int = Field(default=3, ge=1)
+    """Distinct machines on which the same image fails the same way before safe mode."""
+    exclude_for: timedelta = timedelta(hours=24)
+    """How long a machine that caused a failure stays excluded for every slot of the pool."""
+    claim_window: timedelta = timedelta(seconds=60)
+    """How long a lease whose caller timed out waits for the request to be asked again."""
     max_lease: timedelta = timedelta(hours=8)
     default_lease: timedelta = timedelta(hours=1)
     recycle_after_lease: bool = False
@@ -421,9 +444,15 @@ class LeaseRequest(Model):
 
 
 class LeaseGrant(Model):
+    """The pool's answer to a lease: all a caller needs, with no second lookup."""
+
     lease_id: str
     slot_id: str
+    slot: int
+    holder: str
+    request_id: str
     connection_url: str
+    granted_at: datetime
     leased_until: datetime
 
 
@@ -482,6 +511,16 @@ class PoolStats(Model):
         self.failures_by_reason[reason] = self.failures_by_reason.get(reason, 0) + 1
 
 
+class ExcludedMachine(Model):
+    """A machine that caused a failure: no slot of the pool rents it again until `until`."""
+
+    machine_id: int
+    until: datetime
+    reason: str
+    slot: int
+    at: datetime
+
+
 class PoolRuntime(Model):
     slots: dict[int, SlotView] = Field(default_factory=dict)
     leases: dict[str, PoolLease] = Field(default_factory=dict)
@@ -489,7 +528,6 @@ class PoolRuntime(Model):
     waiting: list[WaitingRequest] = Field(default_factory=list)
     expired_waits: dict[str, str] = Field(default_factory=dict)
     next_index: int = 0
-    consecutive_failures: int = 0
     safe_mode: bool = False
     safe_reason: str | None = None
     draining: bool = False
@@ -498,6 +536,14 @@ class PoolRuntime(Model):
     stats: PoolStats = Field(default_factory=PoolStats)
     unsent: list[SlotMessage] = Field(default_factory=list)
     """Slot messages held back while the pool continued-as-new; the next run sends them first."""
+    excluded: dict[int, ExcludedMachine] = Field(default_factory=dict)
+    """Machines no slot may rent, by machine id, until their time is up."""
+    suspects: dict[str, list[int]] = Field(default_factory=dict)
+    """Distinct machines on which one image failed one way since it was last READY, by
+    `market.suspect_key`: enough of them make the failure systemic (safe mode)."""
+    unclaimed: dict[str, datetime] = Field(default_factory=dict)
+    """Leases whose caller gave up waiting for the answer, by request id: ended unless the
+    request is asked again by then."""
 
 
 class PoolInput(Model):
@@ -523,3 +569,4 @@ class PoolStatus(Model):
     failures: list[PoolFailure]
     granted_total: int
     stats: PoolStats
+    excluded_machines: list[ExcludedMachine] = Field(default_factory=list)

@@ -21,7 +21,8 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.slots import message_slot
+    from activities.slots import EXCLUDE_SIGNAL, MachineExclusion, message_slot
+    from warmpool import market
     from warmpool.labels import pool_workflow_id, slot_workflow_id
     from warmpool.models import (
         FailureReason,
@@ -93,6 +94,7 @@ class WarmPoolWorkflow:
         self._send_unsent()
         while True:
             self._dirty = False
+            market.prune(self._rt, self._now())
             self._expire(self._now())
             self._grant_waiting()
             await self._reconcile()
@@ -134,6 +136,7 @@ class WarmPoolWorkflow:
         now = self._now()
         times = [lease.leased_until for lease in self._active_leases()]
         times += [w.deadline for w in self._rt.waiting]
+        times += self._rt.unclaimed.values()
         wake = min(times, default=now + timedelta(hours=1))
         if not self._woken() and self._wake_at is not None and self._wake_at <= wake:
             return
@@ -248,7 +251,10 @@ class WarmPoolWorkflow:
 
     def _known(self, request: LeaseRequest) -> PoolLease | None:
         """The lease an earlier call with this request id got (same id, same lease)."""
-        lease_id = self._rt.request_ids.get(request.request_id)
+        return self._known_id(request.request_id)
+
+    def _known_id(self, request_id: str) -> PoolLease | None:
+        lease_id = self._rt.request_ids.get(request_id)
         return self._rt.leases.get(lease_id) if lease_id is not None else None
 
     def _refusal(self, idle: list[SlotView]) -> str | None:
@@ -265,6 +271,7 @@ class WarmPoolWorkflow:
         """Lease the longest-idle READY slot, or None; synchronous, so never two per slot."""
         known = self._known(request)
         if known is not None:
+            self._rt.unclaimed.pop(request.request_id, None)  # its caller has it now
             return self._grant_of(known)
         idle = self._idle_ready()
         if self._refusal(idle) is not None:
@@ -313,7 +320,11 @@ class WarmPoolWorkflow:
         return LeaseGrant(
             lease_id=lease.lease_id,
             slot_id=slot_workflow_id(self._pool, lease.slot),
+            slot=lease.slot,
+            holder=lease.holder,
+            request_id=lease.request_id,
             connection_url=lease.connection_url,
+            granted_at=lease.granted_at,
             leased_until=lease.leased_until,
         )
 
@@ -325,6 +336,12 @@ class WarmPoolWorkflow:
             if waiting.deadline <= now:
                 self._rt.waiting.remove(waiting)
                 self._rt.expired_waits[waiting.request.request_id] = "no capacity before deadline"
+        for request_id, deadline in list(self._rt.unclaimed.items()):
+            if deadline <= now:
+                del self._rt.unclaimed[request_id]
+                unclaimed = self._known_id(request_id)
+                if unclaimed is not None:
+                    self._end_lease(unclaimed, "unclaimed: the caller never received the grant")
 
     def _grant_waiting(self) -> None:
         while self._rt.waiting and self._idle_ready():
@@ -422,7 +439,7 @@ class WarmPoolWorkflow:
             # An older event delivered late: its state is stale, its rental and failure happened.
             self._count(view, event, late=True)
             if event.failure is not None and event.state != S.READY:
-                self._record_failure(event, event.failure, in_a_row=False)
+                self._record_failure(event, event.failure)
             return
         self._count(view, event)
         view.state = event.state
@@ -432,6 +449,8 @@ class WarmPoolWorkflow:
         view.instance_id = event.instance_id
         view.dph_total = event.dph_total
         lease = self._rt.leases.get(view.lease_id) if view.lease_id else None
+        if lease is not None and event.connection_url and event.state in SERVING:
+            lease.connection_url = event.connection_url  # the slot re-validated a moved port
         refused = event.lease_id is not None and event.reason.startswith("lease refused")
         if refused and event.lease_id in self._rt.leases:
             self._end_lease(self._rt.leases[event.lease_id], event.reason, tell_slot=False)
@@ -442,7 +461,7 @@ class WarmPoolWorkflow:
                 self._end_lease(lease, why or f"slot lost: {event.reason}", tell_slot=False)
         if event.state == S.READY:
             view.cleaning = False
-            self._rt.consecutive_failures = 0
+            market.image_ready(self._rt, event.image)
         elif event.failure is not None:
             self._record_failure(event, event.failure)
         if event.state in GONE:
@@ -468,25 +487,24 @@ class WarmPoolWorkflow:
             if not late:
                 view.attempt_started = None
 
-    def _record_failure(
-        self, event: SlotEvent, failure: FailureReason, *, in_a_row: bool = True
-    ) -> None:
-        """Keep the failure for the status; enter safe mode after too many in a row.
-
-        A late failure (`in_a_row=False`) is kept but does not count towards safe mode: a
-        READY reported after it has already reset the run of failures.
-        """
+    def _record_failure(self, event: SlotEvent, failure: FailureReason) -> None:
+        """Keep the failure for the status, exclude the machine a host failure came from, and
+        enter safe mode only for a systemic failure (`warmpool.market`)."""
         rt = self._rt
         reason = f"{failure.value}: {event.reason}"
         rt.failures.append(PoolFailure(at=self._now(), slot=event.index, reason=reason))
         del rt.failures[:-KEEP_FAILURES]
-        if not in_a_row:
-            return
-        rt.consecutive_failures += 1
-        if rt.consecutive_failures < self._cfg.safe_mode_after or rt.safe_mode:
+        systemic = market.record_failure(
+            rt,
+            event,
+            now=self._now(),
+            exclude_for=self._cfg.exclude_for,
+            threshold=self._cfg.safe_mode_after,
+        )
+        if systemic is None or rt.safe_mode:
             return
         rt.safe_mode = True
-        rt.safe_reason = f"{rt.consecutive_failures} provisions failed in a row; last: {reason}"
+        rt.safe_reason = systemic
         workflow.logger.warning("pool %s in safe mode: %s", self._pool, rt.safe_reason)
         for v in rt.slots.values():
             if v.state in STARTING and v.lease_id is None:
@@ -582,6 +600,38 @@ class WarmPoolWorkflow:
         return self._rt.leases.get(lease_id)
 
     @workflow.signal
+    def lease_unanswered(self, request_id: str) -> None:
+        """A caller gave up waiting for this request's answer: a lease granted to it is ended
+        unless the request is asked again within the claim window (same id, same lease), and
+        a request still waiting is dropped. Nothing stays leased to nobody."""
+        for waiting in list(self._rt.waiting):
+            if waiting.request.request_id == request_id:
+                self._rt.waiting.remove(waiting)
+                self._rt.expired_waits[request_id] = "abandoned by the caller"
+        lease = self._known_id(request_id)
+        if lease is None or lease.ended_at is None:  # granted, or maybe still on its way
+            self._rt.unclaimed[request_id] = self._now() + self._cfg.claim_window
+            self._dirty = True
+
+    @workflow.signal(name=EXCLUDE_SIGNAL)
+    def exclude_machine(self, exclusion: MachineExclusion) -> None:
+        """A slot saw this machine fail (sent before it releases the machine)."""
+        now = self._now()
+        market.exclude(
+            self._rt,
+            exclusion.machine_id,
+            now=now,
+            until=now + self._cfg.exclude_for,
+            reason=exclusion.reason,
+            slot=exclusion.slot,
+        )
+
+    @workflow.query
+    def excluded_machines(self) -> list[int]:
+        """Machines no slot of this pool may rent now (slots' searches ask for them)."""
+        return market.excluded_ids(self._rt, self._now())
+
+    @workflow.signal
     def prewarm(self) -> None:
         """Bring the pool to its target now (also lifts nothing else)."""
         self._dirty = True
@@ -611,7 +661,7 @@ class WarmPoolWorkflow:
         """Lift safe mode (and a drain) after an operator acted."""
         self._rt.safe_mode = False
         self._rt.safe_reason = None
-        self._rt.consecutive_failures = 0
+        self._rt.suspects.clear()
         self._rt.draining = False
         self._dirty = True
 
@@ -639,4 +689,5 @@ class WarmPoolWorkflow:
             failures=self._rt.failures,
             granted_total=self._rt.granted_total,
             stats=self._rt.stats,
+            excluded_machines=sorted(self._rt.excluded.values(), key=lambda m: m.at),
         )

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 from collections.abc import Awaitable, Callable, Coroutine
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypeVar
 
@@ -32,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
         WatchInput,
         WatchResult,
     )
+    from activities.slots import MachineExclusion, exclude_machine
     from activities.ssh import (
         SSH_LOG_SIGNAL,
         SshFollowInput,
@@ -64,6 +66,16 @@ with workflow.unsafe.imports_passed_through():
 
 T = TypeVar("T")
 
+
+@dataclass(frozen=True)
+class FailureNote:
+    """A failure `_fail` recorded, reported to the pool with the next transition."""
+
+    reason: FailureReason
+    machine_id: int | None
+    host_fault: bool
+    image_failure: bool
+
 S = SlotState
 VISIBILITY_GRACE = timedelta(minutes=2)
 """A new contract can be invisible to show/list for a while (vastai-api.md §3): not "gone"."""
@@ -73,6 +85,11 @@ OFFER_SPREAD = 5
 MAX_HISTORY_EVENTS = 8_000
 COLLECTING = (S.PROVISIONING, S.PROBING, S.VALIDATING_PORTS)
 """The states in which the instance's logs are followed over SSH."""
+
+
+def error_type(err: ActivityError) -> str | None:
+    """The `type` of the ApplicationError an activity failed with (activities/errors.py)."""
+    return err.cause.type if isinstance(err.cause, ApplicationError) else None
 
 
 class Interrupted(Exception):
@@ -87,7 +104,9 @@ class WarmSlotWorkflow:
         self._cfg = input.config
         self._rt = input.runtime or SlotRuntime()
         self._resume_requested = False
-        self._failure: FailureReason | None = None
+        self._failure: FailureNote | None = None
+        self._exclusion: MachineExclusion | None = None
+        """A bad machine to tell the pool about before the next step releases it."""
         self._outbox: set[asyncio.Task[None]] = set()
         self._collector: workflow.ActivityHandle[SshFollowResult] | None = None
         self._collector_for: int | None = None
@@ -150,29 +169,59 @@ class WarmSlotWorkflow:
                     )
                 )
             try:
+                await self._tell_pool_exclusion()
                 await self._phases[self._rt.state]()
             except Interrupted:
                 continue
             except ActivityError as err:
-                self._activity_failed(err)
+                await self._activity_failed(err)
         # The pool hears DONE; the collector was cancelled on leaving the starting states.
         await workflow.wait_condition(lambda: not self._outbox and not self._stopping)
         return self.status()
 
-    def _activity_failed(self, err: ActivityError) -> None:
-        """An activity gave up after its retries: never fail the slot while it holds money."""
+    async def _activity_failed(self, err: ActivityError) -> None:
+        """An activity gave up after its retries: never fail the slot while it holds money.
+
+        A provider call that failed says nothing about the instance (DESIGN: an API error never
+        destroys one): the slot waits and asks again, counting no failure. A rejected key is
+        systemic: the pool hears it once (safe mode), and a slot without an instance blocks.
+        """
+        rt = self._rt
         cause = err.cause
         detail = f"{err.activity_type} failed: {cause or err}"
-        self._rt.last_failure = detail[:500]
+        rt.last_failure = detail[:500]
         workflow.logger.warning("slot %s: %s", self._input.index, detail)
-        if self._rt.state == S.TERMINATING:
+        if rt.state == S.TERMINATING:
             return  # the destroy loop handles its own failures
-        if self._rt.instance is not None:
+        if err.activity_type.startswith("vast."):
+            rejected = error_type(err) == "VastAuthError"
+            if rejected:
+                self._key_rejected(detail)
+            if rt.instance is not None:
+                await self._sleep(self._cfg.poll_active)
+            elif rejected:
+                rt.blocked_reason = f"provider key rejected: {detail}"[:500]
+                self._enter(S.BLOCKED, rt.blocked_reason)
+            else:
+                self._enter(S.BACKOFF, f"provider API: {detail}")
+            return
+        if rt.instance is not None:
             self._fail(FailureReason.FATAL_STATUS, detail, exclude=False)
             self._enter(S.TERMINATING, detail)
         else:
-            self._rt.counters.consecutive_failures += 1
+            rt.counters.consecutive_failures += 1
             self._enter(S.BACKOFF, detail)
+
+    def _key_rejected(self, detail: str) -> None:
+        """Count a rejected key once per episode (the pool enters safe mode on it); a slot
+        holding an instance tells the pool now, since it makes no transition."""
+        rt = self._rt
+        if rt.provider_refused:
+            return
+        rt.provider_refused = True
+        self._fail(FailureReason.PROVIDER_KEY_REJECTED, detail, exclude=False)
+        if rt.instance is not None:
+            self._report(rt.last_failure or detail, failure=self._take_failure())
 
     def _should_continue_as_new(self) -> bool:
         """Not while a released lease is being cleaned: its `end_lease` update waits for that."""
@@ -311,12 +360,16 @@ class WarmSlotWorkflow:
         rt.state_since = self._now()
         workflow.logger.info("slot %s -> %s: %s", self._input.index, state, reason[:300])
         self._upsert()
+        failure = self._take_failure()
         if report:
-            self._report(reason, failure=self._failure)
-        self._failure = None
+            self._report(reason, failure=failure)
+
+    def _take_failure(self) -> FailureNote | None:
+        failure, self._failure = self._failure, None
+        return failure
 
     def _report(
-        self, reason: str, *, failure: FailureReason | None = None, lease_id: str | None = None
+        self, reason: str, *, failure: FailureNote | None = None, lease_id: str | None = None
     ) -> None:
         """Tell the pool (if any) about this slot; fire-and-forget, awaited before CAN."""
         if not self._input.report_to:
@@ -327,9 +380,10 @@ class WarmSlotWorkflow:
         task.add_done_callback(self._outbox.discard)
 
     def _event(
-        self, reason: str, *, failure: FailureReason | None = None, lease_id: str | None = None
+        self, reason: str, *, failure: FailureNote | None = None, lease_id: str | None = None
     ) -> SlotEvent:
         rt = self._rt
+        machine = rt.instance.machine_id if rt.instance else None
         return SlotEvent(
             index=self._input.index,
             state=rt.state,
@@ -338,7 +392,11 @@ class WarmSlotWorkflow:
             connection_url=rt.connection_url,
             instance_id=rt.instance.id if rt.instance else None,
             dph_total=rt.instance.dph_total if rt.instance else None,
-            failure=failure,
+            failure=failure.reason if failure else None,
+            machine_id=failure.machine_id if failure else machine,
+            image=rt.image_used,
+            host_fault=failure.host_fault if failure else False,
+            image_failure=failure.image_failure if failure else False,
             lease_id=lease_id or (rt.lease.lease_id if rt.lease else None),
             ended_lease=(
                 LeaseEndRequest(lease_id=end.lease_id, reason=end.reason)
@@ -378,16 +436,41 @@ class WarmSlotWorkflow:
         c.failures += 1
         c.consecutive_failures += 1
         c.failures_by_reason[reason.value] = c.failures_by_reason.get(reason.value, 0) + 1
-        self._failure = reason
         rt.last_failure = f"{reason.value}: {detail}"[:500]
         machine = rt.instance.machine_id if rt.instance else None
         if machine is None and rt.offer is not None:
             machine = rt.offer.machine_id
+        self._failure = FailureNote(
+            reason=reason,
+            machine_id=machine,
+            host_fault=exclude and machine is not None,
+            image_failure=image_failure,
+        )
         if exclude and machine is not None and machine not in rt.excluded_machines:
             rt.excluded_machines.append(machine)
             del rt.excluded_machines[:-MAX_EXCLUDED]
+        if exclude and machine is not None and self._input.report_to is not None:
+            self._exclusion = MachineExclusion(
+                pool_workflow_id=self._input.report_to,
+                machine_id=machine,
+                reason=reason.value,
+                slot=self._input.index,
+            )
         if image_failure and self._cfg.fallback_image:
             rt.use_fallback_image = True
+
+    async def _tell_pool_exclusion(self) -> None:
+        """Exclude a failed machine pool-wide before it is destroyed or searched past: the
+        slot event that also says so may arrive after another slot's search."""
+        exclusion, self._exclusion = self._exclusion, None
+        if exclusion is None:
+            return
+        try:
+            await workflow.execute_activity(
+                exclude_machine, exclusion, **options.exclude_machine()
+            )
+        except ActivityError as err:  # best effort: the slot event carries it too
+            workflow.logger.warning("could not tell the pool to exclude: %s", err.cause)
 
     async def _wait(self, condition: Callable[[], bool], limit: timedelta) -> bool:
         """A durable timer cut short by `condition`; True if the condition ended the wait."""
@@ -579,6 +662,7 @@ class WarmSlotWorkflow:
             instance=instance,
             comfy_port=cfg.comfy_port,
             internal_port=cfg.comfy_internal_port,
+            portal=cfg.portal,
             tcp_timeout=cfg.tcp_timeout,
             http_timeout=cfg.http_timeout,
             initial_interval=cfg.readiness_initial_interval,
@@ -609,6 +693,7 @@ class WarmSlotWorkflow:
             await self._sleep(self._cfg.retry_backoff_initial)
         else:
             self._rt.blocked_reason = None
+            self._rt.provider_refused = False
             self._enter(S.SEARCHING, "tokens valid: " + ", ".join(s.value for s in services))
 
     async def _blocked(self) -> None:
@@ -626,8 +711,12 @@ class WarmSlotWorkflow:
         rt.counters.attempts += 1
         offers = await workflow.execute_activity_method(
             VastActivities.search_offers,
-            SearchInput(constraints=self._cfg.constraints, exclude_machines=rt.excluded_machines),
-            **options.vast(self._queue),
+            SearchInput(
+                constraints=self._cfg.constraints,
+                exclude_machines=rt.excluded_machines,
+                pool_workflow_id=self._input.report_to,
+            ),
+            **options.search(self._queue),
         )
         if not offers:
             rt.offer = None
@@ -662,16 +751,31 @@ class WarmSlotWorkflow:
                     runtype=cfg.runtype,
                     onstart=cfg.onstart,
                     ports=[cfg.comfy_port],
+                    machine_id=rt.offer.machine_id,
+                    pool_workflow_id=self._input.report_to,
                 ),
                 **options.rent(self._queue),
             )
         except ActivityError as err:
-            kind = err.cause.type if isinstance(err.cause, ApplicationError) else None
+            kind = error_type(err)
+            detail = str(err.cause or err)
             if kind == "VastOfferUnavailable":
                 self._enter(S.SEARCHING, f"offer {rt.offer.id} vanished: search again")
-                return
-            self._fail(FailureReason.RENT_FAILED, str(err.cause or err), exclude=False)
-            self._enter(S.BACKOFF, "rent failed")
+            elif kind == "VastCreateFailed":  # the host refused it: another host may not
+                self._fail(FailureReason.RENT_FAILED, detail)
+                self._enter(S.BACKOFF, "rent failed")
+            elif kind == "VastRequestRejected":
+                self._fail(FailureReason.RENT_FAILED, detail, exclude=False)
+                self._enter(S.BACKOFF, "rent failed")
+            elif kind == "VastAuthError":
+                self._key_rejected(detail)
+                rt.blocked_reason = f"provider key rejected: {detail}"[:500]
+                self._enter(S.BLOCKED, rt.blocked_reason)
+            else:
+                # The API did not answer: the create may have landed, so the same label is
+                # asked again (adopt-or-create); no failure is counted.
+                rt.last_failure = f"rent: provider API: {detail}"[:500]
+                await self._sleep(cfg.poll_active)
             return
         if not result.adopted:
             rt.counters.rents += 1
@@ -693,8 +797,9 @@ class WarmSlotWorkflow:
         cfg = self._cfg
         assert rt.instance is not None
         obs = await workflow.execute_activity_method(
-            VastActivities.observe, rt.instance.id, **options.vast(self._queue)
+            VastActivities.observe, rt.instance.id, **options.observe(self._queue)
         )
+        rt.provider_refused = False
         now = self._now()
         if obs.instance is not None:
             rt.instance = obs.instance.model_copy(update={"image": rt.image_used})
@@ -747,7 +852,7 @@ class WarmSlotWorkflow:
 
     def _probe_failed(self, err: ActivityError) -> None:
         cause = err.cause
-        kind = cause.type if isinstance(cause, ApplicationError) else None
+        kind = error_type(err)
         if isinstance(cause, ApplicationError) and cause.details:
             self._rt.port_report = PortReport.model_validate(cause.details[0])
         if kind == "Firewall":
@@ -835,6 +940,7 @@ class WarmSlotWorkflow:
                 fatal_patterns=cfg.fatal_patterns,
                 comfy_port=cfg.comfy_port,
                 internal_port=cfg.comfy_internal_port,
+                portal=cfg.portal,
             ),
             **options.watch(cfg),
         )
@@ -860,6 +966,9 @@ class WarmSlotWorkflow:
             result = await handle
         except ActivityError as err:
             result = WatchResult(reason=FailureReason.KEEPALIVE_LOST, detail=str(err.cause or err))
+        if result.reason == FailureReason.PORTS_CHANGED and result.instance is not None:
+            await self._revalidate(result.instance, result.detail)
+            return
         if result.instance is not None:
             rt.instance = result.instance.model_copy(update={"image": rt.image_used})
         if result.reason == FailureReason.KEEPALIVE_LOST:
@@ -867,6 +976,26 @@ class WarmSlotWorkflow:
         self._end_lease(f"slot lost: {result.reason.value}: {result.detail}")
         self._fail(result.reason, result.detail)
         self._enter(S.TERMINATING, f"{result.reason.value}: {result.detail}")
+
+    async def _revalidate(self, instance: InstanceView, why: str) -> None:
+        """The provider mapped ComfyUI elsewhere: trust the new endpoint only once it proves
+        itself as the first one did (a lease is kept; its holder gets the new URL)."""
+        rt = self._rt
+        rt.instance = instance.model_copy(update={"image": rt.image_used})
+        handle = workflow.start_activity_method(
+            ComfyActivities.await_ready,
+            self._probe_input(rt.instance),
+            **options.await_ready(self._cfg),
+        )
+        try:
+            report = await self._interruptible(handle)
+        except ActivityError as err:
+            self._end_lease(f"slot lost: {FailureReason.PORTS_CHANGED.value}: {why}")
+            self._probe_failed(err)
+            return
+        rt.port_report = report
+        rt.connection_url = report.url
+        self._report(f"{why}; validated {report.url}")
 
     async def _after_lease(self) -> None:
         """Clear the queue, interrupt, free memory and check it answers; or recycle.

@@ -15,13 +15,22 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from temporalio import activity
+from temporalio.client import Client
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
+from temporalio.worker import Worker
 
 from activities.comfy import CleanInput, ProbeInput, WarmupInput, WatchInput, WatchResult
-from activities.slots import message_slot
+from activities.slots import exclude_machine, message_slot
 from activities.ssh import SSH_LOG_SIGNAL, SshFollowInput, SshFollowResult, SshLogBatch
 from activities.tokens import TokenCheckInput
-from activities.vast import DestroyResult, RentInput, RentResult, SearchInput
+from activities.vast import (
+    DestroyResult,
+    RentInput,
+    RentResult,
+    SearchInput,
+    machines_to_exclude,
+    refuse_excluded,
+)
 from warmpool.models import (
     CandidateReport,
     FailureReason,
@@ -31,6 +40,7 @@ from warmpool.models import (
     PortReport,
 )
 from warmpool.tokens import TokenCheck
+from workflows.options import provider_queues
 
 
 @dataclass
@@ -53,8 +63,13 @@ class FakeCloud:
     token_ok: bool = True
     rate_limited_rents: int = 0
     crash_after_create: bool = False
+    observe_failures: int = 0
+    """The next observes that fail as the provider's API does when it rate-limits."""
+    key_rejected: bool = False
+    """Every search fails with the provider's 401 (a revoked key)."""
     instances: dict[int, FakeInstance] = field(default_factory=dict)
     calls: Counter[str] = field(default_factory=Counter)
+    creates_by_machine: Counter[int] = field(default_factory=Counter)
     next_id: int = 10_000_000
     kill_on_watch: set[int] = field(default_factory=set)
     """Instance ids whose next watch reports keepalive lost (e.g. while leased)."""
@@ -83,7 +98,8 @@ class FakeCloud:
             self.warmup,
             self.clean,
             self.follow_logs,
-            message_slot,  # real: it only talks to Temporal
+            message_slot,  # real: these two only talk to Temporal
+            exclude_machine,
         ]
 
     @activity.defn(name="tokens.check")
@@ -104,12 +120,15 @@ class FakeCloud:
     @activity.defn(name="vast.search_offers")
     async def search(self, input: SearchInput) -> list[OfferSummary]:
         self.calls["vast.search_offers"] += 1
+        if self.key_rejected:
+            raise ApplicationError("401 Invalid user key", type="VastAuthError", non_retryable=True)
+        excluded = await machines_to_exclude(input)
         busy = {i.machine_id for i in self.live()}
         # One offer at a time: the scenario's machine order stays the rent order.
         return [
             OfferSummary(id=100 + m, machine_id=m, dph_total=0.3 + m / 100, disk_space=300)
             for m in range(1, self.machines + 1)
-            if m not in input.exclude_machines and m not in busy
+            if m not in excluded and m not in busy
         ][:1]
 
     @activity.defn(name="vast.rent")
@@ -126,9 +145,15 @@ class FakeCloud:
                 next_retry_delay=timedelta(seconds=1),
             )
         machine = input.offer_id - 100
+        await refuse_excluded(input)  # before the check: no await between it and the create
         if any(i.machine_id == machine for i in self.live()):
             raise ApplicationError(
                 "no_such_ask: offer already rented", type="VastOfferUnavailable", non_retryable=True
+            )
+        self.creates_by_machine[machine] += 1
+        if self.scenario(machine) == "create_fails":
+            raise ApplicationError(
+                "create failed: success false", type="VastCreateFailed", non_retryable=True
             )
         self.next_id += 1
         self.instances[self.next_id] = FakeInstance(
@@ -189,6 +214,13 @@ class FakeCloud:
     @activity.defn(name="vast.observe")
     async def observe(self, instance_id: int) -> Observation:
         self.calls["vast.observe"] += 1
+        if self.observe_failures > 0:
+            self.observe_failures -= 1
+            raise ApplicationError(
+                "429 API requests too frequent",
+                type="VastRateLimited",
+                next_retry_delay=timedelta(milliseconds=20),
+            )
         inst = self.instances.get(instance_id)
         if inst is None or inst.destroyed:
             return Observation(gone=True)
@@ -286,3 +318,17 @@ class FakeCloud:
         except asyncio.CancelledError:
             self.calls["ssh.cancelled"] += 1
             raise
+
+
+def workers(
+    client: Client,
+    queue: str,
+    activities: list[Callable[..., Any]],
+    workflows: list[type],
+    **kw: Any,
+) -> list[Worker]:
+    """The main worker and one for every provider queue, as `worker.create_workers` runs them."""
+    main = Worker(client, task_queue=queue, workflows=workflows, activities=activities, **kw)
+    return [main] + [
+        Worker(client, task_queue=q, activities=activities, **kw) for q in provider_queues(queue)
+    ]

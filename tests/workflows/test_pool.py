@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -18,11 +18,10 @@ import pytest
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Worker
 
 from tests.conftest import EARLY_CONTINUE_AS_NEW, start_dev_server
 from tests.helpers import new_queue
-from tests.workflows.fakes import FakeCloud
+from tests.workflows.fakes import FakeCloud, workers
 from warmpool.labels import pool_workflow_id
 from warmpool.leasing import retry_transient
 from warmpool.models import (
@@ -38,7 +37,6 @@ from warmpool.models import (
     SlotState,
 )
 from workflows import WORKFLOWS
-from workflows.options import vast_queue
 from workflows.pool import WarmPoolWorkflow
 
 S = SlotState
@@ -68,10 +66,9 @@ async def running_pool(
         "default_heartbeat_throttle_interval": heartbeat_throttle,
     }
     name = f"p{uuid.uuid4().hex[:8]}"
-    async with (
-        Worker(env.client, task_queue=queue, workflows=WORKFLOWS, activities=acts, **beat),
-        Worker(env.client, task_queue=vast_queue(queue), activities=acts, **beat),
-    ):
+    async with AsyncExitStack() as stack:
+        for worker in workers(env.client, queue, acts, WORKFLOWS, **beat):
+            await stack.enter_async_context(worker)
         handle = await env.client.start_workflow(
             WarmPoolWorkflow.run,
             PoolInput(pool=name, config=config),
@@ -315,13 +312,97 @@ async def test_safe_mode_after_repeated_failures_then_resume(pool_env: WorkflowE
     config = fast(min_ready=1, max_slots=2, safe_mode_after=3)
     async with running_pool(pool_env, cloud, config) as pool:
         status = await wait_pool(pool_env, pool, lambda s: s.safe_mode)
-        assert status.safe_reason and "no_space" in status.safe_reason
+        assert status.safe_reason and "no_space on 3 distinct machines" in status.safe_reason
+        assert f"image {config.slot.image}" in status.safe_reason
         renting = cloud.calls["create"]
         await asyncio.sleep(1.5)
         assert cloud.calls["create"] <= renting + 1, "safe mode stops renting"
         cloud.scenarios.clear()
         await pool.signal(WarmPoolWorkflow.resume)
         await wait_pool(pool_env, pool, lambda s: not s.safe_mode and s.idle_ready >= 1)
+
+
+async def test_host_failures_exclude_each_machine_for_the_whole_pool_and_never_trip_safe_mode(
+    pool_env: WorkflowEnvironment,
+) -> None:
+    """A bad market: four machines with four host faults among the cheapest offers."""
+    faults = {1: "load_failed", 2: "create_fails", 3: "firewall", 4: "keepalive_lost"}
+    cloud = FakeCloud(machines=10, scenarios=dict(faults))
+    config = fast(min_ready=3, max_slots=3, safe_mode_after=2)
+    async with running_pool(pool_env, cloud, config) as pool:
+        status = await wait_pool(pool_env, pool, idle(3))
+        await asyncio.sleep(0.5)  # a second rental of a bad machine would show by now
+        status = await pool.query(WarmPoolWorkflow.status)
+        assert not status.safe_mode, status.safe_reason
+        assert {m: cloud.creates_by_machine[m] for m in faults} == dict.fromkeys(faults, 1)
+        excluded = {x.machine_id: x.reason for x in status.excluded_machines}
+        assert excluded == {
+            1: FailureReason.LOAD_FAILED.value,
+            2: FailureReason.RENT_FAILED.value,
+            3: FailureReason.FIREWALL.value,
+            4: FailureReason.KEEPALIVE_LOST.value,
+        }
+        assert all(x.until - x.at == config.exclude_for for x in status.excluded_machines)
+        assert sorted(await pool.query(WarmPoolWorkflow.excluded_machines)) == sorted(faults)
+
+
+async def test_an_image_failing_on_distinct_machines_is_systemic(
+    pool_env: WorkflowEnvironment,
+) -> None:
+    cloud = FakeCloud(machines=8, scenarios=dict.fromkeys(range(1, 9), "never_ready"))
+    config = fast(min_ready=2, max_slots=2, safe_mode_after=3)
+    config.slot.readiness_timeout = timedelta(seconds=0.3)
+    async with running_pool(pool_env, cloud, config) as pool:
+        status = await wait_pool(pool_env, pool, lambda s: s.safe_mode)
+        assert status.safe_reason is not None
+        assert f"image {config.slot.image}" in status.safe_reason
+        assert "comfy_never_ready on 3 distinct machines" in status.safe_reason
+        assert len(cloud.creates_by_machine) == 3 or len(cloud.creates_by_machine) == 4
+        assert max(cloud.creates_by_machine.values()) == 1, "no machine rented twice"
+
+
+async def test_a_rejected_provider_key_is_systemic_at_once(pool_env: WorkflowEnvironment) -> None:
+    cloud = FakeCloud(key_rejected=True)
+    config = fast(min_ready=1, max_slots=1)
+    config.slot.require_tokens = []
+    async with running_pool(pool_env, cloud, config) as pool:
+        status = await wait_pool(pool_env, pool, lambda s: s.safe_mode)
+        assert status.safe_reason is not None
+        assert status.safe_reason.startswith(FailureReason.PROVIDER_KEY_REJECTED.value)
+        assert cloud.calls["create"] == 0
+
+
+async def test_a_provider_api_outage_while_provisioning_destroys_nothing(
+    pool_env: WorkflowEnvironment,
+) -> None:
+    """An API error says nothing about the instance: the slot waits and asks again."""
+    cloud = FakeCloud(machines=4, observe_failures=9)
+    async with running_pool(pool_env, cloud, fast(min_ready=1, max_slots=1)) as pool:
+        status = await wait_pool(pool_env, pool, idle(1), attempts=1200)
+        assert cloud.observe_failures == 0, "the outage was seen while provisioning"
+        assert cloud.calls["create"] == 1 and cloud.calls["vast.destroy"] == 0
+        assert status.failures == [] and status.stats.failures_by_reason == {}
+
+
+async def test_a_grant_whose_caller_gave_up_is_ended_unless_asked_again(
+    pool_env: WorkflowEnvironment,
+) -> None:
+    cloud = FakeCloud(machines=6)
+    config = fast(min_ready=2, max_slots=2, claim_window=timedelta(seconds=0.5))
+    async with running_pool(pool_env, cloud, config) as pool:
+        await wait_pool(pool_env, pool, idle(2))
+        lost = await upd(pool, WarmPoolWorkflow.lease, req("lost", rid="lost-1"))
+        kept = await upd(pool, WarmPoolWorkflow.lease, req("kept", rid="kept-1"))
+        await pool.signal(WarmPoolWorkflow.lease_unanswered, "lost-1")
+        await pool.signal(WarmPoolWorkflow.lease_unanswered, "kept-1")
+        again = await upd(pool, WarmPoolWorkflow.lease, req("kept", rid="kept-1"))
+        assert again.lease_id == kept.lease_id, "the retry gets the same lease"
+        status = await wait_pool(pool_env, pool, lambda s: len(s.active_leases) == 1)
+        assert [x.lease_id for x in status.active_leases] == [kept.lease_id]
+        info = await pool.query(WarmPoolWorkflow.lease_info, lost.lease_id)
+        assert info is not None and info.end_reason is not None
+        assert info.end_reason.startswith("unclaimed")
+        await wait_pool(pool_env, pool, idle(1))  # cleaned and READY again
 
 
 async def test_budget_cap_limits_slots(pool_env: WorkflowEnvironment) -> None:

@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
-from temporalio.worker import Worker
 
 from activities.ssh import SshLogBatch
 from tests.helpers import in_state, new_queue, wait_status
-from tests.workflows.fakes import FakeCloud
+from tests.workflows.fakes import FakeCloud, workers
 from warmpool.labels import slot_workflow_id
 from warmpool.models import (
     Lease,
@@ -27,7 +26,6 @@ from warmpool.models import (
     SlotStatus,
 )
 from warmpool.ssh import LogCursor
-from workflows.options import vast_queue
 from workflows.slot import WarmSlotWorkflow
 
 S = SlotState
@@ -43,10 +41,9 @@ async def running_slot(
         "max_heartbeat_throttle_interval": timedelta(seconds=0.2),
         "default_heartbeat_throttle_interval": timedelta(seconds=0.2),
     }
-    async with (
-        Worker(env.client, task_queue=queue, workflows=[WarmSlotWorkflow], activities=acts, **beat),
-        Worker(env.client, task_queue=vast_queue(queue), activities=acts, **beat),
-    ):
+    async with AsyncExitStack() as stack:
+        for worker in workers(env.client, queue, acts, [WarmSlotWorkflow], **beat):
+            await stack.enter_async_context(worker)
         handle = await env.client.start_workflow(
             WarmSlotWorkflow.run,
             SlotInput(pool="t", index=0, config=config or SlotConfig()),

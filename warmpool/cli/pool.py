@@ -29,6 +29,8 @@ from warmpool.models import (
 from warmpool.settings import Settings
 
 POOL_WORKFLOW = "WarmPoolWorkflow"
+ACQUIRE_TIMEOUT_S = 10.0
+"""How long `lease acquire` waits for the pool's answer (the gateway's default deadline too)."""
 
 
 def positive_seconds(value: str) -> timedelta:
@@ -104,6 +106,11 @@ def render_pool(status: PoolStatus) -> str:
         )
     for failure in status.failures[-5:]:
         lines.append(f"failure {failure.at:%H:%M:%S} slot {failure.slot}: {failure.reason}")
+    for bad in status.excluded_machines:
+        lines.append(
+            f"excluded machine {bad.machine_id} until {bad.until:%Y-%m-%d %H:%M} UTC: "
+            f"{bad.reason} (slot {bad.slot})"
+        )
     return "\n".join(lines)
 
 
@@ -126,6 +133,7 @@ async def cmd_start(client: Client, settings: Settings, args: argparse.Namespace
         max_slots=args.max_slots,
         budget_dph=args.budget,
         safe_mode_after=args.safe_mode_after,
+        exclude_for=timedelta(hours=args.exclude_hours),
         recycle_after_lease=args.recycle,
         slot=settings.slot_config(),
     )
@@ -205,17 +213,29 @@ async def cmd_resize(client: Client, settings: Settings, args: argparse.Namespac
 
 
 async def cmd_acquire(client: Client, settings: Settings, args: argparse.Namespace) -> None:
+    """Lease now, or within `--wait`; no answer within `--timeout` (more with `--wait`) is an
+    error naming the request id to retry with, and the pool is told nobody got the answer."""
     request = LeaseRequest(
         holder=args.holder,
         duration=args.duration,
         request_id=args.request_id or uuid.uuid4().hex,
         wait_for=args.wait or timedelta(0),
     )
+    limit = args.timeout
+    if args.wait:
+        limit += args.wait.total_seconds() + leasing.WAIT_GRACE_S
     try:
-        if args.wait:
-            grant = await leasing.acquire_waiting(client, args.pool, request)
-        else:
-            grant = await leasing.acquire(client, args.pool, request)
+        async with asyncio.timeout(limit):
+            if args.wait:
+                grant = await leasing.acquire_waiting(client, args.pool, request)
+            else:
+                grant = await leasing.acquire(client, args.pool, request)
+    except TimeoutError:
+        await leasing.abandon_request(leasing.pool_handle(client, args.pool), request.request_id)
+        raise CliError(
+            f"no answer from pool {args.pool} within {limit:g}s; a lease may still be granted: "
+            f"retry with --request-id {request.request_id}"
+        ) from None
     except leasing.LeaseNotGranted as exc:
         raise CliError(f"no lease: {exc}") from None
     except (WorkflowUpdateFailedError, RPCError) as exc:
@@ -270,7 +290,20 @@ def register(groups: argparse._SubParsersAction[Parser]) -> None:
     start.add_argument("--min-ready", type=count, default=2)
     start.add_argument("--max-slots", type=count, default=4)
     start.add_argument("--budget", type=positive_float, help="hourly cap on the sum of dph")
-    start.add_argument("--safe-mode-after", type=count, default=5)
+    start.add_argument(
+        "--safe-mode-after",
+        type=count,
+        default=PoolConfig.model_fields["safe_mode_after"].default,
+        help="distinct machines on which one image fails the same way before safe mode "
+        "(default %(default)s; a rejected key or portal token trips it at once)",
+    )
+    start.add_argument(
+        "--exclude-hours",
+        type=positive_float,
+        default=PoolConfig.model_fields["exclude_for"].default / timedelta(hours=1),
+        help="hours a machine that caused a failure stays excluded for every slot "
+        "(default %(default)s)",
+    )
     start.add_argument("--recycle", action="store_true", help="recycle slots after a lease")
     start.set_defaults(func=cmd_start, check=check_start)
     sub("status", "show the pool").set_defaults(func=cmd_status)
@@ -301,6 +334,12 @@ def register(groups: argparse._SubParsersAction[Parser]) -> None:
     acquire.add_argument("--duration", type=positive_seconds, help="seconds")
     acquire.add_argument("--request-id", help="idempotency key (default: random)")
     acquire.add_argument("--wait", type=positive_seconds, help="wait up to N s for capacity")
+    acquire.add_argument(
+        "--timeout",
+        type=positive_float,
+        default=ACQUIRE_TIMEOUT_S,
+        help=f"seconds for the pool's answer (beyond --wait; default {ACQUIRE_TIMEOUT_S:g})",
+    )
     acquire.set_defaults(func=cmd_acquire)
     renew = lsub("renew", "extend a lease")
     renew.add_argument("lease_id")
