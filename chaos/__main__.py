@@ -41,7 +41,8 @@ def parse(argv: list[str]) -> tuple[Profile, list[str], Path, Path | None]:
         profile = dataclasses.replace(profile, seed=args.seed)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     workdir = args.workdir or ROOT / ".warmpool" / "chaos" / f"{profile.name}-{stamp}"
-    names = args.scenario or [n for n in SCENARIOS if n != "drain" or profile.drain]
+    left_out = {"drain": not profile.drain, "two-worker-failover": not profile.failover}
+    names = args.scenario or [n for n in SCENARIOS if not left_out.get(n, False)]
     return profile, names, workdir, args.json
 
 

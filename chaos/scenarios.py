@@ -7,7 +7,12 @@
 3. api-faults: 30 % of Vast.ai calls fail: 429 with Retry-After, 500/502/503/504, and answers
    slower than the client's timeout (the call is still carried out by the provider).
 4. comfy-flapping: the ComfyUI of every leased slot dies and comes back, then dies for good.
-5. drain: every pool of the run drains; nothing may be left billing.
+5. two-worker-failover: two workers; `kill -9` the one running the pool (and a leased slot's
+   keepalive); a lease through the gateway right after (target: answered within 3 s, and a 503
+   names the request id that gets the same lease); then the leased instance's ComfyUI dies, and
+   the lease must end with a reason once the keepalive resumed on the surviving worker (within
+   the watch's heartbeat timeout). Not in --short: it waits out that timeout (~1 minute).
+6. drain: every pool of the run drains; nothing may be left billing.
 
 Every scenario ends with the same invariant checks on its own pool, read from the simulator's
 records and the slots' own answers, plus the orphan reaper's dry run (it must find nothing).
@@ -21,15 +26,19 @@ import signal
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
+from functools import partial
 from typing import Any
 
-from temporalio.client import WorkflowExecutionStatus
+import httpx
+from temporalio.api.enums.v1 import PendingActivityState
+from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
 from chaos import invariants as inv
 from chaos.observe import (
     PROVISIONING,
+    QUERY_TIMEOUT,
     leases_of,
     pool_status,
     reaper_orphans,
@@ -41,13 +50,21 @@ from chaos.observe import (
 )
 from chaos.profile import Profile
 from chaos.report import ScenarioResult
-from chaos.stack import ChaosStack, wait_until
+from chaos.stack import ChaosStack, identity, wait_until
 from warmpool import leasing
 from warmpool.labels import pool_workflow_id
-from warmpool.models import LeaseGrant, LeaseRequest, PoolStatus, RenewRequest, SlotStatus
+from warmpool.models import (
+    LeaseGrant,
+    LeaseRequest,
+    PoolStatus,
+    RenewRequest,
+    SlotState,
+    SlotStatus,
+)
+from workflows import options
 
 Scenario = Callable[[ChaosStack, Profile, random.Random], Awaitable[ScenarioResult]]
-POOLS = ("chaos-kill", "chaos-srv", "chaos-api", "chaos-flap")
+POOLS = ("chaos-kill", "chaos-srv", "chaos-api", "chaos-flap", "chaos-failover")
 
 
 async def end_checks(
@@ -325,7 +342,224 @@ async def comfy_flapping(stack: ChaosStack, profile: Profile, rng: random.Random
     return result
 
 
-# ---- 5. drain everything ----------------------------------------------------------------------
+# ---- 5. two-worker failover ------------------------------------------------------------------
+
+FAILOVER_LEASE_TARGET_S = 3.0
+ADMIN_KEY = "chaos-admin-key"
+
+
+async def sticky_worker(client: Client, pool: str) -> str | None:
+    """The identity of the worker that ran the pool's last workflow task (it caches the run, so
+    the pool's next task goes to that worker's sticky queue first)."""
+    handle = client.get_workflow_handle(pool_workflow_id(pool))
+    last = None
+    async for event in handle.fetch_history_events():
+        if event.HasField("workflow_task_started_event_attributes"):
+            last = event.workflow_task_started_event_attributes.identity
+    return last
+
+
+async def watch_worker(client: Client, slot_id: str) -> str | None:
+    """The worker running the slot's current keepalive (`comfy.watch`), if one has started."""
+    described = await client.get_workflow_handle(slot_id).describe()
+    started = [
+        a
+        for a in described.raw_description.pending_activities
+        if a.activity_type.name == "comfy.watch"
+        and a.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
+    ]
+    if not started:
+        return None
+    latest = max(started, key=lambda a: a.last_started_time.ToNanoseconds())
+    return latest.last_worker_identity or None
+
+
+async def leased_watch(client: Client, slot_id: str, within: float = 30) -> str:
+    """The worker of a just-leased slot's keepalive, once the LEASED watch runs."""
+    found: list[str] = []
+
+    async def running() -> bool:
+        status = await client.get_workflow_handle(slot_id).query(
+            "status", result_type=SlotStatus, rpc_timeout=QUERY_TIMEOUT
+        )
+        who = await watch_worker(client, slot_id) if status.state == SlotState.LEASED else None
+        if who:
+            found.append(who)
+        return who is not None
+
+    await wait_until(running, within, f"no keepalive runs for leased {slot_id}", step=0.2)
+    return found[-1]
+
+
+async def two_worker_failover(
+    stack: ChaosStack, profile: Profile, rng: random.Random
+) -> ScenarioResult:
+    pool = "chaos-failover"
+    result = ScenarioResult(
+        name="two-worker-failover",
+        title="kill -9 one of two workers; lease through the gateway; kill a leased backend",
+    )
+    client = await stack.client()
+    second = await stack.start_extra_worker()
+    gateway = await stack.start_gateway([pool], ADMIN_KEY)
+    assert stack.worker is not None
+    workers = {identity(w): w for w in (stack.worker, second)}
+    await stack.start_pool(pool, min_ready=2, max_slots=6)
+    await wait_idle(stack, pool, 2, profile.converge_s)
+
+    # The victim runs the pool; lease until a leased slot's keepalive runs on it too.
+    grants: list[LeaseGrant] = []
+    watched: LeaseGrant | None = None
+    victim_id = None
+    for n in range(4):
+        await wait_idle(stack, pool, 2, profile.converge_s)
+        victim_id = await retrying(lambda: sticky_worker(client, pool), what="pool history")
+        grant = await acquire(stack, pool, f"chaos-failover-{n}")
+        grants.append(grant)
+        if await leased_watch(client, grant.slot_id) == victim_id:
+            watched = grant
+            break
+    if watched is None:  # the pool's worker never ran a lease's keepalive: kill the keepalive's
+        watched = grants[-1]
+        victim_id = await leased_watch(client, watched.slot_id)
+    assert victim_id is not None
+    victim = workers[victim_id]
+    survivor = next(w for i, w in workers.items() if i != victim_id)
+    pool_on_victim = await retrying(lambda: sticky_worker(client, pool)) == victim_id
+    slot = next(s for s in await slot_statuses(client, pool) if s.workflow_id == watched.slot_id)
+    assert slot.instance is not None
+    instance_id = slot.instance.id
+    await wait_idle(stack, pool, 2, profile.converge_s)  # capacity for the lease after the kill
+
+    victim.send(signal.SIGKILL)
+    killed, killed_at = time.monotonic(), datetime.now(UTC)
+    if victim is stack.worker:
+        stack.worker = survivor
+        stack.extra.remove(survivor)
+    else:
+        stack.extra.remove(victim)
+    body = {"holder": "chaos-failover-gateway", "duration_s": 600}
+    async with httpx.AsyncClient(base_url=gateway.url, timeout=60) as http:
+        answer = await http.post("/api/leases", json=body)
+        latency = time.monotonic() - killed
+        first = answer.json()
+        retried = None
+        if answer.status_code == 503:
+            request_id = first.get("request_id")
+            result.checks.append(
+                inv.expect(
+                    "an unanswered lease names its request id",
+                    bool(request_id),
+                    f"503 without request_id: {first}",
+                )
+            )
+            started = time.monotonic()
+            answer = await http.post("/api/leases", json={**body, "request_id": request_id})
+            retried = time.monotonic() - started
+        gateway_lease = answer.json()
+    result.faults = {"worker SIGKILL (of two)": 1}
+    result.figures["killed worker ran the pool"] = "yes" if pool_on_victim else "no"
+    result.figures["lease through the gateway after the kill"] = (
+        f"{latency:.2f} s ({first.get('error') or 'granted'})"
+        + (f", retry with its request id {retried:.2f} s" if retried is not None else "")
+    )
+    if "granted_at" in gateway_lease:
+        granted = datetime.fromisoformat(gateway_lease["granted_at"]) - killed_at
+        result.figures["  of which until the pool granted it"] = (
+            f"{granted.total_seconds():.2f} s"
+        )
+    result.checks.append(
+        inv.expect(
+            f"lease after the kill answered within {FAILOVER_LEASE_TARGET_S:g} s",
+            latency <= FAILOVER_LEASE_TARGET_S,
+            f"{latency:.2f} s: {first}",
+        )
+    )
+    result.checks.append(
+        inv.expect(
+            "a lease after the kill (at once or by its request id)",
+            answer.status_code == 201,
+            f"{answer.status_code}: {gateway_lease}",
+        )
+    )
+
+    # The watched lease's ComfyUI dies: its keepalive (on the dead worker) must resume on the
+    # surviving worker and end the lease.
+    await stack.sim.comfy(instance_id, "kill")
+    backend_killed = time.monotonic()
+    result.faults["ComfyUI killed under a lease"] = 1
+    cfg = stack.settings.slot_config()
+    watch_options = options.watch(cfg)
+    heartbeat = watch_options["heartbeat_timeout"].total_seconds()
+    retry = watch_options["retry_policy"].initial_interval.total_seconds()
+    detect = cfg.keepalive_max_failures * (
+        cfg.keepalive_interval + cfg.keepalive_timeout
+    ).total_seconds()
+    bound = heartbeat + retry + detect + 10  # +10: the slot's own tasks on the dead worker
+
+    async def lease_ended() -> bool:
+        status = await pool_status(client, pool)
+        lease = next((x for x in leases_of(status) if x.lease_id == watched.lease_id), None)
+        return lease is not None and lease.ended_at is not None
+
+    try:
+        await wait_until(lease_ended, bound + 30, "the dead backend's lease still active", 0.2)
+        noticed: float | None = time.monotonic() - backend_killed
+    except TimeoutError:
+        noticed = None
+    result.figures["dead backend noticed (lease ended)"] = (
+        f"{noticed:.1f} s after the kill of ComfyUI, "
+        f"{noticed + backend_killed - killed:.1f} s after the worker's"
+        if noticed is not None
+        else "never"
+    )
+    result.figures["bound: heartbeat timeout + retry + K failures"] = (
+        f"{heartbeat:.1f} + {retry:.0f} + {detect:.1f} s"
+    )
+    result.checks.append(
+        inv.expect(
+            "keepalive resumed on the surviving worker and ended the lease",
+            noticed is not None and noticed + backend_killed - killed <= bound,
+            f"noticed after {noticed} s, bound {bound:.1f} s after the worker's death",
+        )
+    )
+    status = await pool_status(client, pool)
+    lease = next((x for x in leases_of(status) if x.lease_id == watched.lease_id), None)
+    result.figures["its end reason"] = (lease.end_reason or "")[:80] if lease else "unknown"
+    result.checks.append(inv.leases_ended(leases_of(status), [watched.lease_id]))
+
+    # Nobody holds a lease the scenario did not get an answer for.
+    known = {g.lease_id for g in grants} | {gateway_lease.get("lease_id")}
+    strangers = [x for x in status.active_leases if x.lease_id not in known]
+    result.checks.append(
+        inv.expect(
+            "no lease granted to nobody",
+            not strangers,
+            f"active leases no caller got: {[(x.lease_id, x.request_id) for x in strangers]}",
+            checked=len(status.active_leases),
+        )
+    )
+    for lease_id in [x.lease_id for x in status.active_leases if x.lease_id in known]:
+        await retrying(partial(leasing.release, client, pool, lease_id), what="release")
+    slots, took = await settle(client, pool, serving(2), profile.converge_s)
+    result.figures["READY again after the releases"] = (
+        f"{took:.1f} s" if took is not None else "never"
+    )
+    status = await pool_status(client, pool)
+    result.checks.append(
+        inv.expect(
+            "no lease left after the releases",
+            not status.active_leases,
+            f"still active: {[(x.lease_id, x.holder) for x in status.active_leases]}",
+        )
+    )
+    await end_checks(stack, pool, result, slots, expected=2)
+    await stack.stop_extra(gateway)
+    await drain_later(stack, pool)
+    return result
+
+
+# ---- 6. drain everything ----------------------------------------------------------------------
 
 
 async def drain_all(stack: ChaosStack, profile: Profile, rng: random.Random) -> ScenarioResult:
@@ -364,5 +598,6 @@ SCENARIOS: dict[str, Scenario] = {
     "server-restart": server_restart,
     "api-faults": api_faults,
     "comfy-flapping": comfy_flapping,
+    "two-worker-failover": two_worker_failover,
     "drain": drain_all,
 }

@@ -1,9 +1,10 @@
 """Which processes does a chaos run kill and restart, and how? Dev server, simulator, workers.
 
 Every process is real and separate: `temporal server start-dev` on an SQLite file (so a restart
-keeps every workflow), `python -m vastsim` (driven through its /_sim control API) and
-`python worker.py` with the settings in its environment, exactly as an operator runs it. This
-process only drives them: it starts pools and leases through Temporal and reads the simulator.
+keeps every workflow), `python -m vastsim` (driven through its /_sim control API),
+`python worker.py` with the settings in its environment, exactly as an operator runs it, and
+(for the scenarios that lease through it) `python -m warmpool.gateway`. This process only drives
+them: it starts pools and leases through Temporal or the gateway and reads the simulator.
 """
 
 from __future__ import annotations
@@ -243,8 +244,39 @@ class Worker(Process):
         await wait_until(ready, within, f"{self.name} not polling")
 
 
+class GatewayProcess(Process):
+    """`python -m warmpool.gateway` on a free loopback port; ready once `/healthz` answers."""
+
+    def __init__(self, workdir: Path, env: Mapping[str, str], port: int) -> None:
+        super().__init__(
+            "gateway", [sys.executable, "-m", "warmpool.gateway"], workdir / "gateway.log", env
+        )
+        self.url = f"http://127.0.0.1:{port}"
+
+    async def start(self, within: float = 60) -> None:
+        self.spawn()
+
+        async def healthy() -> bool:
+            if not self.alive:
+                raise RuntimeError(f"the gateway exited; see {self.log}")
+            try:
+                async with httpx.AsyncClient(base_url=self.url, timeout=2) as http:
+                    return (await http.get("/healthz")).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        await wait_until(healthy, within, "the gateway does not answer", step=0.2)
+
+
+def identity(worker: Process) -> str:
+    """The Temporal identity a `worker.py` process reports (the SDK's default, pid@host)."""
+    assert worker.proc is not None
+    return f"{worker.proc.pid}@{socket.gethostname()}"
+
+
 class ChaosStack:
-    """One dev server, one simulator, one worker at a time, and this process's client."""
+    """One dev server, one simulator, one worker at a time (plus any a scenario adds for a
+    while), and this process's client."""
 
     def __init__(
         self,
@@ -264,6 +296,8 @@ class ChaosStack:
         self.sim = Simulator(workdir, speed=sim_speed, offers=offers, seed=seed)
         self.worker: Worker | None = None
         self.workers_started = 0
+        self.extra: list[Process] = []
+        """More processes a scenario started (a second worker, a gateway): stopped at close."""
         self._client: Client | None = None
 
     async def start(self) -> None:
@@ -272,6 +306,8 @@ class ChaosStack:
         await self.start_worker()
 
     async def close(self) -> None:
+        for process in self.extra:
+            await process.stop()
         if self.worker is not None:
             await self.worker.stop()
         await self.sim.stop()
@@ -299,6 +335,30 @@ class ChaosStack:
         self.worker = Worker(self.workdir, self.worker_env(), self.workers_started)
         await self.worker.start()
         return self.worker
+
+    async def start_extra_worker(self) -> Worker:
+        """One more `worker.py` on the same task queues, beside `self.worker`."""
+        self.workers_started += 1
+        worker = Worker(self.workdir, self.worker_env(), self.workers_started)
+        self.extra.append(worker)
+        await worker.start()
+        return worker
+
+    async def start_gateway(self, pools: list[str], admin_key: str) -> GatewayProcess:
+        env = {
+            **self.worker_env(),
+            **settings_env({"gateway_pools": pools, "gateway_port": free_port()}),
+            "ADMIN_API_KEY": admin_key,
+        }
+        gateway = GatewayProcess(self.workdir, env, int(env[env_name("gateway_port")]))
+        self.extra.append(gateway)
+        await gateway.start()
+        return gateway
+
+    async def stop_extra(self, process: Process, signum: int = signal.SIGTERM) -> None:
+        await process.stop(signum)
+        if process in self.extra:
+            self.extra.remove(process)
 
     async def client(self) -> Client:
         if self._client is None:

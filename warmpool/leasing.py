@@ -12,11 +12,21 @@ here gets FIRST_ATTEMPT_S, doubling up to MAX_ATTEMPT_S, and a late one is asked
 under the same update id: the server attaches a repeat to the update it already has (or answers
 it, if it is done), so nothing is applied twice; on the new run the pool's own idempotency
 (request id, lease id) answers the repeat.
+
+A caller's deadline bounds all of it (an `asyncio.timeout` around the call): transient refusals
+are retried until then, with backoff capped at MAX_BACKOFF_S so that a pool back from a failover
+(a dead worker's sticky queue) is asked again within a second. When the deadline passes without
+an answer, the lease may still be granted once the pool runs: the caller tells the pool with
+`abandon_request` (signal `lease_unanswered`), and the pool releases a grant nobody claims. Each
+`acquire` call uses an update id of its own, so a caller's retry with the same request id reaches
+the pool (which answers it with the same lease and clears the unclaimed mark) instead of
+attaching, unseen by the pool, to the first call's update.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
 import uuid
 from collections.abc import Awaitable, Callable
@@ -36,6 +46,7 @@ from warmpool.models import (
 )
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 MAX_IN_FLIGHT = 8
 """Updates this process keeps in flight per pool: the server admits at most 10 per workflow."""
@@ -54,16 +65,23 @@ TRANSIENT = {
 }
 
 
+MAX_BACKOFF_S = 1.0
+"""The longest pause between two tries of a transient refusal: a failover (the pool's next task
+moved off a dead worker's sticky queue) then costs at most this much beyond its own length."""
+
+
 async def retry_transient(
     call: Callable[[], Awaitable[T]], *, attempts: int = 12, base: float = 0.02
 ) -> T:
+    """`call()`, a transient RPC refusal retried with jittered backoff (capped at
+    MAX_BACKOFF_S), `attempts` tries in all; the caller's deadline or cancel ends it sooner."""
     for attempt in range(attempts):
         try:
             return await call()
         except RPCError as exc:
             if exc.status not in TRANSIENT or attempt == attempts - 1:
                 raise
-            await asyncio.sleep(random.uniform(0, base * 2**attempt))
+            await asyncio.sleep(random.uniform(0, min(MAX_BACKOFF_S, base * 2**attempt)))
     raise AssertionError("unreachable")
 
 
@@ -80,13 +98,20 @@ async def update_pool(
     result_type: type[T],
     update_id: str,
 ) -> T:
-    """Execute the pool update `name`: transient refusals retried (`retry_transient`), and a
-    late attempt asked again under `update_id`.
+    """Execute the pool update `name`: transient refusals retried (`retry_transient`, for up to
+    about UPDATE_RETRY_S), and a late attempt asked again under `update_id`.
 
     The caller's own deadline or cancel ends it (as CancelledError, which the caller's
     `asyncio.timeout` turns into TimeoutError), never a retry.
     """
-    return await retry_transient(lambda: _ask(handle, name, arg, result_type, update_id))
+    return await retry_transient(
+        lambda: _ask(handle, name, arg, result_type, update_id), attempts=UPDATE_ATTEMPTS
+    )
+
+
+UPDATE_ATTEMPTS = 40
+"""Tries of an update refused as transient: about 20-35 s of backoff, beyond any caller's
+deadline (the gateway's is 10 s), so the deadline, not a count, ends a long failover."""
 
 
 async def _ask(
@@ -112,11 +137,42 @@ def pool_handle(client: Client, pool: str) -> WorkflowHandle[object, PoolStatus]
 
 
 async def acquire(client: Client, pool: str, request: LeaseRequest) -> LeaseGrant:
+    """Lease now (or NoCapacity). The update id is this call's own (`lease/<request id>/<n>`):
+    its re-asks attach to one update, and a later call with the same request id reaches the
+    pool, which answers it with the lease that request id already holds."""
     handle = pool_handle(client, pool)
+    update_id = f"lease/{request.request_id}/{uuid.uuid4().hex[:12]}"
     async with _gate(pool):
-        return await update_pool(
-            handle, "lease", request, LeaseGrant, f"lease/{request.request_id}"
+        return await update_pool(handle, "lease", request, LeaseGrant, update_id)
+
+
+ABANDON_TIMEOUT_S = 3.0
+"""How long `abandon_request` tries to reach the pool before it gives up (and logs)."""
+
+
+async def abandon_request(
+    handle: WorkflowHandle[Any, Any], request_id: str, *, timeout_s: float = ABANDON_TIMEOUT_S
+) -> bool:
+    """Tell the pool that the caller of `request_id` never got an answer (signal
+    `lease_unanswered`): a lease granted for it is released unless the caller claims it (asks
+    again with the same request id) within the pool's claim window; a request still waiting is
+    dropped. Best effort: a failure is logged, never raised. True when the pool has the signal.
+
+    Await it before answering the caller: a retry that follows then reaches the pool after the
+    signal, and claims the lease instead of being undone by it.
+    """
+    try:
+        async with asyncio.timeout(timeout_s):
+            await retry_transient(lambda: handle.signal("lease_unanswered", request_id))
+    except Exception as exc:  # noqa: BLE001 - best effort: the pool's own expiry is the backstop
+        log.warning(
+            "could not tell pool %s that lease request %s went unanswered: %s",
+            handle.id,
+            request_id,
+            exc if str(exc) else type(exc).__name__,
         )
+        return False
+    return True
 
 
 class LeaseNotGranted(Exception):
@@ -133,7 +189,8 @@ async def acquire_waiting(
     """Wait for capacity through the `request_lease` signal and the `lease_request` query.
 
     No update is held open while waiting: a workflow admits at most 10 in-flight updates, and
-    a wait can last minutes.
+    a wait can last minutes. A request the pool still has waiting past the wait (and grace) is
+    abandoned (`abandon_request`), so the pool drops it instead of granting it to nobody.
     """
     handle = pool_handle(client, pool)
     await retry_transient(lambda: handle.signal("request_lease", request))
@@ -148,6 +205,7 @@ async def acquire_waiting(
         if lookup.status == "expired":
             raise LeaseNotGranted(lookup.reason or "no capacity before the deadline")
         if loop.time() >= deadline:
+            await abandon_request(handle, request.request_id)
             raise LeaseNotGranted("still waiting at the deadline")
         await asyncio.sleep(poll_s)
 

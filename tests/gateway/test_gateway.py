@@ -22,15 +22,26 @@ import httpx
 import pytest
 import websockets
 from prometheus_client.parser import text_string_to_metric_families
+from temporalio.client import (
+    Client,
+    Interceptor,
+    OutboundInterceptor,
+    StartWorkflowUpdateInput,
+    WorkflowUpdateHandle,
+)
+from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from tests.gateway.conftest import ADMIN_KEY, ROOT, GatewayStack, free_port, gateway_stack
+from tests.gateway.conftest import ADMIN_KEY, ROOT, GatewayStack, free_port, gateway_stack, serve
 from tests.integration.conftest import INSTANCE_SECRET
 from vastsim import SimConfig
-from warmpool.models import PoolConfig
+from warmpool.gateway.app import create_app
+from warmpool.labels import pool_workflow_id
+from warmpool.models import LeaseLookup, PoolConfig, PoolInput
 from warmpool.secrets import SecretName, fingerprint
 
 pytestmark = pytest.mark.integration
+CLAIM_WINDOW = timedelta(seconds=2)
 
 GRAPH = {
     "1": {"class_type": "PrimitiveString", "inputs": {"value": "hello warm pool"}},
@@ -52,7 +63,9 @@ async def stack(
     async with gateway_stack(
         dev_env,
         tmp_path_factory.mktemp("gw"),
-        pool_config=PoolConfig(min_ready=1, max_slots=2, max_lease=timedelta(hours=1)),
+        pool_config=PoolConfig(
+            min_ready=1, max_slots=2, max_lease=timedelta(hours=1), claim_window=CLAIM_WINDOW
+        ),
         worker_metrics=True,
     ) as s:
         yield s
@@ -84,7 +97,7 @@ async def test_lease_acquire_show_renew_release(stack: GatewayStack) -> None:
         grant = await acquire(http, request_id=rid)
         assert grant["pool"] == stack.pool and grant["active"] is True
         assert grant["proxy_path"] == f"/comfy/{grant['lease_id']}/"
-        assert grant["connection_url"].startswith("http://127.0.0.1:")
+        assert grant["connection_url"].startswith(f"http://{stack.sim.config.public_ip}:")
         again = await acquire(http, request_id=rid)
         assert again["lease_id"] == grant["lease_id"], "a request id makes acquire idempotent"
 
@@ -177,6 +190,173 @@ async def test_the_cli_waits_for_capacity_the_same_way(stack: GatewayStack) -> N
         assert code == 1 and err.strip() == "error: no lease: no capacity before deadline"
         for lease in held:
             await release(http, lease["lease_id"])
+
+
+class LostUpdateAnswers(Interceptor):
+    """A client whose `lease` updates reach the pool but whose answers never come back in time:
+    what a caller sees when a failover holds the pool's answer past its deadline."""
+
+    def intercept_client(self, next: OutboundInterceptor) -> OutboundInterceptor:
+        return _LoseLeaseAnswers(next)
+
+
+class _LoseLeaseAnswers(OutboundInterceptor):
+    async def start_workflow_update(
+        self, input: StartWorkflowUpdateInput
+    ) -> WorkflowUpdateHandle[Any]:
+        handle = await super().start_workflow_update(input)
+        if input.update == "lease":
+            await asyncio.sleep(60)  # the caller's deadline passes first
+        return handle
+
+
+@contextlib.asynccontextmanager
+async def losing_gateway(stack: GatewayStack) -> AsyncIterator[httpx.AsyncClient]:
+    """A second gateway on the stack whose lease answers are lost (deadline 1 s)."""
+    client = Client(
+        stack.client.service_client,
+        namespace=stack.client.namespace,
+        data_converter=pydantic_data_converter,
+        interceptors=[LostUpdateAnswers()],
+    )
+    settings = stack.settings.model_copy(update={"gateway_temporal_timeout_s": 1.0})
+    server, task, url = await serve(create_app(settings, client, stack.secrets))
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=30) as http:
+            yield http
+    finally:
+        server.should_exit = True
+        await task
+
+
+async def lookup(stack: GatewayStack, request_id: str) -> LeaseLookup:
+    answer: LeaseLookup = await stack.handle.query(
+        "lease_request", request_id, result_type=LeaseLookup
+    )
+    return answer
+
+
+async def test_a_retry_with_the_same_request_id_returns_the_same_lease(
+    stack: GatewayStack,
+) -> None:
+    request_id = f"retry-{uuid.uuid4().hex}"
+    async with stack.http() as http:
+        first = await acquire(http, request_id=request_id)
+        again = await acquire(http, request_id=request_id, holder="alice-retry")
+        assert again["lease_id"] == first["lease_id"] and again["request_id"] == request_id
+        active = [x.lease_id for x in (await stack.status()).active_leases]
+        assert active.count(first["lease_id"]) == 1 and len(active) == 1, "never a second lease"
+        await release(http, first["lease_id"])
+
+
+async def test_an_unanswered_lease_names_its_request_id_and_a_retry_claims_it(
+    stack: GatewayStack,
+) -> None:
+    """The pool granted, the answer was lost: 503 with the request id; the retry with it gets
+    that very lease, which then outlives the claim window (claimed)."""
+    async with stack.http() as http, losing_gateway(stack) as lost:
+        await stack.wait_pool(lambda s: s.idle_ready >= 1)
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        answer = await lost.post("/api/leases", json={"holder": "eve", "duration_s": 600})
+        assert loop.time() - started < 3
+        body = answer.json()
+        assert answer.status_code == 503 and body["error"] == "temporal_timeout", body
+        request_id = body["request_id"]
+        assert request_id and f"retry with request_id {request_id}" in body["detail"]
+        granted = await lookup(stack, request_id)
+        assert granted.status == "granted" and granted.grant is not None, "granted to nobody yet"
+        retry = await acquire(http, request_id=request_id, holder="eve")
+        assert retry["lease_id"] == granted.grant.lease_id
+        await asyncio.sleep(CLAIM_WINDOW.total_seconds() + 1.5)
+        shown = await http.get(f"/api/leases/{retry['lease_id']}")
+        assert shown.json()["active"] is True, "a claimed lease is not released"
+        await release(http, retry["lease_id"])
+
+
+async def test_an_unanswered_grant_nobody_claims_is_released(stack: GatewayStack) -> None:
+    request_id = f"lost-{uuid.uuid4().hex}"
+    async with stack.http() as http, losing_gateway(stack) as lost:
+        await stack.wait_pool(lambda s: s.idle_ready >= 1)
+        answer = await lost.post(
+            "/api/leases", json={"holder": "mallory", "duration_s": 600, "request_id": request_id}
+        )
+        assert answer.status_code == 503 and answer.json()["request_id"] == request_id
+        granted = await lookup(stack, request_id)
+        assert granted.grant is not None
+        lease_id = granted.grant.lease_id
+        status = await stack.wait_pool(
+            lambda s: all(x.lease_id != lease_id for x in s.active_leases),
+            within=CLAIM_WINDOW.total_seconds() + 10,
+        )
+        ended = next(x for x in status.recent_leases if x.lease_id == lease_id)
+        assert ended.end_reason == "unclaimed: the caller never received the grant"
+        shown = await http.get(f"/api/leases/{lease_id}")
+        assert shown.json()["active"] is False
+        await stack.wait_pool(lambda s: s.idle_ready >= 1, within=30)  # the slot is READY again
+
+
+async def test_the_cli_names_the_request_id_to_retry_with_and_the_retry_gets_the_lease(
+    stack: GatewayStack,
+) -> None:
+    request_id = f"cli-{uuid.uuid4().hex}"
+    env = {**os.environ, "TEMPORAL_ADDRESS": stack.client.service_client.config.target_host}
+    args = ["--json", "lease", "acquire", "--pool", stack.pool, "--holder", "op"]
+    async with stack.http() as http:
+        await stack.wait_pool(lambda s: s.idle_ready >= 1)
+        code, out, err = await starter(env, *args, "--request-id", request_id)
+        assert code == 0, err
+        again_code, again, err = await starter(env, *args, "--request-id", request_id)
+        assert again_code == 0, err
+        assert json.loads(again)["lease_id"] == json.loads(out)["lease_id"]
+        await release(http, json.loads(out)["lease_id"])
+    # A pool no worker runs (a failover that lasts): after --timeout, one line naming the
+    # request id, and the pool has been told that nobody got an answer.
+    stalled = f"stalled-{uuid.uuid4().hex[:8]}"
+    handle = await stack.client.start_workflow(
+        "WarmPoolWorkflow",
+        PoolInput(pool=stalled, config=PoolConfig(min_ready=0, max_slots=1)),
+        id=pool_workflow_id(stalled),
+        task_queue=f"nobody-polls-{uuid.uuid4().hex}",
+    )
+    try:
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        code, out, err = await starter(
+            env, "lease", "acquire", "--pool", stalled, "--holder", "op", "--timeout", "1",
+            "--request-id", "r-42",
+        )  # fmt: skip
+        assert loop.time() - started < 10
+        assert code == 1 and out == "", (code, out, err)
+        assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
+        assert "retry with --request-id r-42" in err
+        signals = [
+            e.workflow_execution_signaled_event_attributes
+            async for e in handle.fetch_history_events()
+            if e.HasField("workflow_execution_signaled_event_attributes")
+        ]
+        assert [x.signal_name for x in signals] == ["lease_unanswered"]
+        assert pydantic_data_converter.payload_converter.from_payloads(
+            signals[0].input.payloads, [str]
+        ) == ["r-42"]
+    finally:
+        await handle.terminate("test over")
+
+
+async def starter(env: dict[str, str], *args: str) -> tuple[int, str, str]:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "starter.py",
+        *args,
+        cwd=ROOT,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    async with asyncio.timeout(60):
+        out, err = await proc.communicate()
+    assert proc.returncode is not None
+    return proc.returncode, out.decode(), err.decode()
 
 
 # ---- the ComfyUI proxy ----------------------------------------------------------------------

@@ -172,8 +172,14 @@ async def test_a_temporal_that_does_not_answer_gets_503_within_the_deadline(
             assert answer.status_code == 503 and answer.json()["error"] == "temporal_timeout"
             started = loop.time()  # a lease is an update, asked again while it goes unanswered
             answer = await http.post("/api/leases", json={"holder": "eve", "duration_s": 600})
-            assert loop.time() - started < 3
+            assert loop.time() - started < 3, "the deadline, and a bounded try to tell the pool"
             assert answer.status_code == 503 and answer.json()["error"] == "temporal_timeout"
+            generated = answer.json()["request_id"]
+            assert generated and f"retry with request_id {generated}" in answer.json()["detail"]
+            answer = await http.post(
+                "/api/leases", json={"holder": "eve", "duration_s": 600, "request_id": "mine-1"}
+            )
+            assert answer.status_code == 503 and answer.json()["request_id"] == "mine-1"
             metrics = await http.get("/metrics")
             assert metrics.status_code == 200
             assert f'warmpool_pool_up{{pool="{stack.pool}"}} 0.0' in metrics.text

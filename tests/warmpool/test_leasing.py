@@ -9,16 +9,21 @@ so the update is admitted during that task every time.
 from __future__ import annotations
 
 import asyncio
+import logging
+import random
 import threading
 import time
 import uuid
 
+import pytest
 from temporalio import workflow
 from temporalio.client import Client, WorkflowHandle
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from tests.helpers import new_queue
+from warmpool import leasing
 from warmpool.leasing import update_pool
 
 SDK_BACKOFF_S = 0.75
@@ -92,3 +97,62 @@ async def test_a_plain_update_waits_for_the_sdks_backoff_the_case_update_pool_ex
     answer, took = await update_during_continue_as_new(dev_env.client, re_ask=False)
     assert answer == "hello on run 2"
     assert took > SDK_BACKOFF_S, f"{took:.2f} s"
+
+
+async def test_retry_transient_pauses_at_most_max_backoff_between_tries(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A pool back from a failover is asked again within MAX_BACKOFF_S, however long it took."""
+    pauses: list[float] = []
+
+    async def sleep(seconds: float) -> None:
+        pauses.append(seconds)
+
+    monkeypatch.setattr(asyncio, "sleep", sleep)
+    monkeypatch.setattr(random, "uniform", lambda low, high: high)
+    refusals = iter(range(30))
+
+    async def call() -> str:
+        if next(refusals) < 29:
+            raise RPCError("busy", RPCStatusCode.RESOURCE_EXHAUSTED, b"")
+        return "answer"
+
+    assert await leasing.retry_transient(call, attempts=40) == "answer"
+    assert len(pauses) == 29 and max(pauses) == leasing.MAX_BACKOFF_S
+
+
+async def test_abandon_request_signals_the_pool_and_never_raises(
+    dev_env: WorkflowEnvironment, caplog: pytest.LogCaptureFixture
+) -> None:
+    queue = new_queue()
+    handle: WorkflowHandle[object, object] = await dev_env.client.start_workflow(
+        "Unpolled", id=f"unpolled-{queue}", task_queue=queue
+    )
+    try:
+        assert await leasing.abandon_request(handle, "req-1") is True
+        signals = [
+            e.workflow_execution_signaled_event_attributes
+            async for e in handle.fetch_history_events()
+            if e.HasField("workflow_execution_signaled_event_attributes")
+        ]
+        assert [s.signal_name for s in signals] == ["lease_unanswered"]
+    finally:
+        await handle.terminate("test over")
+    gone = dev_env.client.get_workflow_handle(f"no-such-pool-{queue}")
+    with caplog.at_level(logging.WARNING, logger="warmpool.leasing"):
+        assert await leasing.abandon_request(gone, "req-2") is False
+    assert "req-2" in caplog.text and "went unanswered" in caplog.text
+
+
+async def test_abandon_request_gives_up_within_its_timeout_when_temporal_is_silent() -> None:
+    hung = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+    try:
+        port = hung.sockets[0].getsockname()[1]
+        nowhere = await Client.connect(f"127.0.0.1:{port}", lazy=True)
+        started = time.monotonic()
+        assert not await leasing.abandon_request(
+            nowhere.get_workflow_handle("warmpool/x"), "req-3", timeout_s=0.5
+        )
+        assert time.monotonic() - started < 2
+    finally:
+        hung.close()

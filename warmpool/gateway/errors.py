@@ -1,8 +1,10 @@
 """What does a caller get when the gateway says no? One JSON shape: `{"error", "detail"}`.
 
 `error` is a stable machine-readable code (the front end switches on it), `detail` one line a
-person can act on. No answer ever quotes a request's body or headers, so a token or key sent
-by mistake is never echoed back.
+person can act on. A lease request that went unanswered (503) also carries its `request_id`:
+asking again with it returns the lease the pool may have granted meanwhile, never a second one.
+No answer ever quotes a request's body or headers, so a token or key sent by mistake is never
+echoed back.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 from fastapi import Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from warmpool.models import Model
@@ -32,25 +35,39 @@ _HTTP_CODES = {
 class ErrorBody(Model):
     error: str
     detail: str
+    request_id: str | None = Field(
+        default=None,
+        description="only on a lease request that went unanswered: retry with this request_id",
+    )
 
 
 class ApiError(Exception):
     """An answer other than success, raised anywhere below a route and rendered as JSON."""
 
-    def __init__(self, status: int, error: str, detail: str) -> None:
+    def __init__(
+        self, status: int, error: str, detail: str, *, request_id: str | None = None
+    ) -> None:
         super().__init__(detail)
         self.status = status
         self.error = error
         self.detail = detail
+        self.request_id = request_id
 
     def response(self) -> JSONResponse:
-        return error_response(self.status, self.error, self.detail)
+        return error_response(self.status, self.error, self.detail, request_id=self.request_id)
 
 
 def error_response(
-    status: int, error: str, detail: str, headers: Mapping[str, str] | None = None
+    status: int,
+    error: str,
+    detail: str,
+    headers: Mapping[str, str] | None = None,
+    *,
+    request_id: str | None = None,
 ) -> JSONResponse:
-    body = ErrorBody(error=error, detail=detail).model_dump()
+    body = ErrorBody(error=error, detail=detail, request_id=request_id).model_dump(
+        exclude_none=True
+    )
     return JSONResponse(body, status_code=status, headers=headers)
 
 

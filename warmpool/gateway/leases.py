@@ -8,10 +8,18 @@ and waiting for capacity uses the `request_lease` signal (no update held open). 
 Status codes: 201 granted; 404 unknown pool or lease; 409 no capacity (now, or within the
 wait); 410 the lease has ended; 422 invalid request or refused by the pool (e.g. a duration
 over the pool's maximum); 503 Temporal did not answer.
+
+Every acquire has a request id (the caller's `request_id`, or one generated here). A 503 to an
+acquire carries it (`{"error", "detail", "request_id"}`): the pool may still grant the lease
+once it runs again (a failover), so before answering the gateway tells the pool that nobody
+received the answer (`leasing.abandon_request`); the pool then releases such a grant unless a
+request with the same `request_id` claims it within its claim window. Retrying with that
+`request_id` returns that lease (or a new one if none was granted), never a second lease.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from datetime import datetime, timedelta
@@ -36,6 +44,7 @@ from warmpool.models import (
     RenewRequest,
 )
 
+log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api/leases", tags=["leases"], max_body_size=JSON_BODY_LIMIT)
 
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
@@ -57,7 +66,10 @@ class AcquireBody(Model):
         default=None, ge=1, le=MAX_DURATION_S, description="default: the pool's default lease"
     )
     request_id: str | None = Field(
-        default=None, min_length=1, max_length=200, description="idempotency key"
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="idempotency key (default: generated); a 503 names the one to retry with",
     )
     wait_s: float = Field(
         default=0,
@@ -87,6 +99,11 @@ class LeaseView(Model):
     active: bool
     ended_at: datetime | None
     end_reason: str | None
+
+
+def granted(pool: str, grant: LeaseGrant) -> LeaseView:
+    """A lease just granted, from the pool's answer alone (no second round trip)."""
+    return view(pool, PoolLease.model_validate(grant.model_dump(exclude={"slot_id"})))
 
 
 def view(pool: str, lease: PoolLease) -> LeaseView:
@@ -147,11 +164,41 @@ async def _lease(
     return grant, "waited"
 
 
+async def unanswered(
+    gateway: Gateway, pool: str, request: LeaseRequest, exc: ApiError
+) -> ApiError:
+    """A lease request Temporal did not answer in time: tell the pool nobody got an answer
+    (awaited, so that a retry reaches the pool after the signal), and name the request id."""
+    pools = gateway.pools
+    told = await leasing.abandon_request(
+        leasing.pool_handle(pools.client, pool),
+        request.request_id,
+        timeout_s=min(leasing.ABANDON_TIMEOUT_S, pools.timeout_s),
+    )
+    log.warning(
+        "lease request %s to pool %s unanswered (%s); pool %s",
+        request.request_id,
+        pool,
+        exc.error,
+        "told" if told else "not reachable",
+    )
+    return ApiError(
+        exc.status,
+        exc.error,
+        f"{exc.detail}; a lease may still be granted: retry with request_id "
+        f"{request.request_id} to get it",
+        request_id=request.request_id,
+    )
+
+
 @router.post(
     "", status_code=201, response_model=LeaseView, responses=documented(400, 404, 409, 503)
 )
 async def acquire(gateway: GatewayDep, body: AcquireBody) -> LeaseView:
-    """Lease a READY instance, at once or within `wait_s`."""
+    """Lease a READY instance, at once or within `wait_s`.
+
+    A 503 names the request's `request_id`: retry with it to get the lease the pool may have
+    granted after the deadline (a grant nobody claims is released by the pool)."""
     pools = gateway.pools
     pool = pools.name(body.pool)
     wait = min(body.wait_s, gateway.settings.gateway_max_wait_s)
@@ -164,14 +211,15 @@ async def acquire(gateway: GatewayDep, body: AcquireBody) -> LeaseView:
     started, outcome = time.perf_counter(), "error"
     try:
         grant, outcome = await _lease(gateway, pool, request, wait)
+        pools.remember(grant.lease_id, pool)
     except ApiError as exc:
         outcome = exc.error
+        if exc.status == 503:
+            raise await unanswered(gateway, pool, request, exc) from None
         raise
     finally:
         gateway.meters.lease_seconds.labels(pool, outcome).observe(time.perf_counter() - started)
-    pools.remember(grant.lease_id, pool)
-    _, lease = await pools.lease(grant.lease_id)
-    return view(pool, lease)
+    return granted(pool, grant)
 
 
 @router.get("/{lease_id}", response_model=LeaseView, responses=documented(404, 410, 503))
