@@ -10,7 +10,7 @@ and nothing is kept twice.
 Failure handling is Temporal's, not ours (`workflows.options.ssh_follow`): a dropped or silent
 connection raises `SshConnectError` and the retry policy reconnects with capped exponential
 backoff, forever; a dead worker stops heartbeating and the heartbeat timeout moves the attempt
-elsewhere. A rejected or missing key is `ApplicationError(type="SshAuthError",
+elsewhere. A rejected or missing key is `ApplicationError(type=ErrorType.SSH_AUTH,
 non_retryable=True)`. The activity returns only on a fatal line; the slot cancels it when the
 instance is READY or destroyed. A first attempt starts from `resume_from` (what the slot already
 holds, e.g. after its continue-as-new); a retried one from its last heartbeat.
@@ -31,7 +31,9 @@ from pydantic import Field
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from warmpool.models import SSH_FATAL_PATTERNS, SSH_LOG_PATHS, Model
+from warmpool.errors import ErrorType
+from warmpool.models import SSH_FATAL_PATTERNS, SSH_LOG_PATHS, Model, SshLogBatch
+from warmpool.names import Slot
 from warmpool.ssh import (
     LogCursor,
     LogFollower,
@@ -39,8 +41,6 @@ from warmpool.ssh import (
     SshAuthError,
     match_fatal,
 )
-
-SSH_LOG_SIGNAL = "ssh_log"
 
 
 class SshFollowInput(Model):
@@ -70,40 +70,6 @@ class SshFollowProgress(Model):
 
     cursor: LogCursor = Field(default_factory=LogCursor)
     lines_seen: int = 0
-
-
-class SshLogBatch(Model):
-    """The `ssh_log` signal's payload: consecutive lines of one file, with their byte positions.
-
-    `offset` is the first line's first byte, `end` the byte after the last line, `line_offsets`
-    each line's first byte, all within the file's `epoch` (it goes up when the file is truncated).
-    """
-
-    instance_id: int
-    path: str
-    epoch: int
-    offset: int
-    end: int
-    line_offsets: list[int]
-    lines: list[str]
-
-    def unseen(self, seen: tuple[int, int] | None) -> list[str]:
-        """The lines a receiver that has reached `seen` = `(epoch, end)` on this path lacks.
-
-        The receiver then stores `(batch.epoch, batch.end)` as its new position for the path
-        (when that is further); together this delivers every line exactly once.
-        """
-        if seen is None:
-            return list(self.lines)
-        return [
-            line
-            for at, line in zip(self.line_offsets, self.lines, strict=True)
-            if (self.epoch, at) >= seen
-        ]
-
-    @property
-    def position(self) -> tuple[int, int]:
-        return self.epoch, self.end
 
 
 class SshLogActivities:
@@ -150,7 +116,7 @@ class SshLogActivities:
         if not pem:
             raise ApplicationError(
                 "no SSH private key is configured for this pool",
-                type="SshAuthError",
+                type=ErrorType.SSH_AUTH,
                 non_retryable=True,
             )
         try:
@@ -181,7 +147,7 @@ class SshLogActivities:
             )
             if fatal_at is not None:
                 batch = batch[: fatal_at + 1]
-            await handle.signal(SSH_LOG_SIGNAL, self._payload(input.instance_id, batch))
+            await handle.signal(Slot.SSH_LOG, self._payload(input.instance_id, batch))
             progress.move(progress.current.cursor.after(batch[-1]), len(batch))
             if fatal_at is not None:
                 return batch[-1]
@@ -240,4 +206,4 @@ class _Progress:
 
 
 def _auth_failure(exc: SshAuthError) -> ApplicationError:
-    return ApplicationError(str(exc), type="SshAuthError", non_retryable=True)
+    return ApplicationError(str(exc), type=ErrorType.SSH_AUTH, non_retryable=True)

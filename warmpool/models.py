@@ -242,6 +242,40 @@ class SlotConfig(Model):
     log_tail_lines: int = Field(default=50, ge=1, le=1000)
 
 
+class SshLogBatch(Model):
+    """The `ssh_log` signal's payload: consecutive lines of one file, with their byte positions.
+
+    `offset` is the first line's first byte, `end` the byte after the last line, `line_offsets`
+    each line's first byte, all within the file's `epoch` (it goes up when the file is truncated).
+    """
+
+    instance_id: int
+    path: str
+    epoch: int
+    offset: int
+    end: int
+    line_offsets: list[int]
+    lines: list[str]
+
+    def unseen(self, seen: tuple[int, int] | None) -> list[str]:
+        """The lines a receiver that has reached `seen` = `(epoch, end)` on this path lacks.
+
+        The receiver then stores `(batch.epoch, batch.end)` as its new position for the path
+        (when that is further); together this delivers every line exactly once.
+        """
+        if seen is None:
+            return list(self.lines)
+        return [
+            line
+            for at, line in zip(self.line_offsets, self.lines, strict=True)
+            if (self.epoch, at) >= seen
+        ]
+
+    @property
+    def position(self) -> tuple[int, int]:
+        return self.epoch, self.end
+
+
 class SlotRuntime(Model):
     """A slot's whole durable state: carried across continue-as-new."""
 
@@ -348,6 +382,8 @@ class SlotEvent(Model):
     dph_total: float | None = None
     failure: FailureReason | None = None
     lease_id: str | None = None
+    lease_refused: bool = False
+    """The slot refused the lease `lease_id` (its answer to `assign_lease`)."""
     ended_lease: LeaseEndRequest | None = None
     machine_id: int | None = None
     """The machine the failed attempt ran on (with `failure`)."""

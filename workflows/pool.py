@@ -21,8 +21,10 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.slots import EXCLUDE_SIGNAL, MachineExclusion, message_slot
+    from activities.slots import MachineExclusion, message_slot
     from warmpool import market
+    from warmpool import pool_core as core
+    from warmpool.errors import ErrorType
     from warmpool.labels import pool_workflow_id, slot_workflow_id
     from warmpool.models import (
         FailureReason,
@@ -46,34 +48,23 @@ with workflow.unsafe.imports_passed_through():
         SlotView,
         WaitingRequest,
     )
+    from warmpool.names import Pool
+    from warmpool.pool_core import STARTING
     from workflows import options
     from workflows.slot import WarmSlotWorkflow
 
 S = SlotState
-STARTING = {
-    S.PREFLIGHT,
-    S.SEARCHING,
-    S.RENTING,
-    S.PROVISIONING,
-    S.PROBING,
-    S.VALIDATING_PORTS,
-    S.BACKOFF,
-}
-SERVING = {S.READY, S.LEASED, S.DRAINING}
-"""States in which a slot still serves its lease: a retiring slot waits for the lease to end."""
-GONE = {S.DONE}
 KEEP_FAILURES = 20
-KEEP_ENDED_LEASES = 50
 KEEP_REQUEST_IDS = 2_000
 MAX_WAIT = timedelta(minutes=30)
 CONTINUE_AS_NEW_EVENTS = 1_000
 
 
 def no_capacity(message: str) -> ApplicationError:
-    return ApplicationError(message, type="NoCapacity", non_retryable=True)
+    return ApplicationError(message, type=ErrorType.NO_CAPACITY, non_retryable=True)
 
 
-@workflow.defn(name="WarmPoolWorkflow")
+@workflow.defn(name=Pool.WORKFLOW)
 class WarmPoolWorkflow:
     @workflow.init
     def __init__(self, input: PoolInput) -> None:
@@ -159,21 +150,7 @@ class WarmPoolWorkflow:
         return [lease for lease in self._rt.leases.values() if lease.ended_at is None]
 
     def _idle_ready(self) -> list[SlotView]:
-        return sorted(
-            (
-                v
-                for v in self._rt.slots.values()
-                if v.state == S.READY
-                and v.lease_id is None
-                and not v.cleaning
-                and not v.retiring
-                and v.connection_url
-            ),
-            key=lambda v: v.since,
-        )
-
-    def _spend(self) -> float:
-        return sum(v.dph_total or 0.0 for v in self._rt.slots.values() if v.instance_id)
+        return core.idle_ready(self._rt)
 
     def _message_slot(self, index: int, name: str, arg: object) -> None:
         """Message a slot; held in `unsent` for the next run once continue-as-new is due."""
@@ -229,24 +206,12 @@ class WarmPoolWorkflow:
         task.add_done_callback(done)
 
     def _end_lease(self, lease: PoolLease, reason: str, *, tell_slot: bool = True) -> None:
-        if lease.ended_at is not None:
+        if not core.end_lease(self._rt, lease, reason, now=self._now()):
             return
-        lease.ended_at = self._now()
-        lease.end_reason = reason
-        view = self._rt.slots.get(lease.slot)
-        if view is not None and view.lease_id == lease.lease_id:
-            view.lease_id = None
-            view.cleaning = True
         if tell_slot:
             self._message_slot(
                 lease.slot, "end_lease", LeaseEndRequest(lease_id=lease.lease_id, reason=reason)
             )
-        ended = sorted(
-            (x for x in self._rt.leases.values() if x.ended_at),
-            key=lambda x: x.ended_at or self._now(),
-        )
-        for old in ended[:-KEEP_ENDED_LEASES]:
-            del self._rt.leases[old.lease_id]
         self._dirty = True
 
     def _known(self, request: LeaseRequest) -> PoolLease | None:
@@ -259,13 +224,7 @@ class WarmPoolWorkflow:
 
     def _refusal(self, idle: list[SlotView]) -> str | None:
         """Why no new lease can be granted now, or None; reads state only (validators ask)."""
-        if self._rt.draining:
-            return "pool is draining"
-        if self._rt.safe_mode:
-            return f"pool in safe mode: {self._rt.safe_reason}"
-        if not idle:
-            return "no idle READY slot; a replacement is being prepared"
-        return None
+        return core.refusal(self._rt, idle)
 
     def _grant(self, request: LeaseRequest) -> LeaseGrant | None:
         """Lease the longest-idle READY slot, or None; synchronous, so never two per slot."""
@@ -359,43 +318,10 @@ class WarmPoolWorkflow:
 
     async def _reconcile(self) -> None:
         """Start, or retire, slots so that `min_ready` are idle and READY within the limits."""
-        views = [v for v in self._rt.slots.values() if not v.retiring]
-        idle = len(self._idle_ready())
-        # A slot terminating after a failure replaces itself: it still counts as starting.
-        starting = sum(1 for v in views if v.state in STARTING | {S.BLOCKED, S.TERMINATING})
-        if self._rt.draining:
-            for v in views:
-                self._retire(v, "pool draining")
-            return
-        # Shrink: idle READY slots first, then starting ones; never a leased slot.
-        excess_total = len(views) - self._cfg.max_slots
-        excess_idle = idle + starting - self._cfg.min_ready
-        for v in sorted(views, key=lambda v: (v.state != S.READY, -v.index)):
-            if excess_total <= 0 and excess_idle <= 0:
-                break
-            if v.lease_id is None and (v.state == S.READY or v.state in STARTING):
-                self._retire(v, "pool shrinking")
-                excess_total -= 1
-                excess_idle -= 1
-        if self._rt.safe_mode:
-            return
-        wanted = self._cfg.min_ready - (idle + starting)
-        room = self._cfg.max_slots - len([v for v in views if not v.retiring])
-        starts = []
-        for _ in range(max(0, min(wanted, room))):
-            if self._budget_limited():
-                break
-            starts.append(self._start_slot())
-        await asyncio.gather(*starts)
-
-    def _budget_limited(self) -> bool:
-        """Would one more slot at the price cap exceed the hourly budget?"""
-        budget = self._cfg.budget_dph
-        if budget is None:
-            return False
-        pending = sum(1 for v in self._rt.slots.values() if not v.instance_id and not v.retiring)
-        projected = self._spend() + (pending + 1) * self._cfg.slot.constraints.max_dph
-        return projected > budget
+        plan = core.plan(self._rt, self._cfg)
+        for index, reason in plan.retire:
+            self._retire(self._rt.slots[index], reason)
+        await asyncio.gather(*(self._start_slot() for _ in range(plan.start)))
 
     def _start_slot(self) -> Awaitable[object]:
         """Reserve the slot now (so the budget sees it); the start completes when awaited."""
@@ -430,62 +356,13 @@ class WarmPoolWorkflow:
 
     # ---- messages -------------------------------------------------------------------------
 
-    @workflow.signal
+    @workflow.signal(name=Pool.SLOT_EVENT)
     def slot_event(self, event: SlotEvent) -> None:
-        view = self._rt.slots.get(event.index)
-        if view is None:
-            return  # a slot this pool no longer tracks
-        if event.at < view.since and event.state != S.DONE:
-            # An older event delivered late: its state is stale, its rental and failure happened.
-            self._count(view, event, late=True)
-            if event.failure is not None and event.state != S.READY:
-                self._record_failure(event, event.failure)
-            return
-        self._count(view, event)
-        view.state = event.state
-        view.since = event.at
-        view.reason = event.reason
-        view.connection_url = event.connection_url
-        view.instance_id = event.instance_id
-        view.dph_total = event.dph_total
-        lease = self._rt.leases.get(view.lease_id) if view.lease_id else None
-        if lease is not None and event.connection_url and event.state in SERVING:
-            lease.connection_url = event.connection_url  # the slot re-validated a moved port
-        refused = event.lease_id is not None and event.reason.startswith("lease refused")
-        if refused and event.lease_id in self._rt.leases:
-            self._end_lease(self._rt.leases[event.lease_id], event.reason, tell_slot=False)
-        elif lease is not None:
-            ended = event.ended_lease
-            why = ended.reason if ended and ended.lease_id == lease.lease_id else None
-            if why is not None or event.state not in SERVING:
-                self._end_lease(lease, why or f"slot lost: {event.reason}", tell_slot=False)
-        if event.state == S.READY:
-            view.cleaning = False
-            market.image_ready(self._rt, event.image)
-        elif event.failure is not None:
+        if core.merge_event(self._rt, event, now=self._now()) and event.failure is not None:
             self._record_failure(event, event.failure)
-        if event.state in GONE:
-            del self._rt.slots[event.index]
+        if event.state == S.READY:
+            market.image_ready(self._rt, event.image)
         self._dirty = True
-
-    def _count(self, view: SlotView, event: SlotEvent, *, late: bool = False) -> None:
-        """Keep the cumulative provisioning figures (attempts, READY, time to READY, failures).
-
-        A `late` event (older than the slot's last) counts its rental and its failure; the
-        attempt's start is taken from it only while that attempt is still provisioning.
-        """
-        stats = self._rt.stats
-        if event.state == S.RENTING and (late or view.state != S.RENTING):
-            stats.provisions_started += 1
-            if not late or (view.state in STARTING and view.attempt_started is None):
-                view.attempt_started = event.at
-        elif event.state == S.READY and view.attempt_started is not None and not late:
-            stats.observe_ready((event.at - view.attempt_started).total_seconds())
-            view.attempt_started = None
-        if event.failure is not None and event.state != S.READY:
-            stats.observe_failure(event.failure.value)
-            if not late:
-                view.attempt_started = None
 
     def _record_failure(self, event: SlotEvent, failure: FailureReason) -> None:
         """Keep the failure for the status, exclude the machine a host failure came from, and
@@ -510,7 +387,7 @@ class WarmPoolWorkflow:
             if v.state in STARTING and v.lease_id is None:
                 self._retire(v, "pool in safe mode")
 
-    @workflow.update
+    @workflow.update(name=Pool.LEASE)
     def lease(self, request: LeaseRequest) -> LeaseGrant:
         grant = self._grant(request)
         if grant is None:  # the validator refuses first; kept for the type checker
@@ -530,7 +407,7 @@ class WarmPoolWorkflow:
         if self._known(request) is None and (reason := self._refusal(self._idle_ready())):
             raise no_capacity(f"no capacity in pool {self._pool}: {reason}")
 
-    @workflow.signal
+    @workflow.signal(name=Pool.REQUEST_LEASE)
     def request_lease(self, request: LeaseRequest) -> None:
         """Lease when capacity allows, up to `wait_for`; the outcome is read by `lease_request`."""
         try:
@@ -549,7 +426,7 @@ class WarmPoolWorkflow:
             )
             self._dirty = True
 
-    @workflow.query
+    @workflow.query(name=Pool.LEASE_REQUEST)
     def lease_request(self, request_id: str) -> LeaseLookup:
         lease_id = self._rt.request_ids.get(request_id)
         if lease_id is not None and lease_id in self._rt.leases:
@@ -566,7 +443,7 @@ class WarmPoolWorkflow:
             )
         return LeaseLookup(request_id=request_id, status="unknown")
 
-    @workflow.update
+    @workflow.update(name=Pool.RENEW)
     def renew(self, request: RenewRequest) -> LeaseGrant:
         lease = self._rt.leases[request.lease_id]
         lease.leased_until = self._now() + (request.duration or self._cfg.default_lease)
@@ -583,7 +460,7 @@ class WarmPoolWorkflow:
         if duration <= timedelta(0) or duration > self._cfg.max_lease:
             raise ValueError(f"lease duration must be in (0, {self._cfg.max_lease}]")
 
-    @workflow.update
+    @workflow.update(name=Pool.RELEASE)
     def release(self, lease_id: str) -> PoolLease:
         """Idempotent: releasing an ended lease answers it as it ended."""
         lease = self._rt.leases[lease_id]
@@ -595,11 +472,11 @@ class WarmPoolWorkflow:
         if lease_id not in self._rt.leases:
             raise ValueError(f"unknown lease {lease_id}")
 
-    @workflow.query
+    @workflow.query(name=Pool.LEASE_INFO)
     def lease_info(self, lease_id: str) -> PoolLease | None:
         return self._rt.leases.get(lease_id)
 
-    @workflow.signal
+    @workflow.signal(name=Pool.LEASE_UNANSWERED)
     def lease_unanswered(self, request_id: str) -> None:
         """A caller gave up waiting for this request's answer: a lease granted to it is ended
         unless the request is asked again within the claim window (same id, same lease), and
@@ -613,7 +490,7 @@ class WarmPoolWorkflow:
             self._rt.unclaimed[request_id] = self._now() + self._cfg.claim_window
             self._dirty = True
 
-    @workflow.signal(name=EXCLUDE_SIGNAL)
+    @workflow.signal(name=Pool.EXCLUDE_MACHINE)
     def exclude_machine(self, exclusion: MachineExclusion) -> None:
         """A slot saw this machine fail (sent before it releases the machine)."""
         now = self._now()
@@ -626,17 +503,17 @@ class WarmPoolWorkflow:
             slot=exclusion.slot,
         )
 
-    @workflow.query
+    @workflow.query(name=Pool.EXCLUDED_MACHINES)
     def excluded_machines(self) -> list[int]:
         """Machines no slot of this pool may rent now (slots' searches ask for them)."""
         return market.excluded_ids(self._rt, self._now())
 
-    @workflow.signal
+    @workflow.signal(name=Pool.PREWARM)
     def prewarm(self) -> None:
         """Bring the pool to its target now (also lifts nothing else)."""
         self._dirty = True
 
-    @workflow.update
+    @workflow.update(name=Pool.RESIZE)
     def resize(self, request: ResizeRequest) -> PoolStatus:
         update = request.model_dump(exclude_none=True)
         self._cfg = self._cfg.model_copy(update=update)
@@ -650,13 +527,13 @@ class WarmPoolWorkflow:
         if min_ready > max_slots:
             raise ValueError(f"min_ready {min_ready} exceeds max_slots {max_slots}")
 
-    @workflow.signal
+    @workflow.signal(name=Pool.DRAIN)
     def drain(self) -> None:
         """Retire every slot once its lease ends; the pool finishes when none is left."""
         self._rt.draining = True
         self._dirty = True
 
-    @workflow.signal
+    @workflow.signal(name=Pool.RESUME)
     def resume(self) -> None:
         """Lift safe mode (and a drain) after an operator acted."""
         self._rt.safe_mode = False
@@ -665,7 +542,7 @@ class WarmPoolWorkflow:
         self._rt.draining = False
         self._dirty = True
 
-    @workflow.query
+    @workflow.query(name=Pool.STATUS)
     def status(self) -> PoolStatus:
         views = sorted(self._rt.slots.values(), key=lambda v: v.index)
         counts: dict[str, int] = {}
@@ -678,8 +555,8 @@ class WarmPoolWorkflow:
             slots=views,
             counts=counts,
             idle_ready=len(self._idle_ready()),
-            spend_per_hour=round(self._spend(), 4),
-            budget_limited=self._budget_limited(),
+            spend_per_hour=round(core.spend(self._rt), 4),
+            budget_limited=core.budget_limited(self._rt, self._cfg),
             safe_mode=self._rt.safe_mode,
             safe_reason=self._rt.safe_reason,
             draining=self._rt.draining,

@@ -17,7 +17,6 @@ from __future__ import annotations
 import asyncio
 import builtins
 from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TypeVar
 
@@ -35,22 +34,21 @@ with workflow.unsafe.imports_passed_through():
     )
     from activities.slots import MachineExclusion, exclude_machine
     from activities.ssh import (
-        SSH_LOG_SIGNAL,
         SshFollowInput,
         SshFollowResult,
         SshLogActivities,
-        SshLogBatch,
     )
     from activities.tokens import TokenActivities, TokenCheckInput
     from activities.vast import RentInput, SearchInput, VastActivities
     from warmpool import search_attributes as sa
+    from warmpool import slot_core as core
+    from warmpool.errors import ErrorType
     from warmpool.labels import slot_label, slot_workflow_id
     from warmpool.lifecycle import Verdict, assess, backoff_delay
     from warmpool.models import (
         FailureReason,
         InstanceView,
         Lease,
-        LeaseEnd,
         LeaseEndRequest,
         PortReport,
         SlotEvent,
@@ -58,33 +56,22 @@ with workflow.unsafe.imports_passed_through():
         SlotRuntime,
         SlotState,
         SlotStatus,
-        Transition,
+        SshLogBatch,
     )
+    from warmpool.names import Pool, Slot
+    from warmpool.slot_core import COLLECTING, FailureNote, LeaseAnswer, ProbeFailure, RentOutcome
     from warmpool.ssh import LogCursor
     from warmpool.tokens import TokenService
     from workflows import options
 
 T = TypeVar("T")
 
-
-@dataclass(frozen=True)
-class FailureNote:
-    """A failure `_fail` recorded, reported to the pool with the next transition."""
-
-    reason: FailureReason
-    machine_id: int | None
-    host_fault: bool
-    image_failure: bool
-
 S = SlotState
 VISIBILITY_GRACE = timedelta(minutes=2)
 """A new contract can be invisible to show/list for a while (vastai-api.md §3): not "gone"."""
 BLOCKED_RECHECK = timedelta(minutes=10)
-MAX_EXCLUDED = 50
 OFFER_SPREAD = 5
 MAX_HISTORY_EVENTS = 8_000
-COLLECTING = (S.PROVISIONING, S.PROBING, S.VALIDATING_PORTS)
-"""The states in which the instance's logs are followed over SSH."""
 
 
 def error_type(err: ActivityError) -> str | None:
@@ -96,7 +83,7 @@ class Interrupted(Exception):
     """Raised inside a step that must stop waiting: a retire, or a fatal log line."""
 
 
-@workflow.defn(name="WarmSlotWorkflow")
+@workflow.defn(name=Slot.WORKFLOW)
 class WarmSlotWorkflow:
     @workflow.init
     def __init__(self, input: SlotInput) -> None:
@@ -194,7 +181,7 @@ class WarmSlotWorkflow:
         if rt.state == S.TERMINATING:
             return  # the destroy loop handles its own failures
         if err.activity_type.startswith("vast."):
-            rejected = error_type(err) == "VastAuthError"
+            rejected = error_type(err) == ErrorType.VAST_AUTH
             if rejected:
                 self._key_rejected(detail)
             if rt.instance is not None:
@@ -234,15 +221,11 @@ class WarmSlotWorkflow:
         )
 
     def _clean_pending(self) -> bool:
-        """A released lease's clean is running or still to run (not on a retiring slot, nor
-        on one that lost its instance: those never serve again on it)."""
-        rt = self._rt
-        serving = rt.state in (S.READY, S.LEASED) and not rt.retiring
-        return self._cleaning or (rt.needs_clean and serving)
+        return core.clean_pending(self._rt, cleaning=self._cleaning)
 
     # ---- messages -------------------------------------------------------------------------
 
-    @workflow.query
+    @workflow.query(name=Slot.STATUS)
     def status(self) -> SlotStatus:
         rt = self._rt
         return SlotStatus(
@@ -273,34 +256,24 @@ class WarmSlotWorkflow:
             log_error=rt.log_error,
         )
 
-    @workflow.signal
+    @workflow.signal(name=Slot.RETIRE)
     def retire(self, reason: str) -> None:
         """Destroy the instance (after any lease ends) and finish."""
         if not self._rt.retiring:
             workflow.logger.info("slot retiring: %s", reason)
         self._rt.retiring = True
 
-    @workflow.signal(name=SSH_LOG_SIGNAL)
+    @workflow.signal(name=Slot.SSH_LOG)
     def ssh_log(self, batch: SshLogBatch) -> None:
         """New log lines from the collector; re-sent batches overlap, so keep only unseen lines."""
-        rt = self._rt
-        if rt.instance is None or batch.instance_id != rt.instance.id:
-            return  # a late batch about an instance this slot no longer holds
-        if rt.log_instance_id != batch.instance_id:
-            rt.log_instance_id = batch.instance_id
-            rt.log_positions = {}
-            self._add_log_lines([f"--- instance {batch.instance_id} ---"])
-        seen = rt.log_positions.get(batch.path)
-        self._add_log_lines(batch.unseen(seen))
-        if seen is None or batch.position > seen:
-            rt.log_positions[batch.path] = batch.position
+        core.merge_log_batch(self._rt, batch, keep=self._cfg.log_tail_lines)
 
-    @workflow.signal
+    @workflow.signal(name=Slot.RESUME)
     def resume(self) -> None:
         """Lift BLOCKED (e.g. after an operator fixed a token): preflight runs again at once."""
         self._resume_requested = True
 
-    @workflow.update
+    @workflow.update(name=Slot.ASSIGN_LEASE)
     def assign_lease(self, lease: Lease) -> SlotEvent:
         """The pool (the lease authority) leased this slot, or renewed its lease; answered
         with the slot's state then, a refusal ("lease refused: ...") if it is not READY.
@@ -308,21 +281,21 @@ class WarmSlotWorkflow:
         An update, as `end_lease` is: the pool sends a slot's messages one after another, so
         a lease's end never reaches the slot before the lease does.
         """
-        rt = self._rt
-        if rt.lease is not None and rt.lease.lease_id == lease.lease_id:
-            rt.lease = lease  # a renewal, or a repeat
-            return self._event(self._last_reason())
-        if rt.last_lease_end is not None and rt.last_lease_end.lease_id == lease.lease_id:
+        answer = core.assign_lease(self._rt, lease)
+        if answer == LeaseAnswer.ENDED:
             return self._event(f"lease {lease.lease_id} has ended")
-        if rt.state == S.READY and rt.lease is None and not rt.retiring and not rt.needs_clean:
-            rt.lease = lease
-            rt.counters.leases += 1
+        if answer == LeaseAnswer.REFUSED:
+            return self._event(
+                f"lease refused: slot is {self._rt.state.value}",
+                lease_id=lease.lease_id,
+                refused=True,
+            )
+        if answer == LeaseAnswer.ACCEPTED:
             # The pool marked the slot LEASED when it granted the lease: no slot event.
             self._enter(S.LEASED, f"leased to {lease.holder} ({lease.lease_id})", report=False)
-            return self._event(self._last_reason())
-        return self._event(f"lease refused: slot is {rt.state.value}", lease_id=lease.lease_id)
+        return self._event(self._last_reason())
 
-    @workflow.update
+    @workflow.update  # Slot.END_LEASE: `name=` would lose the SDK's typing of an async update
     async def end_lease(self, request: LeaseEndRequest) -> SlotEvent:
         """Release or expiry: clean ComfyUI (or recycle) before serving anyone else.
 
@@ -346,18 +319,9 @@ class WarmSlotWorkflow:
         return self._rt.transitions[-1].reason if self._rt.transitions else ""
 
     def _enter(self, state: SlotState, reason: str, *, report: bool = True) -> None:
-        rt = self._rt
-        rt.transitions.append(
-            Transition(
-                at=self._now(),
-                from_state=rt.state if rt.state_since else None,
-                to_state=state,
-                reason=reason[:300],
-            )
+        core.record_transition(
+            self._rt, state, reason, now=self._now(), keep=self._cfg.transitions_kept
         )
-        del rt.transitions[: -self._cfg.transitions_kept]
-        rt.state = state
-        rt.state_since = self._now()
         workflow.logger.info("slot %s -> %s: %s", self._input.index, state, reason[:300])
         self._upsert()
         failure = self._take_failure()
@@ -380,7 +344,12 @@ class WarmSlotWorkflow:
         task.add_done_callback(self._outbox.discard)
 
     def _event(
-        self, reason: str, *, failure: FailureNote | None = None, lease_id: str | None = None
+        self,
+        reason: str,
+        *,
+        failure: FailureNote | None = None,
+        lease_id: str | None = None,
+        refused: bool = False,
     ) -> SlotEvent:
         rt = self._rt
         machine = rt.instance.machine_id if rt.instance else None
@@ -398,6 +367,7 @@ class WarmSlotWorkflow:
             host_fault=failure.host_fault if failure else False,
             image_failure=failure.image_failure if failure else False,
             lease_id=lease_id or (rt.lease.lease_id if rt.lease else None),
+            lease_refused=refused,
             ended_lease=(
                 LeaseEndRequest(lease_id=end.lease_id, reason=end.reason)
                 if (end := rt.last_lease_end)
@@ -409,7 +379,7 @@ class WarmSlotWorkflow:
         assert self._input.report_to is not None
         pool = workflow.get_external_workflow_handle(self._input.report_to)
         try:
-            await pool.signal("slot_event", event)
+            await pool.signal(Pool.SLOT_EVENT, event)
         except Exception as exc:  # a missing pool must not fail the slot
             workflow.logger.warning("cannot report to %s: %s", self._input.report_to, exc)
 
@@ -431,33 +401,19 @@ class WarmSlotWorkflow:
         exclude: bool = True,
         image_failure: bool = False,
     ) -> None:
-        rt = self._rt
-        c = rt.counters
-        c.failures += 1
-        c.consecutive_failures += 1
-        c.failures_by_reason[reason.value] = c.failures_by_reason.get(reason.value, 0) + 1
-        rt.last_failure = f"{reason.value}: {detail}"[:500]
-        machine = rt.instance.machine_id if rt.instance else None
-        if machine is None and rt.offer is not None:
-            machine = rt.offer.machine_id
-        self._failure = FailureNote(
-            reason=reason,
-            machine_id=machine,
-            host_fault=exclude and machine is not None,
-            image_failure=image_failure,
+        """Record a failed attempt (reported with the next transition); a machine the host
+        failed on is told to the pool before the next step releases it."""
+        note = core.record_failure(
+            self._rt, self._cfg, reason, detail, exclude=exclude, image_failure=image_failure
         )
-        if exclude and machine is not None and machine not in rt.excluded_machines:
-            rt.excluded_machines.append(machine)
-            del rt.excluded_machines[:-MAX_EXCLUDED]
-        if exclude and machine is not None and self._input.report_to is not None:
+        self._failure = note
+        if note.host_fault and note.machine_id is not None and self._input.report_to:
             self._exclusion = MachineExclusion(
                 pool_workflow_id=self._input.report_to,
-                machine_id=machine,
+                machine_id=note.machine_id,
                 reason=reason.value,
                 slot=self._input.index,
             )
-        if image_failure and self._cfg.fallback_image:
-            rt.use_fallback_image = True
 
     async def _tell_pool_exclusion(self) -> None:
         """Exclude a failed machine pool-wide before it is destroyed or searched past: the
@@ -546,24 +502,8 @@ class WarmSlotWorkflow:
             and handle.result().fatal_line is not None
         )
 
-    def _collector_target(self) -> InstanceView | None:
-        """The instance whose logs should be followed now, if any."""
-        rt = self._rt
-        inst = rt.instance
-        if (
-            not self._cfg.ssh_logs
-            or rt.state not in COLLECTING
-            or rt.retiring
-            or inst is None
-            or not inst.ssh_host
-            or not inst.ssh_port
-            or inst.id == rt.log_failed_instance
-        ):
-            return None
-        return inst
-
     def _sync_collector(self) -> None:
-        target = self._collector_target()
+        target = core.collector_target(self._rt, self._cfg)
         running = self._collector is not None and not self._collector.done()
         if running and (target is None or target.id != self._collector_for):
             self._stop_collector()
@@ -640,12 +580,6 @@ class WarmSlotWorkflow:
             return
         if result.fatal_line is not None:
             self._fatal = (instance_id, result)
-
-    def _add_log_lines(self, lines: list[str]) -> None:
-        rt = self._rt
-        rt.log_tail.extend(lines)
-        rt.log_lines_total += len(lines)
-        del rt.log_tail[: -self._cfg.log_tail_lines]
 
     @property
     def _queue(self) -> str:
@@ -735,10 +669,7 @@ class WarmSlotWorkflow:
         rt = self._rt
         cfg = self._cfg
         assert rt.offer is not None
-        use_fallback = rt.use_fallback_image and cfg.fallback_image is not None
-        image = cfg.fallback_image if use_fallback and cfg.fallback_image else cfg.image
-        rt.use_fallback_image = False
-        rt.image_used = image
+        image = rt.image_used = core.image_for(rt, cfg)
         label = self._label
         try:
             result = await workflow.execute_activity_method(
@@ -757,26 +688,27 @@ class WarmSlotWorkflow:
                 **options.rent(self._queue),
             )
         except ActivityError as err:
-            kind = error_type(err)
+            outcome = core.rent_outcome(error_type(err))
             detail = str(err.cause or err)
-            if kind == "VastOfferUnavailable":
-                self._enter(S.SEARCHING, f"offer {rt.offer.id} vanished: search again")
-            elif kind == "VastCreateFailed":  # the host refused it: another host may not
-                self._fail(FailureReason.RENT_FAILED, detail)
-                self._enter(S.BACKOFF, "rent failed")
-            elif kind == "VastRequestRejected":
-                self._fail(FailureReason.RENT_FAILED, detail, exclude=False)
-                self._enter(S.BACKOFF, "rent failed")
-            elif kind == "VastAuthError":
-                self._key_rejected(detail)
-                rt.blocked_reason = f"provider key rejected: {detail}"[:500]
-                self._enter(S.BLOCKED, rt.blocked_reason)
-            else:
+            if outcome == RentOutcome.ASK_AGAIN:
                 # The API did not answer: the create may have landed, so the same label is
                 # asked again (adopt-or-create); no failure is counted.
                 rt.last_failure = f"rent: provider API: {detail}"[:500]
                 await self._sleep(cfg.poll_active)
+                return
+            rt.use_fallback_image = False
+            if outcome == RentOutcome.SEARCH_AGAIN:
+                self._enter(S.SEARCHING, f"offer {rt.offer.id} vanished: search again")
+            elif outcome == RentOutcome.KEY_REJECTED:
+                self._key_rejected(detail)
+                rt.blocked_reason = f"provider key rejected: {detail}"[:500]
+                self._enter(S.BLOCKED, rt.blocked_reason)
+            else:  # a host that refused the create is excluded; a rejected request is not
+                exclude = outcome == RentOutcome.HOST_REFUSED
+                self._fail(FailureReason.RENT_FAILED, detail, exclude=exclude)
+                self._enter(S.BACKOFF, "rent failed")
             return
+        rt.use_fallback_image = False
         if not result.adopted:
             rt.counters.rents += 1
         rt.instance = InstanceView(
@@ -855,19 +787,22 @@ class WarmSlotWorkflow:
         kind = error_type(err)
         if isinstance(cause, ApplicationError) and cause.details:
             self._rt.port_report = PortReport.model_validate(cause.details[0])
-        if kind == "Firewall":
-            self._fail(FailureReason.FIREWALL, str(cause))
-        elif kind == "PortalUnauthorized":
-            self._fail(FailureReason.PORTAL_UNAUTHORIZED, str(cause), exclude=False)
-            self._rt.block_after_terminate = f"configuration error: {cause}"
-        elif isinstance(cause, TimeoutError):
-            self._fail(
-                FailureReason.COMFY_NEVER_READY,
-                f"ComfyUI not ready within {self._cfg.readiness_timeout}",
+        self._untrusted(
+            core.readiness_failure(
+                kind,
+                str(cause or err),
+                timed_out=isinstance(cause, TimeoutError),
+                timeout=self._cfg.readiness_timeout,
             )
-        else:
-            self._fail(FailureReason.COMFY_NEVER_READY, str(cause or err))
-        self._enter(S.TERMINATING, self._rt.last_failure or "probe failed")
+        )
+
+    def _untrusted(self, failure: ProbeFailure) -> None:
+        """No endpoint of the instance can be trusted: destroy it (and block after that on a
+        configuration error)."""
+        self._fail(failure.reason, failure.detail, exclude=failure.exclude)
+        if failure.block is not None:
+            self._rt.block_after_terminate = failure.block
+        self._enter(S.TERMINATING, self._rt.last_failure or failure.detail)
 
     async def _validate(self) -> None:
         """Every candidate, TCP then HTTP; the URL comes only from one that passed both."""
@@ -880,18 +815,11 @@ class WarmSlotWorkflow:
             **options.validate_ports(cfg),
         )
         rt.port_report = report
-        if report.url is None:
-            if report.firewall:
-                self._fail(FailureReason.FIREWALL, "every candidate timed out")
-            elif report.unauthorized:
-                self._fail(
-                    FailureReason.PORTAL_UNAUTHORIZED, "portal refused our token", exclude=False
-                )
-                self._rt.block_after_terminate = "configuration error: portal refused our token"
-            else:
-                self._fail(FailureReason.PORTS_INVALID, "no candidate passed TCP and HTTP")
-            self._enter(S.TERMINATING, rt.last_failure or "ports invalid")
+        failure = core.validation_failure(report)
+        if failure is not None:
+            self._untrusted(failure)
             return
+        assert report.url is not None
         if cfg.warmup_workflow:
             warmup = workflow.start_activity_method(
                 ComfyActivities.warmup,
@@ -1025,20 +953,13 @@ class WarmSlotWorkflow:
         self._enter(S.READY, "cleaned after lease", report=self._report_clean)
         self._report_clean = False
 
-    def _lease_overdue_at(self) -> datetime | None:
-        """When the held lease is overdue (its end should have come by then); None if none."""
-        lease = self._rt.lease
-        if lease is None or self._rt.state != S.LEASED:
-            return None
-        return lease.leased_until + self._cfg.lease_overdue_grace
-
     def _lease_overdue_in(self) -> timedelta | None:
-        overdue = self._lease_overdue_at()
+        overdue = core.lease_overdue_at(self._rt, self._cfg)
         return None if overdue is None else max(overdue - self._now(), timedelta(milliseconds=1))
 
     def _end_overdue_lease(self) -> None:
         """The pool's `end_lease` never came: end the lease here, clean, and report READY."""
-        overdue, lease = self._lease_overdue_at(), self._rt.lease
+        overdue, lease = core.lease_overdue_at(self._rt, self._cfg), self._rt.lease
         if overdue is None or lease is None or self._now() < overdue:
             return  # renewed meanwhile
         workflow.logger.warning("lease %s overdue: the slot ends it", lease.lease_id)
@@ -1047,13 +968,7 @@ class WarmSlotWorkflow:
         self._report_clean = True
 
     def _end_lease(self, reason: str) -> None:
-        lease = self._rt.lease
-        if lease is None:
-            return
-        self._rt.last_lease_end = LeaseEnd(
-            lease_id=lease.lease_id, holder=lease.holder, ended_at=self._now(), reason=reason[:300]
-        )
-        self._rt.lease = None
+        core.end_lease(self._rt, reason, now=self._now())
 
     async def _drain(self) -> None:
         """Retiring: let a lease run out, then destroy."""
@@ -1080,18 +995,8 @@ class WarmSlotWorkflow:
                 "instance %s destroyed (confirmed=%s)", result.instance_id, result.confirmed
             )
             rt.instance = None
-        rt.connection_url = None
-        rt.ready_since = None
-        rt.needs_clean = False  # nothing left to clean
         self._end_lease("slot terminated")
-        if rt.retiring:
-            self._enter(S.DONE, "instance destroyed, slot retired")
-        elif rt.block_after_terminate:
-            rt.blocked_reason = rt.block_after_terminate
-            rt.block_after_terminate = None
-            self._enter(S.BLOCKED, rt.blocked_reason)
-        else:
-            self._enter(S.BACKOFF, "instance destroyed; will rent another")
+        self._enter(*core.after_terminate(rt))
 
     async def _backoff(self) -> None:
         cfg = self._cfg

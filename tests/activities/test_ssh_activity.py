@@ -27,14 +27,15 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.worker import Worker
 
     from activities.ssh import (
-        SSH_LOG_SIGNAL,
         SshFollowInput,
         SshFollowResult,
         SshLogActivities,
-        SshLogBatch,
     )
     from tests.conftest import start_dev_server
+    from tests.helpers import assert_eventually
     from tests.sshd import Sshd, ed25519_key, running_sshd
+    from warmpool.models import SshLogBatch
+    from warmpool.names import Slot
     from warmpool.ssh import LogCursor, SshConnectError
     from workflows.options import SSH_FOLLOW_RETRY
 
@@ -69,7 +70,7 @@ class SshLogRecorder:
         )
         return result
 
-    @workflow.signal(name=SSH_LOG_SIGNAL)
+    @workflow.signal(name=Slot.SSH_LOG)
     def ssh_log(self, batch: SshLogBatch) -> None:
         self.batches.append(batch)
 
@@ -177,13 +178,6 @@ def kept_lines(received: list[SshLogBatch]) -> list[str]:
     return kept
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
-
-
 async def follow_until_cancelled(
     env: ActivityEnvironment,
     activities: SshLogActivities,
@@ -192,7 +186,7 @@ async def follow_until_cancelled(
 ) -> None:
     """Run the activity until `done`, then cancel it, as the slot does when it becomes READY."""
     task = asyncio.ensure_future(env.run(activities.follow_logs, input))
-    await eventually(done)
+    await assert_eventually(done)
     env.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
@@ -231,7 +225,7 @@ async def test_a_cancelled_follow_resumes_from_its_last_heartbeat_without_loss_o
     async def disconnected() -> bool:  # cancellation closed the connection
         return not sshd.session_pids()
 
-    await eventually(disconnected, timeout_s=3)
+    await assert_eventually(disconnected, timeout=3)
     await asyncio.sleep(0.2)  # a repeat would show up here
 
     received = await batches(slot)
@@ -368,13 +362,13 @@ async def test_in_a_worker_the_retry_policy_reconnects_after_sshd_restarts(
     async def kept(count: int) -> bool:
         return len(kept_lines(await batches(handle))) >= count
 
-    await eventually(lambda: kept(2))
+    await assert_eventually(lambda: kept(2))
     sshd.kill()
     append(log, "while down 1", "while down 2")
     await asyncio.sleep(0.3)
     sshd.start()
     append(log, "after restart")
-    await eventually(lambda: kept(5))
+    await assert_eventually(lambda: kept(5))
     append(log, "OSError: [Errno 28] No space left on device", "never sent")
 
     result = await asyncio.wait_for(handle.result(), 10)

@@ -21,7 +21,7 @@ from temporalio.worker import Worker
 
 from activities.comfy import CleanInput, ProbeInput, WarmupInput, WatchInput, WatchResult
 from activities.slots import exclude_machine, message_slot
-from activities.ssh import SSH_LOG_SIGNAL, SshFollowInput, SshFollowResult, SshLogBatch
+from activities.ssh import SshFollowInput, SshFollowResult
 from activities.tokens import TokenCheckInput
 from activities.vast import (
     DestroyResult,
@@ -38,9 +38,11 @@ from warmpool.models import (
     Observation,
     OfferSummary,
     PortReport,
+    SshLogBatch,
 )
+from warmpool.names import Slot
+from warmpool.queues import provider_queues
 from warmpool.tokens import TokenCheck
-from workflows.options import provider_queues
 
 
 @dataclass
@@ -308,7 +310,7 @@ class FakeCloud:
         handle = activity.client().get_workflow_handle(input.workflow_id)
         for batch in self.ssh_logs.get(machine, []):
             own = batch.model_copy(update={"instance_id": batch.instance_id or input.instance_id})
-            await handle.signal(SSH_LOG_SIGNAL, own)
+            await handle.signal(Slot.SSH_LOG, own)
         if machine in self.ssh_fatal:
             return SshFollowResult(fatal_line=self.ssh_fatal[machine], path="/log", lines_seen=0)
         try:

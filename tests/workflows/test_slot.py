@@ -12,7 +12,6 @@ import pytest
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
-from activities.ssh import SshLogBatch
 from tests.helpers import in_state, new_queue, wait_status
 from tests.workflows.fakes import FakeCloud, workers
 from warmpool.labels import slot_workflow_id
@@ -24,6 +23,7 @@ from warmpool.models import (
     SlotInput,
     SlotState,
     SlotStatus,
+    SshLogBatch,
 )
 from warmpool.ssh import LogCursor
 from workflows.slot import WarmSlotWorkflow
