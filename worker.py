@@ -29,21 +29,21 @@ from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 from temporalio.worker import Worker
 
 from activities import WorkerActivities, build_activities
-from warmpool.cli.tokens import ensure_token_watch
+from warmpool.clients.token_watch import ensure_token_watch
 from warmpool.logging import configure_logging
+from warmpool.queues import PACED_QUEUES, PacedQueue, provider_queues, vast_queue
 from warmpool.sandbox import LeanSandbox
 from warmpool.secrets import (
+    SIM_INSTANCE_SECRET,
     EnvSecretStore,
-    FileSecretStore,
-    LayeredSecretStore,
     SecretStore,
     current_values,
+    secret_store,
 )
 from warmpool.settings import DEFAULT_VAST_BASE_URL, Settings, SettingsError, load_settings
 from warmpool.temporal import connect
 from warmpool.vast import VAST_DEFAULT_MIN_INTERVALS
 from workflows import WORKFLOWS, WarmPoolWorkflow
-from workflows.options import PACED_QUEUES, PacedQueue, provider_queues, vast_queue
 
 log = logging.getLogger("warmpool.worker")
 
@@ -70,9 +70,6 @@ costs a replay of that workflow's (bounded) history on whichever worker takes th
 UNSANDBOXED: tuple[type, ...] = (WarmPoolWorkflow,)
 """The lease path's workflow runs without the sandbox's per-task cost (see warmpool/sandbox.py)."""
 
-SIM_INSTANCE_SECRET = "simulator-only-instance-secret"
-"""Used only with the embedded simulator, whose instances are not real."""
-
 
 class Endpoints(Protocol):
     """Where the Vast.ai, Hugging Face and Civitai calls go (a `vastsim.Simulator` is one)."""
@@ -92,11 +89,6 @@ class Provider:
     base_url: str
     hf_base_url: str
     civitai_base_url: str
-
-
-def secret_store(settings: Settings, *extra: SecretStore) -> LayeredSecretStore:
-    """File store first (a rotation wins), then the environment, then any fallback."""
-    return LayeredSecretStore([FileSecretStore(settings.secrets_dir), EnvSecretStore(), *extra])
 
 
 def create_workers(

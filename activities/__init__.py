@@ -25,11 +25,11 @@ from warmpool.comfy import tls_context
 from warmpool.errors import VastAuthError
 from warmpool.listing import SharedListing
 from warmpool.logging import Redactor
+from warmpool.queues import CREATE_QUEUE, DESTROY_QUEUE, SEARCH_QUEUE, PacedQueue
 from warmpool.secrets import SecretName, SecretStore, current_values
 from warmpool.settings import Settings
 from warmpool.tokens import TokenValidator
 from warmpool.vast import VastClient, scaled_min_intervals
-from workflows.options import CREATE_QUEUE, DESTROY_QUEUE, SEARCH_QUEUE, PacedQueue
 
 
 @dataclass
@@ -37,7 +37,7 @@ class WorkerActivities:
     """Activities for the main task queue and for the provider (rate-limited) task queues.
 
     `vast` is every provider activity, served on `<queue>-vast`; `paced` maps a paced queue's
-    suffix (`workflows.options.PACED_QUEUES`) to the one activity it runs. A queue missing from
+    suffix (`warmpool.queues.PACED_QUEUES`) to the one activity it runs. A queue missing from
     `paced` is served with all of `vast`. Keeping every activity on `<queue>-vast` lets tasks
     scheduled there before the per-endpoint queues existed (and their retries) still run.
     """

@@ -19,7 +19,7 @@ from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from activities.vast import instance_secret
 from warmpool.comfy import ComfyClient, ComfyPromptFailed
-from warmpool.errors import VastError
+from warmpool.errors import ErrorType, VastError
 from warmpool.instance_token import derive_instance_token
 from warmpool.lifecycle import Verdict, assess, backoff_delay
 from warmpool.listing import SharedListing
@@ -136,20 +136,20 @@ class ComfyActivities:
                 "ComfyUI portal refused our instance token (401/403): check "
                 "WARMPOOL_INSTANCE_SECRET and the image's OPEN_BUTTON_TOKEN handling",
                 report.model_dump(mode="json"),
-                type="PortalUnauthorized",
+                type=ErrorType.PORTAL_UNAUTHORIZED,
                 non_retryable=True,
             )
         if report.firewall and attempt >= input.firewall_after_attempts:
             raise ApplicationError(
                 f"every port candidate timed out on {attempt} attempts: firewalled",
                 report.model_dump(mode="json"),
-                type="Firewall",
+                type=ErrorType.FIREWALL,
                 non_retryable=True,
             )
         summary = ", ".join(f"{c.name}={c.outcome}" for c in report.candidates) or "no candidate"
         raise ApplicationError(
             f"ComfyUI not ready ({summary})",
-            type="NotReady",
+            type=ErrorType.NOT_READY,
             category=ApplicationErrorCategory.BENIGN,
             next_retry_delay=backoff_delay(
                 attempt, input.initial_interval, input.max_interval, random.random()
@@ -178,7 +178,7 @@ class ComfyActivities:
         except (OSError, ValueError) as exc:
             raise ApplicationError(
                 f"warm-up workflow {input.workflow_path} unreadable: {exc}",
-                type="ConfigurationError",
+                type=ErrorType.CONFIGURATION,
                 non_retryable=True,
             ) from None
         graph = graph.get("prompt", graph)
@@ -186,7 +186,9 @@ class ComfyActivities:
             try:
                 return await comfy.run_prompt(graph, timeout=input.timeout.total_seconds())
             except ComfyPromptFailed as exc:
-                raise ApplicationError(str(exc), type="WarmupFailed", non_retryable=True) from None
+                raise ApplicationError(
+                    str(exc), type=ErrorType.WARMUP_FAILED, non_retryable=True
+                ) from None
 
     @activity.defn(name="comfy.clean")
     async def clean(self, input: CleanInput) -> None:

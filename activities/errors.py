@@ -1,6 +1,7 @@
 """How does a library error become a Temporal failure? The one mapping, used by every activity.
 
-- auth failures and permanent provider answers: non-retryable, with a `type` the workflow matches;
+- auth failures and permanent provider answers: non-retryable, with a `type` the workflow matches
+  (`warmpool.errors.ErrorType`, the one table of failure types);
 - a 429: retryable, `next_retry_delay` from Retry-After when the provider sent one, otherwise a
   jittered delay (Vast.ai sends none);
 - server errors, timeouts, malformed answers: retryable (the retry policy backs off).
@@ -21,6 +22,7 @@ from warmpool.errors import (
     VastError,
     VastRateLimited,
     VastRequestRejected,
+    vast_error_type,
 )
 
 RATE_LIMIT_BASE_S = 2.0
@@ -37,7 +39,7 @@ def rate_limit_delay(retry_after: float | None, attempt: int) -> timedelta:
 
 def to_application_error(exc: VastError, attempt: int) -> ApplicationError:
     """Translate one Vast.ai error into the failure the workflow sees."""
-    name = type(exc).__name__
+    name = vast_error_type(exc)
     if isinstance(exc, VastRateLimited):
         return ApplicationError(
             str(exc), type=name, next_retry_delay=rate_limit_delay(exc.retry_after, attempt)

@@ -17,8 +17,9 @@ from temporalio.client import Client, WorkflowExecutionStatus, WorkflowQueryFail
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.errors import vast_errors
+from warmpool.clients import slot as slot_client
 from warmpool.labels import pool_label_prefix, slot_workflow_id
-from warmpool.models import Model, SlotStatus
+from warmpool.models import Model
 from warmpool.reaper import Candidate, SlotClaim
 from warmpool.vast import Instance, VastClient
 
@@ -64,7 +65,7 @@ async def read_claim(
         name = described.status.name if described.status else "unknown"
         return SlotClaim(index=index, live=False, detail=f"workflow {name.lower()}")
     try:
-        status = await handle.query("status", result_type=SlotStatus, rpc_timeout=rpc_timeout)
+        status = await slot_client.query_status(handle, rpc_timeout=rpc_timeout)
     except (RPCError, WorkflowQueryFailedError) as exc:
         return SlotClaim(index=index, live=None, detail=f"status query failed: {exc}"[:300])
     return SlotClaim(

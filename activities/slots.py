@@ -19,8 +19,9 @@ from __future__ import annotations
 from temporalio import activity
 from temporalio.service import RPCError, RPCStatusCode
 
-from warmpool.leasing import retry_transient
+from warmpool.clients.pool import retry_transient
 from warmpool.models import Model, SlotEvent, SlotMessage
+from warmpool.names import Pool
 
 UPDATES = frozenset({"assign_lease", "end_lease"})
 
@@ -55,9 +56,6 @@ class MachineExclusion(Model):
     slot: int
 
 
-EXCLUDE_SIGNAL = "exclude_machine"
-
-
 @activity.defn(name="pool.exclude_machine")
 async def exclude_machine(exclusion: MachineExclusion) -> None:
     """Tell the pool before the machine is released (destroyed, or its create refused).
@@ -67,7 +65,7 @@ async def exclude_machine(exclusion: MachineExclusion) -> None:
     """
     handle = activity.client().get_workflow_handle(exclusion.pool_workflow_id)
     try:
-        await handle.signal(EXCLUDE_SIGNAL, exclusion)
+        await handle.signal(Pool.EXCLUDE_MACHINE, exclusion)
     except RPCError as exc:
         if exc.status != RPCStatusCode.NOT_FOUND:  # no pool left to tell
             raise

@@ -17,6 +17,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.errors import vast_errors
 from warmpool.errors import (
+    ErrorType,
     VastAuthError,
     VastCreateFailed,
     VastMalformedResponse,
@@ -83,7 +84,7 @@ def instance_secret(store: SecretStore) -> bytes:
     if not secret:
         raise ApplicationError(
             "no instance token secret configured (WARMPOOL_INSTANCE_SECRET)",
-            type="ConfigurationError",
+            type=ErrorType.CONFIGURATION,
             non_retryable=True,
         )
     return secret.encode()
@@ -115,7 +116,7 @@ async def refuse_excluded(input: RentInput) -> None:
     ):
         raise ApplicationError(
             f"machine {input.machine_id} was excluded by the pool since the search",
-            type="VastOfferUnavailable",
+            type=ErrorType.VAST_OFFER_UNAVAILABLE,
             non_retryable=True,
         )
 
@@ -247,7 +248,7 @@ class VastActivities:
         raise ApplicationError(
             f"destroy of instance {instance_id} not confirmed yet "
             f"(cur_state {shown.cur_state}, next_state {shown.next_state})",
-            type="DestroyNotConfirmed",
+            type=ErrorType.DESTROY_NOT_CONFIRMED,
         )
 
     @activity.defn(name="vast.show")

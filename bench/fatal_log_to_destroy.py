@@ -26,8 +26,9 @@ sys.path.insert(0, str(ROOT))  # the sshd fixture and the stack helpers live in 
 from tests.integration.conftest import FAST, FAST_SIM, sim_secrets, start_stack  # noqa: E402
 from tests.sshd import running_sshd  # noqa: E402
 from vastsim import Fault, Simulator  # noqa: E402
+from warmpool.clients import slot as slot_client  # noqa: E402
 from warmpool.logging import configure_logging  # noqa: E402
-from warmpool.models import SlotState, SlotStatus  # noqa: E402
+from warmpool.models import SlotState  # noqa: E402
 from warmpool.settings import Settings  # noqa: E402
 
 FATAL_LINE = "RuntimeError: CUDA error: device-side assert triggered\n"
@@ -60,7 +61,7 @@ async def main(poll: float, rounds: int) -> None:
                 sim.add_fault(Fault(kind="comfy_never_ready", count=1))
                 handle = await stack.start_slot(index=index)
                 while True:  # the collector has delivered the first line: it is following
-                    status = await handle.query("status", result_type=SlotStatus)
+                    status = await slot_client.query_status(handle)
                     if status.state == SlotState.PROBING and "booting" in status.log_tail:
                         break
                     await asyncio.sleep(0.05)
@@ -71,7 +72,7 @@ async def main(poll: float, rounds: int) -> None:
                 await destroyed(sim, status.instance.id)
                 seconds.append(time.monotonic() - started)
                 log.write_text("")
-                await handle.signal("retire", "benchmark over")
+                await slot_client.retire(handle, "benchmark over")
                 await handle.result()
     print(f"fatal log line -> destroy call (ssh poll {poll:g} s, {rounds} rounds, seconds)")
     print_table(["poll", "destroy after"], [[f"{poll:g} s", summary(seconds)]])

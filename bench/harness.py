@@ -34,10 +34,12 @@ from temporalio.testing import WorkflowEnvironment
 from activities import build_activities
 from vastsim import SimConfig, Simulator
 from warmpool import search_attributes as sa
+from warmpool.clients import slot as slot_client
 from warmpool.devserver import TEMPORAL
 from warmpool.labels import slot_workflow_id
 from warmpool.logging import configure_logging
 from warmpool.models import SlotInput, SlotState, SlotStatus
+from warmpool.names import Slot
 from warmpool.secrets import EnvSecretStore, LayeredSecretStore, current_values
 from warmpool.settings import Settings
 from worker import HEARTBEAT_THROTTLE, MAX_CACHED_WORKFLOWS, Endpoints, create_workers
@@ -200,7 +202,7 @@ class Bench:
         """`config` overrides fields of the settings' SlotConfig (e.g. `constraints=...`)."""
         slot_config = self.settings.slot_config().model_copy(update=config)
         return await self.client.start_workflow(
-            "WarmSlotWorkflow",
+            Slot.WORKFLOW,
             SlotInput(pool=self.pool, index=index, config=slot_config),
             id=slot_workflow_id(self.pool, index),
             task_queue=self.queue,
@@ -226,7 +228,7 @@ class Bench:
     async def retire(self, handles: Iterable[WorkflowHandle[Any, SlotStatus]]) -> None:
         """Retire slots and wait until each has destroyed its instance."""
         handles = list(handles)
-        await asyncio.gather(*(h.signal("retire", "benchmark over") for h in handles))
+        await asyncio.gather(*(slot_client.retire(h, "benchmark over") for h in handles))
         await asyncio.gather(*(h.result() for h in handles))
 
     async def retire_all(self, n: int, *, within: float) -> None:
@@ -236,7 +238,7 @@ class Bench:
         async def retire(index: int) -> None:
             async with gate:
                 handle = self.client.get_workflow_handle(slot_workflow_id(self.pool, index))
-                await handle.signal("retire", "benchmark over")
+                await slot_client.retire(handle, "benchmark over")
 
         await asyncio.gather(*(retire(i) for i in range(n)))
         await self.wait_count(n, SlotState.DONE, within=within)
@@ -332,7 +334,7 @@ async def wait_for(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + within
     while True:
-        status: SlotStatus = await handle.query("status", result_type=SlotStatus)
+        status = await slot_client.query_status(handle)
         if predicate(status):
             return status
         if loop.time() > deadline:

@@ -39,7 +39,8 @@ from harness import (
 )
 
 from vastsim import Simulator
-from warmpool.models import SlotState, SlotStatus
+from warmpool.clients import slot as slot_client
+from warmpool.models import SlotState
 from worker import HEARTBEAT_THROTTLE
 
 READY = SlotState.READY
@@ -63,7 +64,7 @@ async def measure(slots: int, scale: float, hours: float, spread: bool) -> dict[
         before, started = sim.call_counts, time.monotonic()
         await asyncio.sleep(hours * 3600 / scale)
         after, elapsed = sim.call_counts, time.monotonic() - started
-        statuses = [await h.query("status", result_type=SlotStatus) for h in handles]
+        statuses = [await slot_client.query_status(h) for h in handles]
         lost = sum(s.counters.failures for s in statuses)
         if lost or any(s.state != READY for s in statuses):
             print(f"note: {lost} slot failure(s) during the window; the figure includes them")

@@ -1,7 +1,7 @@
 """How fast is a lease? p50/p99 of the pool's `lease` update next to a bare update round trip.
 
 Measures: a pool of 10 READY slots (dev server, real workers and activities, the simulator in a
-child process), then --leases lease + release pairs through `warmpool.leasing` (what the CLI
+child process), then --leases lease + release pairs through `warmpool.clients.pool` (what the CLI
 and the gateway call), first on a quiet pool (all slots idle, no slot event in flight), then
 back to back (each lease lands while the pool handles the previous release), then from
 --concurrency callers at once (the 8-in-flight gate applies). The baseline is an update on a
@@ -23,7 +23,7 @@ no slot was idle), and the pool's runs: how many times it continued-as-new, its 
 tasks (each replays the run) and how long each run's first task waited in the queue. Last, the
 leases asked for just before a continue-as-new and how long they took (the server aborts an
 update that arrives during that task; the SDK re-sends it about a second later,
-`warmpool.leasing` after 0.25 s), and the slowest leases.
+`warmpool.clients.pool` after 0.25 s), and the slowest leases.
 
     .venv/bin/python bench/lease_latency.py [--leases 300] [--concurrency 10]
 """
@@ -50,9 +50,9 @@ from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Worker
 
-from warmpool import leasing
+from warmpool.clients import pool as pool_client
 from warmpool.labels import pool_workflow_id
-from warmpool.models import LeaseRequest, PoolConfig, PoolInput, PoolStatus
+from warmpool.models import LeaseRequest, PoolConfig, PoolInput
 from workflows.pool import WarmPoolWorkflow
 
 READY_SLOTS = 10
@@ -94,9 +94,9 @@ async def timed(call: Callable[[], Awaitable[object]]) -> float:
 
 
 async def wait_idle(client: Client, pool: str, n: int, within: float) -> None:
-    handle = leasing.pool_handle(client, pool)
+    handle = pool_client.pool_handle(client, pool)
     deadline = time.monotonic() + within
-    while (status := await handle.query("status", result_type=PoolStatus)).idle_ready < n:
+    while (status := await pool_client.query_status(handle)).idle_ready < n:
         if time.monotonic() > deadline:
             raise TimeoutError(f"{status.idle_ready}/{n} idle READY: {status.counts}")
         await asyncio.sleep(0.2)
@@ -112,13 +112,13 @@ async def lease_and_release(client: Client, pool: str, leases: list[LeaseSample]
     while True:
         try:
             asked_at, started = time.time(), time.perf_counter()
-            grant = await leasing.acquire(client, pool, request)
+            grant = await pool_client.acquire(client, pool, request)
             leases.append(LeaseSample(asked_at, (time.perf_counter() - started) * 1000))
             break
         except WorkflowUpdateFailedError:
             refused += 1
             await asyncio.sleep(0.05)  # every slot busy being cleaned: not a latency sample
-    await leasing.release(client, pool, grant.lease_id)
+    await pool_client.release(client, pool, grant.lease_id)
     return refused
 
 
@@ -278,7 +278,7 @@ def continue_as_new_summary(asked: list[LeaseSample], runs: list[list[HistoryEve
     """The leases that met the pool's continue-as-new, and the slowest leases.
 
     An update that reaches the server while a run's last workflow task completes is aborted
-    (temporalio/temporal#6485) and asked again on the new run (see warmpool/leasing.py).
+    (temporalio/temporal#6485) and asked again on the new run (see warmpool/clients/pool.py).
     """
     starts = [run_start(events) / 1e9 for events in runs[1:]]
     met = [a.ms for a in asked if any(0 <= s - a.asked_at <= CAN_WINDOW_S for s in starts)]

@@ -44,10 +44,12 @@ from harness import (
     stack,
 )
 
-from warmpool import leasing
+from warmpool.clients import pool as pool_client
+from warmpool.clients import slot as slot_client
 from warmpool.instance_token import derive_instance_token
-from warmpool.labels import pool_workflow_id, slot_label, slot_workflow_id
-from warmpool.models import PoolConfig, PoolInput, PoolStatus, SlotStatus
+from warmpool.labels import pool_workflow_id, slot_label
+from warmpool.models import PoolConfig, PoolInput, PoolStatus
+from warmpool.names import Pool
 
 ADMIN_KEY = "bench-admin-key"
 GRAPH = {
@@ -152,7 +154,7 @@ async def main(args: argparse.Namespace) -> None:
     ):
         pool = "proxybench"
         handle = await bench.client.start_workflow(
-            "WarmPoolWorkflow",
+            Pool.WORKFLOW,
             PoolInput(
                 pool=pool,
                 config=PoolConfig(min_ready=1, max_slots=1, slot=bench.settings.slot_config()),
@@ -162,7 +164,7 @@ async def main(args: argparse.Namespace) -> None:
             result_type=PoolStatus,
         )
         for _ in range(600):
-            if (await handle.query("status", result_type=PoolStatus)).idle_ready >= 1:
+            if (await pool_client.query_status(handle)).idle_ready >= 1:
                 break
             await asyncio.sleep(0.1)
         port = free_port()
@@ -187,9 +189,7 @@ async def main(args: argparse.Namespace) -> None:
                 grant = await via.post("/api/leases", json={"holder": "bench", "duration_s": 3600})
                 grant.raise_for_status()
                 lease = grant.json()
-                slot = await bench.client.get_workflow_handle(
-                    slot_workflow_id(pool, lease["slot"])
-                ).query("status", result_type=SlotStatus)
+                slot = await slot_client.status(bench.client, pool, lease["slot"])
                 token = derive_instance_token(
                     INSTANCE_SECRET.encode(), slot_label(pool, lease["slot"], slot.attempt)
                 )
@@ -233,8 +233,8 @@ async def main(args: argparse.Namespace) -> None:
         print_table(("endpoint", "path", "p50 ms", "p99 ms", "mean ms", "req/s"), rows)
         proxied = sum(len(through.latencies[e]) + through.completed[e] for e in calls(""))
         print(f"gateway CPU: {gateway_cpu * 1000 / proxied:.2f} ms per proxied request")
-        await leasing.release(bench.client, pool, lease["lease_id"])
-        await handle.signal("drain")
+        await pool_client.release(bench.client, pool, lease["lease_id"])
+        await handle.signal(Pool.DRAIN)
         await handle.result()
 
 

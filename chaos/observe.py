@@ -18,10 +18,12 @@ from temporalio.client import Client, WorkflowQueryFailedError
 from temporalio.service import RPCError
 
 from warmpool import search_attributes as sa
-from warmpool.labels import pool_workflow_id
+from warmpool.clients import pool as pool_client
+from warmpool.clients import slot as slot_client
 from warmpool.models import PoolLease, PoolStatus, SlotState, SlotStatus
+from warmpool.names import Reaper, Slot
+from warmpool.pool_core import STARTING
 from warmpool.reaper import ReaperInput, ReaperReport
-from workflows.pool import STARTING
 
 T = TypeVar("T")
 S = SlotState
@@ -45,9 +47,9 @@ async def retrying(call: Callable[[], Awaitable[T]], within: float = 60, what: s
 
 
 async def pool_status(client: Client, pool: str) -> PoolStatus:
-    handle = client.get_workflow_handle(pool_workflow_id(pool), result_type=PoolStatus)
+    handle = pool_client.pool_handle(client, pool)
     return await retrying(
-        lambda: handle.query("status", result_type=PoolStatus, rpc_timeout=QUERY_TIMEOUT),
+        lambda: pool_client.query_status(handle, rpc_timeout=QUERY_TIMEOUT),
         what=f"status of pool {pool}",
     )
 
@@ -59,7 +61,7 @@ def leases_of(status: PoolStatus) -> list[PoolLease]:
 
 def _slots_query(pool: str) -> str:
     return (
-        f"WarmPoolName = '{pool}' AND WorkflowType = 'WarmSlotWorkflow' "
+        f"WarmPoolName = '{pool}' AND WorkflowType = '{Slot.WORKFLOW}' "
         "AND ExecutionStatus = 'Running'"
     )
 
@@ -85,7 +87,7 @@ async def slot_statuses(client: Client, pool: str) -> list[SlotStatus]:
     async def one(workflow_id: str) -> SlotStatus:
         handle = client.get_workflow_handle(workflow_id)
         return await retrying(
-            lambda: handle.query("status", result_type=SlotStatus, rpc_timeout=QUERY_TIMEOUT),
+            lambda: slot_client.query_status(handle, rpc_timeout=QUERY_TIMEOUT),
             what=f"status of {workflow_id}",
         )
 
@@ -125,7 +127,7 @@ def serving(expected: int, leased: int = 0) -> Callable[[list[SlotStatus]], bool
 async def reaper_orphans(client: Client, pool: str, task_queue: str) -> ReaperReport:
     """What the orphan reaper would destroy now (dry run, no grace)."""
     report: ReaperReport = await client.execute_workflow(
-        "OrphanReaperWorkflow",
+        Reaper.WORKFLOW,
         ReaperInput(pool=pool, grace=timedelta(0), dry_run=True),
         id=f"chaos-reaper-{uuid.uuid4().hex[:8]}",
         task_queue=task_queue,

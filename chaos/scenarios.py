@@ -51,7 +51,8 @@ from chaos.observe import (
 from chaos.profile import Profile
 from chaos.report import ScenarioResult
 from chaos.stack import ChaosStack, identity, wait_until
-from warmpool import leasing
+from warmpool.clients import pool as pool_client
+from warmpool.clients import slot as slot_client
 from warmpool.labels import pool_workflow_id
 from warmpool.models import (
     LeaseGrant,
@@ -61,6 +62,7 @@ from warmpool.models import (
     SlotState,
     SlotStatus,
 )
+from warmpool.names import Pool
 from workflows import options
 
 Scenario = Callable[[ChaosStack, Profile, random.Random], Awaitable[ScenarioResult]]
@@ -97,7 +99,7 @@ async def end_checks(
 async def drain_later(stack: ChaosStack, pool: str) -> None:
     """Start draining a finished scenario's pool; the drain scenario waits for it."""
     client = await stack.client()
-    await retrying(lambda: client.get_workflow_handle(pool_workflow_id(pool)).signal("drain"))
+    await retrying(lambda: pool_client.pool_handle(client, pool).signal(Pool.DRAIN))
 
 
 async def wait_idle(stack: ChaosStack, pool: str, ready: int, within: float) -> PoolStatus:
@@ -115,7 +117,7 @@ async def wait_idle(stack: ChaosStack, pool: str, ready: int, within: float) -> 
 async def acquire(stack: ChaosStack, pool: str, holder: str) -> LeaseGrant:
     client = await stack.client()
     request = LeaseRequest(holder=holder, request_id=uuid.uuid4().hex)
-    return await retrying(lambda: leasing.acquire(client, pool, request), what="lease")
+    return await retrying(lambda: pool_client.acquire(client, pool, request), what="lease")
 
 
 def fired(state: Mapping[str, Any], ids: dict[str, list[str]]) -> dict[str, int]:
@@ -216,7 +218,7 @@ async def server_restart(stack: ChaosStack, profile: Profile, rng: random.Random
         )
     )
     renewed = await retrying(
-        lambda: leasing.renew(
+        lambda: pool_client.renew(
             client, pool, RenewRequest(lease_id=grant.lease_id, duration=timedelta(minutes=5))
         ),
         what="renew",
@@ -225,7 +227,7 @@ async def server_restart(stack: ChaosStack, profile: Profile, rng: random.Random
         inv.expect("lease renewable", renewed.lease_id == grant.lease_id, f"renew gave {renewed}")
     )
     await end_checks(stack, pool, result, slots, expected=3, leased=1)
-    await retrying(lambda: leasing.release(client, pool, grant.lease_id), what="release")
+    await retrying(lambda: pool_client.release(client, pool, grant.lease_id), what="release")
     status = await pool_status(client, pool)
     result.checks.append(inv.leases_ended(leases_of(status), [grant.lease_id]))
     await drain_later(stack, pool)
@@ -379,8 +381,8 @@ async def leased_watch(client: Client, slot_id: str, within: float = 30) -> str:
     found: list[str] = []
 
     async def running() -> bool:
-        status = await client.get_workflow_handle(slot_id).query(
-            "status", result_type=SlotStatus, rpc_timeout=QUERY_TIMEOUT
+        status = await slot_client.query_status(
+            client.get_workflow_handle(slot_id), rpc_timeout=QUERY_TIMEOUT
         )
         who = await watch_worker(client, slot_id) if status.state == SlotState.LEASED else None
         if who:
@@ -540,7 +542,7 @@ async def two_worker_failover(
         )
     )
     for lease_id in [x.lease_id for x in status.active_leases if x.lease_id in known]:
-        await retrying(partial(leasing.release, client, pool, lease_id), what="release")
+        await retrying(partial(pool_client.release, client, pool, lease_id), what="release")
     slots, took = await settle(client, pool, serving(2), profile.converge_s)
     result.figures["READY again after the releases"] = (
         f"{took:.1f} s" if took is not None else "never"

@@ -33,6 +33,7 @@ from warmpool.codec import data_converter
 from warmpool.devserver import dev_server_command
 from warmpool.labels import pool_workflow_id
 from warmpool.models import PoolConfig, PoolInput
+from warmpool.names import Pool
 from warmpool.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -380,7 +381,7 @@ class ChaosStack:
         )
         try:
             await client.start_workflow(
-                "WarmPoolWorkflow",
+                Pool.WORKFLOW,
                 PoolInput(pool=pool, config=config),
                 id=pool_workflow_id(pool),
                 task_queue=self.settings.task_queue,

@@ -18,9 +18,9 @@ from temporalio.api.taskqueue.v1 import TaskQueue
 from temporalio.api.workflowservice.v1 import DescribeTaskQueueRequest
 from temporalio.client import Client
 
+from warmpool.queues import vast_queue
 from warmpool.settings import SettingsError, load_settings
 from warmpool.temporal import connect
-from workflows.options import vast_queue
 
 
 async def pollers(client: Client, queue: str, kind: TaskQueueType.ValueType) -> set[str]:

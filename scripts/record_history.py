@@ -41,8 +41,8 @@ from temporalio.testing import WorkflowEnvironment  # noqa: E402
 from tests.integration.conftest import FAST, FAST_SIM, INSTANCE_SECRET  # noqa: E402
 from tests.sshd import Sshd, running_sshd  # noqa: E402
 from vastsim import Fault, Simulator  # noqa: E402
-from warmpool import leasing  # noqa: E402
 from warmpool import search_attributes as sa  # noqa: E402
+from warmpool.clients import pool as pool_client  # noqa: E402
 from warmpool.instance_token import derive_instance_token  # noqa: E402
 from warmpool.labels import pool_workflow_id, slot_workflow_id  # noqa: E402
 from warmpool.logging import configure_logging  # noqa: E402
@@ -228,10 +228,10 @@ async def run_pool(
         result_type=PoolStatus,
     )
     await wait_for(handle, PoolStatus, lambda s: s.idle_ready == 1)
-    first = await leasing.acquire(
+    first = await pool_client.acquire(
         client, POOL_OF_TWO, LeaseRequest(holder="recorder", request_id="recorded-first")
     )
-    waited = await leasing.acquire_waiting(
+    waited = await pool_client.acquire_waiting(
         client,
         POOL_OF_TWO,
         LeaseRequest(
@@ -239,9 +239,9 @@ async def run_pool(
         ),
         poll_s=0.1,
     )
-    await leasing.renew(client, POOL_OF_TWO, RenewRequest(lease_id=first.lease_id))
+    await pool_client.renew(client, POOL_OF_TWO, RenewRequest(lease_id=first.lease_id))
     for grant in (first, waited):
-        await leasing.release(client, POOL_OF_TWO, grant.lease_id)
+        await pool_client.release(client, POOL_OF_TWO, grant.lease_id)
     # Both clean; the pool then retires the idle slot beyond min_ready.
     await wait_for(
         handle, PoolStatus, lambda s: s.idle_ready >= 1 and not any(v.cleaning for v in s.slots)

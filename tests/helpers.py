@@ -1,4 +1,5 @@
-"""Small test helpers: unique task queues, waiting on a workflow's state, and a stranger."""
+"""Small test helpers: unique task queues, `assert_eventually` (the one poll-until), waiting on a
+slot's state, and a stranger."""
 
 from __future__ import annotations
 
@@ -6,22 +7,48 @@ import asyncio
 import json
 import random
 import threading
+import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
+from warmpool.clients import slot as slot_client
 from warmpool.models import SlotState, SlotStatus
+
+T = TypeVar("T")
 
 
 def new_queue() -> str:
     return f"tq-{uuid.uuid4().hex[:10]}"
+
+
+async def assert_eventually(
+    probe: Callable[[], Awaitable[T]],
+    predicate: Callable[[T], object] = bool,
+    *,
+    timeout: float = 10.0,  # noqa: ASYNC109 - how long to poll, reported in the failure
+    interval: float = 0.05,
+    describe: str = "condition",
+) -> T:
+    """Call `probe` every `interval` seconds until `predicate` holds for its value (by default:
+    the value is truthy), and return that value; after `timeout` seconds (real time) fail with
+    an AssertionError that shows the last value. The one poll-until of the tests."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await probe()
+        if predicate(value):
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{describe} not reached within {timeout:g} s; last: {value!r}")
+        await asyncio.sleep(interval)
 
 
 async def wait_status(
@@ -33,16 +60,24 @@ async def wait_status(
     attempts: int = 400,
     real_pause: float = 0.02,
 ) -> SlotStatus:
-    """Query until `predicate` holds; on the time-skipping server each step skips `step`."""
-    status: SlotStatus | None = None
-    for _ in range(attempts):
-        status = await handle.query("status", result_type=SlotStatus)
-        if predicate(status):
-            return status
-        if env.supports_time_skipping:
+    """Query the slot's status until `predicate` holds (`assert_eventually`, for about
+    `attempts` polls); on the time-skipping server the clock skips `step` between two polls."""
+    polls = 0
+
+    async def status() -> SlotStatus:
+        nonlocal polls
+        if polls and env.supports_time_skipping:
             await env.sleep(step)
-        await asyncio.sleep(real_pause)
-    raise AssertionError(f"condition not reached; last status: {status}")
+        polls += 1
+        return await slot_client.query_status(handle)
+
+    return await assert_eventually(
+        status,
+        predicate,
+        timeout=attempts * (real_pause + 0.03),
+        interval=real_pause,
+        describe="slot condition",
+    )
 
 
 def in_state(*states: SlotState) -> Callable[[SlotStatus], bool]:

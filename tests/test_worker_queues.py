@@ -15,11 +15,12 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities import build_activities
 from tests.helpers import new_queue
+from warmpool import queues
+from warmpool.queues import CREATE_QUEUE, DESTROY_QUEUE, PACED_QUEUES, SEARCH_QUEUE
 from warmpool.secrets import EnvSecretStore
 from warmpool.settings import Settings
 from worker import STICKY_SCHEDULE_TO_START, create_workers, paced_rate
 from workflows import options
-from workflows.options import CREATE_QUEUE, DESTROY_QUEUE, PACED_QUEUES, SEARCH_QUEUE
 
 
 @pytest.fixture(autouse=True)
@@ -38,7 +39,7 @@ def test_activity_options_name_their_queues() -> None:
     assert options.destroy("q")["task_queue"] == "q-vast-destroy"
     assert options.vast("q")["task_queue"] == "q-vast"
     assert options.observe("q")["task_queue"] == "q-vast"
-    assert options.provider_queues("q") == [
+    assert queues.provider_queues("q") == [
         "q-vast",
         "q-vast-search",
         "q-vast-create",
@@ -71,12 +72,12 @@ async def test_workers_per_queue(dev_env: WorkflowEnvironment) -> None:
         queue = new_queue()
         workers = create_workers(dev_env.client, settings, acts, task_queue=queue)
         configs = {w.task_queue: w.config() for w in workers}
-        assert list(configs) == [queue, *options.provider_queues(queue)]
+        assert list(configs) == [queue, *queues.provider_queues(queue)]
         main = configs[queue]
         assert main["sticky_queue_schedule_to_start_timeout"] == STICKY_SCHEDULE_TO_START
         assert STICKY_SCHEDULE_TO_START < timedelta(seconds=10)
-        assert configs[options.vast_queue(queue)]["max_task_queue_activities_per_second"] == 3.0
-        assert len(configs[options.vast_queue(queue)]["activities"]) == len(acts.vast)
+        assert configs[queues.vast_queue(queue)]["max_task_queue_activities_per_second"] == 3.0
+        assert len(configs[queues.vast_queue(queue)]["activities"]) == len(acts.vast)
         for paced in PACED_QUEUES:
             config = configs[paced.name(queue)]
             rate = config["max_task_queue_activities_per_second"]

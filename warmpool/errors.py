@@ -17,12 +17,18 @@ The tree (httpx style)::
 Every message is one line: endpoint, status, the provider's code and message (truncated). Secrets
 never reach a message: the raiser passes them in `redact` and they are replaced before the
 message is built, because a server may echo the API key or a token back in its error body.
+
+`ErrorType` is the other half: the `type` of every `ApplicationError` that crosses a Temporal
+boundary (an activity's failure as its workflow sees it, an update's refusal as its caller sees
+it). Whoever raises and whoever matches (retry policies' `non_retryable_error_types`, workflows,
+clients) use the member, never the string.
 """
 
 from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from enum import StrEnum
 
 MAX_MSG_CHARS = 300
 REDACTED = "[REDACTED]"
@@ -148,3 +154,59 @@ _RETRYABLE: tuple[type[VastError], ...] = (
 def is_retryable(exc: BaseException) -> bool:
     """True when repeating the same call later may succeed; False for anything not known to be."""
     return isinstance(exc, _RETRYABLE)
+
+
+class ErrorType(StrEnum):
+    """Every `ApplicationError.type` of this project: the one table shared by raiser and matcher.
+
+    The values are on the wire (failures in recorded histories, retry policies on the server):
+    never change one. Vast.ai's are the library exception's class name (`activities/errors.py`).
+    """
+
+    # Vast.ai calls (`activities/errors.py`, from the exception tree above)
+    VAST = "VastError"
+    VAST_AUTH = "VastAuthError"
+    VAST_RATE_LIMITED = "VastRateLimited"
+    VAST_SERVER = "VastServerError"
+    VAST_TRANSPORT = "VastTransportError"
+    VAST_MALFORMED = "VastMalformedResponse"
+    VAST_REJECTED = "VastRequestRejected"
+    VAST_OFFER_UNAVAILABLE = "VastOfferUnavailable"
+    VAST_CREATE_FAILED = "VastCreateFailed"
+    VAST_NOT_FOUND = "VastNotFound"
+    DESTROY_NOT_CONFIRMED = "DestroyNotConfirmed"
+    """`vast.destroy`: the provider has not confirmed the instance is gone yet (retried)."""
+    CONFIGURATION = "ConfigurationError"
+    """A setting or a missing secret makes the call impossible: never retried."""
+    # ComfyUI probes and warm-up (`activities/comfy.py`)
+    NOT_READY = "NotReady"
+    """Not ready yet: retried by the readiness policy (category BENIGN)."""
+    PORTAL_UNAUTHORIZED = "PortalUnauthorized"
+    """The portal refused the instance token (401/403): a configuration error, slot BLOCKED."""
+    FIREWALL = "Firewall"
+    """Every mapped candidate timed out: the host's firewall, not a slow boot."""
+    WARMUP_FAILED = "WarmupFailed"
+    # SSH log follower (`activities/ssh.py`)
+    SSH_AUTH = "SshAuthError"
+    # the pool's lease update
+    NO_CAPACITY = "NoCapacity"
+    """No READY slot to lease now (the `lease` update's refusal)."""
+
+
+VAST_ERROR_TYPES: dict[type[VastError], ErrorType] = {
+    VastError: ErrorType.VAST,
+    VastAuthError: ErrorType.VAST_AUTH,
+    VastRateLimited: ErrorType.VAST_RATE_LIMITED,
+    VastServerError: ErrorType.VAST_SERVER,
+    VastTransportError: ErrorType.VAST_TRANSPORT,
+    VastMalformedResponse: ErrorType.VAST_MALFORMED,
+    VastRequestRejected: ErrorType.VAST_REJECTED,
+    VastOfferUnavailable: ErrorType.VAST_OFFER_UNAVAILABLE,
+    VastCreateFailed: ErrorType.VAST_CREATE_FAILED,
+    VastNotFound: ErrorType.VAST_NOT_FOUND,
+}
+
+
+def vast_error_type(exc: VastError) -> ErrorType:
+    """The failure type of a Vast.ai error: its class's, or its nearest listed base class's."""
+    return next(VAST_ERROR_TYPES[c] for c in type(exc).__mro__ if c in VAST_ERROR_TYPES)

@@ -18,7 +18,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
+
+if TYPE_CHECKING:
+    from warmpool.settings import Settings
 
 UNSET = "unset"
 _DIR_MODE = 0o700
@@ -219,3 +222,13 @@ class LayeredSecretStore:
 
     def version(self, name: SecretName) -> str:
         return fingerprint(self.get(name))
+
+
+SIM_INSTANCE_SECRET = "simulator-only-instance-secret"
+"""The instance secret of the embedded simulator, whose instances are not real (worker, gateway)."""
+
+
+def secret_store(settings: Settings, *extra: SecretStore) -> LayeredSecretStore:
+    """The secrets as every process on this machine reads them: the file store first (a rotation
+    wins), then the environment, then any fallback."""
+    return LayeredSecretStore([FileSecretStore(settings.secrets_dir), EnvSecretStore(), *extra])

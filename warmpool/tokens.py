@@ -15,11 +15,12 @@ import re
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from typing import Any
 
 import httpx
+from pydantic import Field
 
 from warmpool.logging import redact
 from warmpool.models import Model
@@ -226,3 +227,77 @@ class TokenValidator:
                 return _Outcome(ok=False, detail=text)
             return _unknown(text)
         return _Outcome(ok=True, identity=identity, detail=f"user {identity}")
+
+
+# ---- the token watch's records (`workflows/token_watch.py`, `warmpool/clients/token_watch.py`) --
+
+
+class TokenHealth(StrEnum):
+    """What a check means for an operator; `UNKNOWN` is a check that could not be made."""
+
+    VALID = "valid"
+    INVALID = "invalid"
+    UNKNOWN = "unknown"
+    UNSET = "unset"
+
+
+def health_of(check: TokenCheck) -> TokenHealth:
+    if not check.configured:
+        return TokenHealth.UNSET
+    if check.ok:
+        return TokenHealth.VALID
+    return TokenHealth.UNKNOWN if check.transient else TokenHealth.INVALID
+
+
+class ServiceRecord(Model):
+    """The last check of one service and when its health last changed."""
+
+    service: TokenService
+    required: bool
+    health: TokenHealth
+    since: datetime
+    last: TokenCheck
+
+    @property
+    def problem(self) -> bool:
+        """A required token that is not valid, or any token that is set but rejected."""
+        return self.health == TokenHealth.INVALID or (
+            self.required and self.health != TokenHealth.VALID
+        )
+
+
+class TokenWatchState(Model):
+    """Everything a run carries across continue-as-new."""
+
+    records: dict[TokenService, ServiceRecord] = Field(default_factory=dict)
+    rounds: int = 0
+    last_round_at: datetime | None = None
+    next_check_at: datetime | None = None
+    last_error: str | None = None
+    requests: int = 0
+    """`check_now` signals received."""
+    served: int = 0
+    """The value of `requests` when the last completed round started: a caller that saw
+    `requests >= n` after signalling knows its request is served once `served >= n`."""
+
+
+class TokenWatchInput(Model):
+    """The `TokenWatchWorkflow`'s input, which doubles as its continue-as-new carrier."""
+
+    interval: timedelta = Field(gt=timedelta(0))
+    required: list[TokenService] = Field(default_factory=list)
+    services: list[TokenService] = Field(default_factory=lambda: list(TokenService))
+    state: TokenWatchState | None = None
+
+
+class TokenWatchStatus(Model):
+    """The `status` query's answer, services in `input.services` order."""
+
+    services: list[ServiceRecord]
+    interval: timedelta
+    rounds: int
+    last_round_at: datetime | None
+    next_check_at: datetime | None
+    last_error: str | None
+    requests: int
+    served: int

@@ -1,54 +1,21 @@
 """How long may each activity take, and how is it retried? Every timeout and RetryPolicy, with why.
 
-Pure data (no I/O), imported by workflows. Vast.ai activities go to provider task queues whose
-start rate the Temporal server limits across every worker: search, create and destroy, the
-endpoints with the tightest per-key limits, each on a queue of its own at one start per
-endpoint interval; every other provider call on `<queue>-vast` (`vast_calls_per_second`).
+Pure data (no I/O), imported by workflows. Vast.ai activities go to the provider task queues of
+`warmpool/queues.py` (re-exported here). Failure types are `warmpool.errors.ErrorType`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
 from temporalio.common import RetryPolicy
 from temporalio.workflow import ActivityCancellationType
 
+from warmpool.errors import ErrorType
 from warmpool.models import SlotConfig
-
-VAST_QUEUE_SUFFIX = "-vast"
-
-
-@dataclass(frozen=True)
-class PacedQueue:
-    """A provider task queue for one activity, started at most once per `endpoint`'s minimum
-    interval (a key of `warmpool.vast.VAST_DEFAULT_MIN_INTERVALS`) across every worker."""
-
-    suffix: str
-    activity: str
-    endpoint: str
-
-    def name(self, task_queue: str) -> str:
-        return f"{task_queue}{self.suffix}"
-
-
-SEARCH_QUEUE = PacedQueue("-vast-search", "vast.search_offers", "bundles")
-CREATE_QUEUE = PacedQueue("-vast-create", "vast.rent", "create")
-DESTROY_QUEUE = PacedQueue("-vast-destroy", "vast.destroy", "destroy")
-PACED_QUEUES = (SEARCH_QUEUE, CREATE_QUEUE, DESTROY_QUEUE)
-
-
-def vast_queue(task_queue: str) -> str:
-    """Every other provider call (observe, show, listings): `vast_calls_per_second`."""
-    return f"{task_queue}{VAST_QUEUE_SUFFIX}"
-
-
-def provider_queues(task_queue: str) -> list[str]:
-    """Every provider task queue of `task_queue`, the shared one first."""
-    return [vast_queue(task_queue), *(q.name(task_queue) for q in PACED_QUEUES)]
-
+from warmpool.queues import CREATE_QUEUE, DESTROY_QUEUE, SEARCH_QUEUE, vast_queue
 
 # Provider calls: a few quick retries inside one call (429, 5xx, timeouts); the workflow decides
 # what a final failure means (back off, search again, keep destroying).
@@ -57,7 +24,7 @@ VAST_RETRY = RetryPolicy(
     backoff_coefficient=2.0,
     maximum_interval=timedelta(seconds=60),
     maximum_attempts=8,
-    non_retryable_error_types=["VastAuthError", "ConfigurationError"],
+    non_retryable_error_types=[ErrorType.VAST_AUTH, ErrorType.CONFIGURATION],
 )
 
 # Destroy is retried here a few times and then, forever, by the workflow's own loop, which
@@ -76,7 +43,7 @@ OBSERVE_RETRY = RetryPolicy(
     backoff_coefficient=2.0,
     maximum_interval=timedelta(seconds=5),
     maximum_attempts=3,
-    non_retryable_error_types=["VastAuthError", "ConfigurationError"],
+    non_retryable_error_types=[ErrorType.VAST_AUTH, ErrorType.CONFIGURATION],
 )
 
 TOKENS_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), maximum_attempts=3)
@@ -146,7 +113,11 @@ def await_ready(cfg: SlotConfig) -> dict[str, Any]:
             initial_interval=cfg.readiness_initial_interval,
             backoff_coefficient=2.0,
             maximum_interval=cfg.readiness_max_interval,
-            non_retryable_error_types=["PortalUnauthorized", "Firewall", "ConfigurationError"],
+            non_retryable_error_types=[
+                ErrorType.PORTAL_UNAUTHORIZED,
+                ErrorType.FIREWALL,
+                ErrorType.CONFIGURATION,
+            ],
         ),
     }
 
@@ -162,7 +133,8 @@ def warmup(cfg: SlotConfig) -> dict[str, Any]:
     return {
         "start_to_close_timeout": cfg.readiness_timeout,
         "retry_policy": RetryPolicy(
-            maximum_attempts=2, non_retryable_error_types=["WarmupFailed", "ConfigurationError"]
+            maximum_attempts=2,
+            non_retryable_error_types=[ErrorType.WARMUP_FAILED, ErrorType.CONFIGURATION],
         ),
     }
 
@@ -200,7 +172,7 @@ SSH_FOLLOW_RETRY = RetryPolicy(
     backoff_coefficient=2.0,
     maximum_interval=timedelta(seconds=300),
     maximum_attempts=0,
-    non_retryable_error_types=["SshAuthError"],
+    non_retryable_error_types=[ErrorType.SSH_AUTH],
 )
 
 

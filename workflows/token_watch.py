@@ -8,99 +8,33 @@ answers the `status` query; the `check_now` signal (sent by `starter.py tokens s
 runs a round at once, so a rotation or a revocation is reported without waiting for the timer.
 
 Results carry only a fingerprint of the token (`TokenCheck.version`), never the token itself.
-Slots do not depend on this workflow: their preflight checks tokens on its own.
+Slots do not depend on this workflow: their preflight checks tokens on its own. Its models are in
+`warmpool/tokens.py`, its names in `warmpool/names.py`; its client is
+`warmpool/clients/token_watch.py`.
 """
 
 from __future__ import annotations
 
 import builtins
-from datetime import datetime, timedelta
-from enum import StrEnum
 
-from pydantic import Field
 from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from activities.tokens import TokenActivities, TokenCheckInput
-    from warmpool.models import Model
-    from warmpool.tokens import TokenCheck, TokenService
+    from warmpool.names import TokenWatch
+    from warmpool.tokens import (
+        ServiceRecord,
+        TokenCheck,
+        TokenWatchInput,
+        TokenWatchState,
+        TokenWatchStatus,
+        health_of,
+    )
     from workflows import options
 
-WATCH_ID = "warmpool/tokens"
-ALL_SERVICES = list(TokenService)
 
-
-class TokenHealth(StrEnum):
-    """What a check means for an operator; `UNKNOWN` is a check that could not be made."""
-
-    VALID = "valid"
-    INVALID = "invalid"
-    UNKNOWN = "unknown"
-    UNSET = "unset"
-
-
-def health_of(check: TokenCheck) -> TokenHealth:
-    if not check.configured:
-        return TokenHealth.UNSET
-    if check.ok:
-        return TokenHealth.VALID
-    return TokenHealth.UNKNOWN if check.transient else TokenHealth.INVALID
-
-
-class ServiceRecord(Model):
-    """The last check of one service and when its health last changed."""
-
-    service: TokenService
-    required: bool
-    health: TokenHealth
-    since: datetime
-    last: TokenCheck
-
-    @property
-    def problem(self) -> bool:
-        """A required token that is not valid, or any token that is set but rejected."""
-        return self.health == TokenHealth.INVALID or (
-            self.required and self.health != TokenHealth.VALID
-        )
-
-
-class TokenWatchState(Model):
-    """Everything a run carries across continue-as-new."""
-
-    records: dict[TokenService, ServiceRecord] = Field(default_factory=dict)
-    rounds: int = 0
-    last_round_at: datetime | None = None
-    next_check_at: datetime | None = None
-    last_error: str | None = None
-    requests: int = 0
-    """`check_now` signals received."""
-    served: int = 0
-    """The value of `requests` when the last completed round started: a caller that saw
-    `requests >= n` after signalling knows its request is served once `served >= n`."""
-
-
-class TokenWatchInput(Model):
-    interval: timedelta = Field(gt=timedelta(0))
-    required: list[TokenService] = Field(default_factory=list)
-    services: list[TokenService] = Field(default_factory=lambda: list(ALL_SERVICES))
-    state: TokenWatchState | None = None
-
-
-class TokenWatchStatus(Model):
-    """The `status` query's answer, services in `input.services` order."""
-
-    services: list[ServiceRecord]
-    interval: timedelta
-    rounds: int
-    last_round_at: datetime | None
-    next_check_at: datetime | None
-    last_error: str | None
-    requests: int
-    served: int
-
-
-@workflow.defn(name="TokenWatchWorkflow")
+@workflow.defn(name=TokenWatch.WORKFLOW)
 class TokenWatchWorkflow:
     @workflow.init
     def __init__(self, input: TokenWatchInput) -> None:
@@ -128,7 +62,7 @@ class TokenWatchWorkflow:
             except builtins.TimeoutError:
                 pass
 
-    @workflow.query
+    @workflow.query(name=TokenWatch.STATUS)
     def status(self) -> TokenWatchStatus:
         state = self._state
         return TokenWatchStatus(
@@ -142,7 +76,7 @@ class TokenWatchWorkflow:
             served=state.served,
         )
 
-    @workflow.signal
+    @workflow.signal(name=TokenWatch.CHECK_NOW)
     def check_now(self) -> None:
         """Re-check every token at once (after a rotation, or to confirm a revocation)."""
         self._state.requests += 1

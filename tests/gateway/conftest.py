@@ -24,10 +24,11 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
-from tests.helpers import Stranger, new_queue
+from tests.helpers import Stranger, assert_eventually, new_queue
 from tests.integration.conftest import FAST, FAST_SIM, beside_stranger, sim_secrets
 from vastsim import SimConfig, Simulator
-from warmpool.cli.tokens import ensure_token_watch
+from warmpool.clients import pool as pool_client
+from warmpool.clients.token_watch import ensure_token_watch
 from warmpool.gateway.app import create_app
 from warmpool.labels import pool_workflow_id
 from warmpool.models import PoolConfig, PoolInput, PoolStatus
@@ -90,21 +91,14 @@ class GatewayStack:
         return {"X-Admin-Key": ADMIN_KEY}
 
     async def status(self) -> PoolStatus:
-        status: PoolStatus = await self.handle.query("status", result_type=PoolStatus)
-        return status
+        return await pool_client.query_status(self.handle)
 
     async def wait_pool(
         self, predicate: Callable[[PoolStatus], bool], within: float = 60
     ) -> PoolStatus:
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + within
-        while True:
-            status = await self.status()
-            if predicate(status):
-                return status
-            if loop.time() > deadline:
-                raise AssertionError(f"pool condition not reached: {status}")
-            await asyncio.sleep(0.05)
+        return await assert_eventually(
+            self.status, predicate, timeout=within, describe="pool condition"
+        )
 
 
 async def serve(app: Any, port: int = 0) -> tuple[InProcessServer, asyncio.Task[None], str]:
@@ -192,14 +186,14 @@ async def gateway_stack(
 
 async def drain(stack: GatewayStack, handle: WorkflowHandle[Any, PoolStatus]) -> None:
     """Release every lease, drain the pool, and prove no instance outlived it."""
-    from warmpool import leasing
+    from warmpool.clients import pool as pool_client
 
     # A test may have stored a bad Vast.ai key: destroys need the real one.
     for leftover in stack.settings.secrets_dir.glob("*"):
         leftover.unlink()
     await handle.signal("drain")
     for lease in (await stack.status()).active_leases:
-        await leasing.release(stack.client, stack.pool, lease.lease_id)
+        await pool_client.release(stack.client, stack.pool, lease.lease_id)
     try:
         final = await asyncio.wait_for(handle.result(), 60)
     except TimeoutError:

@@ -157,7 +157,7 @@ async def test_no_capacity_then_a_waiting_acquire_is_granted_on_release(
 
 
 async def test_the_cli_waits_for_capacity_the_same_way(stack: GatewayStack) -> None:
-    """`starter.py lease acquire --wait` goes through `leasing.acquire_waiting` too."""
+    """`starter.py lease acquire --wait` goes through `pool_client.acquire_waiting` too."""
 
     async def starter(*args: str) -> tuple[int, str, str]:
         proc = await asyncio.create_subprocess_exec(

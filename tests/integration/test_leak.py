@@ -46,8 +46,7 @@ from vastsim import Fault
 from warmpool.instance_token import derive_instance_token
 from warmpool.models import SlotState, SlotStatus
 from warmpool.secrets import SecretName
-from warmpool.tokens import TokenService
-from workflows.token_watch import TokenHealth
+from warmpool.tokens import TokenHealth, TokenService
 
 pytestmark = pytest.mark.integration
 S = SlotState

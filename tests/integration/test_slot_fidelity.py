@@ -23,7 +23,7 @@ import pytest
 from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
-from tests.helpers import in_state, wait_status
+from tests.helpers import assert_eventually, in_state, wait_status
 from tests.integration.conftest import (
     FAST,
     FAST_SIM,
@@ -164,11 +164,10 @@ def rentals(stack: Stack, name: str) -> list[InstanceInfo]:
 
 
 async def wait_for_rental(stack: Stack, name: str) -> list[InstanceInfo]:
-    deadline = time.monotonic() + 30
-    while not (found := rentals(stack, name)):
-        assert time.monotonic() < deadline, f"{name}: nothing rented"
-        await asyncio.sleep(0.05)
-    return found
+    async def found() -> list[InstanceInfo]:
+        return rentals(stack, name)
+
+    return await assert_eventually(found, timeout=30, describe=f"{name}: a rental")
 
 
 def calls_on(stack: Stack, instance_id: int, method: str) -> list[CallRecord]:

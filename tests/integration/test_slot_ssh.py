@@ -14,7 +14,6 @@ import json
 import os
 import signal
 import sys
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities import WorkerActivities, build_activities
 from tests.conftest import start_dev_server
-from tests.helpers import in_state, new_queue, wait_status
+from tests.helpers import assert_eventually, in_state, new_queue, wait_status
 from tests.integration.conftest import (
     FAST,
     FAST_SIM,
@@ -127,13 +126,6 @@ async def follow_activities(handle: WorkflowHandle[Any, Any]) -> list[Any]:
     ]
 
 
-async def eventually(check: Callable[[], Awaitable[bool]], timeout_s: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await check():
-        assert time.monotonic() < deadline, "condition not met in time"
-        await asyncio.sleep(0.05)
-
-
 async def every_event(
     client: Client, handle: WorkflowHandle[Any, Any]
 ) -> AsyncIterator[HistoryEvent]:
@@ -217,7 +209,7 @@ async def test_lines_arrive_in_order_and_the_collector_is_cancelled_at_ready(
     async def collector_gone() -> bool:
         return not await follow_activities(handle) and not sshd.session_pids()
 
-    await eventually(collector_gone)
+    await assert_eventually(collector_gone, timeout=20, describe="collector gone")
     outcomes = await follow_outcomes(stack.client, handle)
     assert outcomes and set(outcomes) == {EventType.EVENT_TYPE_ACTIVITY_TASK_CANCELED}
     continued = [
@@ -242,10 +234,13 @@ async def test_a_fatal_line_destroys_the_instance_at_once_and_rents_another(
 
     fatal = "torch.OutOfMemoryError: CUDA out of memory. Tried to allocate 2 GiB"
     append(log, fatal)
-    deadline = time.monotonic() + 10  # far below the 120 s readiness timeout
-    while not any(i.id == first.id and i.destroyed for i in stack.sim.instances()):
-        assert time.monotonic() < deadline, "a fatal log line must destroy the instance at once"
-        await asyncio.sleep(0.01)
+
+    async def destroyed() -> bool:
+        return any(i.id == first.id and i.destroyed for i in stack.sim.instances())
+
+    await assert_eventually(  # far below the 120 s readiness timeout
+        destroyed, timeout=10, interval=0.01, describe="a fatal log line destroys at once"
+    )
     truncate(log)  # the next rental's log (the same file here) starts clean
 
     status = await until(stack.env, handle, in_state(S.READY))
@@ -363,7 +358,7 @@ from temporalio.worker import Worker
 from activities import build_activities
 from warmpool.settings import load_settings
 from warmpool.temporal import connect
-from worker import secret_store
+from warmpool.secrets import secret_store
 
 
 async def main() -> None:
@@ -494,7 +489,7 @@ async def test_a_worker_killed_mid_follow_is_replaced_and_resumes_from_its_heart
                 details = json.loads(pending[0].heartbeat_details.payloads[0].data)
                 return bool(details["lines_seen"] == len(before))
 
-            await eventually(heartbeated_everything)
+            await assert_eventually(heartbeated_everything, timeout=20)
             [running] = await follow_activities(handle)
             [victim] = [w for w in workers if w.runs(running)]
             os.kill(victim.proc.pid, signal.SIGKILL)
@@ -515,7 +510,7 @@ async def test_a_worker_killed_mid_follow_is_replaced_and_resumes_from_its_heart
             assert status.instance is not None
             await stack.sim.revive_comfy(status.instance.id)
             await until(stack.env, handle, in_state(S.READY))
-            await eventually(lambda: no_follow(handle))
+            await assert_eventually(lambda: no_follow(handle), timeout=20)
             await retire(stack, handle)
 
 

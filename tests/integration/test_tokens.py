@@ -26,14 +26,13 @@ import pytest
 from pydantic import SecretStr
 from temporalio.client import WorkflowHandle
 
-from tests.helpers import in_state, wait_status
+from tests.helpers import assert_eventually, in_state, wait_status
 from tests.integration.conftest import FAST_SIM, Stack, assert_no_orphans
-from warmpool.cli.tokens import ensure_token_watch
+from warmpool.clients.token_watch import ensure_token_watch
 from warmpool.codec import KEYS_VARIABLE
 from warmpool.models import SlotState, SlotStatus
 from warmpool.secrets import FileSecretStore, SecretName, fingerprint
-from warmpool.tokens import TokenService
-from workflows.token_watch import ServiceRecord, TokenHealth, TokenWatchStatus
+from warmpool.tokens import ServiceRecord, TokenHealth, TokenService, TokenWatchStatus
 
 pytestmark = pytest.mark.integration
 S = SlotState
@@ -143,10 +142,9 @@ async def watch_status(stack: Stack) -> TokenWatchStatus:
 async def wait_watch(
     stack: Stack, predicate: Callable[[TokenWatchStatus], bool]
 ) -> TokenWatchStatus:
-    async with asyncio.timeout(20):
-        while not predicate(status := await watch_status(stack)):  # noqa: ASYNC110
-            await asyncio.sleep(0.05)
-    return status
+    return await assert_eventually(
+        lambda: watch_status(stack), predicate, timeout=20, describe="token watch condition"
+    )
 
 
 def record(status: TokenWatchStatus, service: TokenService) -> ServiceRecord:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import httpx
-import pytest
 
+from tests.helpers import assert_eventually
 from vastsim import SimConfig, Simulator
 
 # running 0.09 s after the create, ComfyUI ready 0.06 s later
@@ -57,14 +55,7 @@ async def wait_for(
     check: Callable[[], Awaitable[Any]], within: float = 3.0, interval: float = 0.02
 ) -> Any:
     """Poll until `check` returns something truthy; fail the test after `within` seconds."""
-    deadline = time.monotonic() + within
-    while True:
-        result = await check()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            pytest.fail(f"condition not met within {within} s (last: {result!r})")
-        await asyncio.sleep(interval)
+    return await assert_eventually(check, timeout=within, interval=interval)
 
 
 async def wait_running(api: httpx.AsyncClient, instance_id: int) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""An update that meets the pool's continue-as-new: `leasing.update_pool` asks again at once.
+"""An update that meets the pool's continue-as-new: `pool_client.update_pool` asks again at once.
 
 The server aborts an update admitted while a workflow's continue-as-new task completes; the
 SDK's client re-sends it only after about a second. `Closing` holds its continue-as-new task
@@ -23,8 +23,8 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import Worker
 
 from tests.helpers import new_queue
-from warmpool import leasing
-from warmpool.leasing import update_pool
+from warmpool.clients import pool as pool_client
+from warmpool.clients.pool import update_pool
 
 SDK_BACKOFF_S = 0.75
 """Below the SDK's re-send (0.8-1.2 s measured), above update_pool's first attempt (0.25 s)."""
@@ -117,8 +117,8 @@ async def test_retry_transient_pauses_at_most_max_backoff_between_tries(
             raise RPCError("busy", RPCStatusCode.RESOURCE_EXHAUSTED, b"")
         return "answer"
 
-    assert await leasing.retry_transient(call, attempts=40) == "answer"
-    assert len(pauses) == 29 and max(pauses) == leasing.MAX_BACKOFF_S
+    assert await pool_client.retry_transient(call, attempts=40) == "answer"
+    assert len(pauses) == 29 and max(pauses) == pool_client.MAX_BACKOFF_S
 
 
 async def test_abandon_request_signals_the_pool_and_never_raises(
@@ -129,7 +129,7 @@ async def test_abandon_request_signals_the_pool_and_never_raises(
         "Unpolled", id=f"unpolled-{queue}", task_queue=queue
     )
     try:
-        assert await leasing.abandon_request(handle, "req-1") is True
+        assert await pool_client.abandon_request(handle, "req-1") is True
         signals = [
             e.workflow_execution_signaled_event_attributes
             async for e in handle.fetch_history_events()
@@ -139,8 +139,8 @@ async def test_abandon_request_signals_the_pool_and_never_raises(
     finally:
         await handle.terminate("test over")
     gone = dev_env.client.get_workflow_handle(f"no-such-pool-{queue}")
-    with caplog.at_level(logging.WARNING, logger="warmpool.leasing"):
-        assert await leasing.abandon_request(gone, "req-2") is False
+    with caplog.at_level(logging.WARNING, logger="warmpool.clients.pool"):
+        assert await pool_client.abandon_request(gone, "req-2") is False
     assert "req-2" in caplog.text and "went unanswered" in caplog.text
 
 
@@ -150,7 +150,7 @@ async def test_abandon_request_gives_up_within_its_timeout_when_temporal_is_sile
         port = hung.sockets[0].getsockname()[1]
         nowhere = await Client.connect(f"127.0.0.1:{port}", lazy=True)
         started = time.monotonic()
-        assert not await leasing.abandon_request(
+        assert not await pool_client.abandon_request(
             nowhere.get_workflow_handle("warmpool/x"), "req-3", timeout_s=0.5
         )
         assert time.monotonic() - started < 2

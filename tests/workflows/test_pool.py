@@ -20,7 +20,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
 from tests.conftest import EARLY_CONTINUE_AS_NEW, start_dev_server
-from tests.helpers import new_queue
+from tests.helpers import assert_eventually, new_queue
 from tests.workflows.fakes import FakeCloud, workers
 from warmpool.labels import pool_workflow_id
 from warmpool.leasing import retry_transient
@@ -97,13 +97,12 @@ async def wait_pool(
     predicate: Callable[[PoolStatus], bool],
     attempts: int = 600,
 ) -> PoolStatus:
-    status = None
-    for _ in range(attempts):
-        status = await handle.query(WarmPoolWorkflow.status)
-        if predicate(status):
-            return status
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"pool condition not reached: {status}")
+    return await assert_eventually(
+        lambda: handle.query(WarmPoolWorkflow.status),
+        predicate,
+        timeout=attempts * 0.05,
+        describe="pool condition",
+    )
 
 
 def fast(**kw: object) -> PoolConfig:

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from warmpool.cli import pool, reaper, slot, tokens
 from warmpool.cli.common import CliError, Command, Parser
+from warmpool.clients.token_watch import TokenWatchUnavailable
 from warmpool.logging import configure_logging
 from warmpool.settings import SettingsError, load_settings
 from warmpool.temporal import connect
@@ -49,6 +50,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (CliError, SettingsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.code if isinstance(exc, CliError) else 2
+    except TokenWatchUnavailable as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except ValidationError as exc:  # a request model refused what argparse let through
         problems = "; ".join(
             f"{'.'.join(map(str, e['loc'])) or 'input'}: {e['msg']}" for e in exc.errors()

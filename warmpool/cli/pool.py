@@ -13,9 +13,10 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
-from warmpool import leasing
+from warmpool import names
 from warmpool import search_attributes as sa
 from warmpool.cli.common import CliError, Parser, emit, json_flag, pool_name
+from warmpool.clients import pool as pool_client
 from warmpool.labels import pool_workflow_id
 from warmpool.models import (
     LeaseRequest,
@@ -28,7 +29,7 @@ from warmpool.models import (
 )
 from warmpool.settings import Settings
 
-POOL_WORKFLOW = "WarmPoolWorkflow"
+POOL_WORKFLOW = names.Pool.WORKFLOW
 ACQUIRE_TIMEOUT_S = 10.0
 """How long `lease acquire` waits for the pool's answer (the gateway's default deadline too)."""
 
@@ -73,9 +74,7 @@ def _explain(exc: BaseException) -> str:
 
 async def _pool_status(client: Client, pool: str) -> PoolStatus:
     try:
-        status: PoolStatus = await leasing.pool_handle(client, pool).query(
-            "status", result_type=PoolStatus
-        )
+        status = await pool_client.status(client, pool)
     except RPCError as exc:
         raise CliError(f"pool {pool}: {exc.message}") from None
     return status
@@ -172,22 +171,22 @@ async def cmd_wait(client: Client, settings: Settings, args: argparse.Namespace)
 
 async def _signal(client: Client, args: argparse.Namespace, name: str) -> None:
     try:
-        await leasing.pool_handle(client, args.pool).signal(name)
+        await pool_client.pool_handle(client, args.pool).signal(name)
     except RPCError as exc:
         raise CliError(f"pool {args.pool}: {exc.message}") from None
     emit(args, {"pool": args.pool, "signal": name}, f"{name} sent to pool {args.pool}")
 
 
 async def cmd_prewarm(client: Client, settings: Settings, args: argparse.Namespace) -> None:
-    await _signal(client, args, "prewarm")
+    await _signal(client, args, names.Pool.PREWARM)
 
 
 async def cmd_drain(client: Client, settings: Settings, args: argparse.Namespace) -> None:
-    await _signal(client, args, "drain")
+    await _signal(client, args, names.Pool.DRAIN)
     if args.wait:
         try:
             final = await asyncio.wait_for(
-                leasing.pool_handle(client, args.pool).result(), args.timeout
+                pool_client.pool_handle(client, args.pool).result(), args.timeout
             )
         except TimeoutError:
             raise CliError(f"pool {args.pool} still draining after {args.timeout:.0f}s") from None
@@ -195,18 +194,15 @@ async def cmd_drain(client: Client, settings: Settings, args: argparse.Namespace
 
 
 async def cmd_resume(client: Client, settings: Settings, args: argparse.Namespace) -> None:
-    await _signal(client, args, "resume")
+    await _signal(client, args, names.Pool.RESUME)
 
 
 async def cmd_resize(client: Client, settings: Settings, args: argparse.Namespace) -> None:
     request = ResizeRequest(
         min_ready=args.min_ready, max_slots=args.max_slots, budget_dph=args.budget
     )
-    handle = leasing.pool_handle(client, args.pool)
     try:
-        status = await leasing.retry_transient(
-            lambda: handle.execute_update("resize", request, result_type=PoolStatus)
-        )
+        status = await pool_client.resize(client, args.pool, request)
     except (WorkflowUpdateFailedError, RPCError) as exc:
         raise CliError(f"resize refused: {_explain(exc)}") from None
     emit(args, status.model_dump(mode="json"), render_pool(status))
@@ -223,20 +219,22 @@ async def cmd_acquire(client: Client, settings: Settings, args: argparse.Namespa
     )
     limit = args.timeout
     if args.wait:
-        limit += args.wait.total_seconds() + leasing.WAIT_GRACE_S
+        limit += args.wait.total_seconds() + pool_client.WAIT_GRACE_S
     try:
         async with asyncio.timeout(limit):
             if args.wait:
-                grant = await leasing.acquire_waiting(client, args.pool, request)
+                grant = await pool_client.acquire_waiting(client, args.pool, request)
             else:
-                grant = await leasing.acquire(client, args.pool, request)
+                grant = await pool_client.acquire(client, args.pool, request)
     except TimeoutError:
-        await leasing.abandon_request(leasing.pool_handle(client, args.pool), request.request_id)
+        await pool_client.abandon_request(
+            pool_client.pool_handle(client, args.pool), request.request_id
+        )
         raise CliError(
             f"no answer from pool {args.pool} within {limit:g}s; a lease may still be granted: "
             f"retry with --request-id {request.request_id}"
         ) from None
-    except leasing.LeaseNotGranted as exc:
+    except pool_client.LeaseNotGranted as exc:
         raise CliError(f"no lease: {exc}") from None
     except (WorkflowUpdateFailedError, RPCError) as exc:
         raise CliError(f"no lease: {_explain(exc)}") from None
@@ -250,7 +248,7 @@ async def cmd_acquire(client: Client, settings: Settings, args: argparse.Namespa
 
 async def cmd_renew(client: Client, settings: Settings, args: argparse.Namespace) -> None:
     try:
-        grant = await leasing.renew(
+        grant = await pool_client.renew(
             client, args.pool, RenewRequest(lease_id=args.lease_id, duration=args.duration)
         )
     except (WorkflowUpdateFailedError, RPCError) as exc:
@@ -260,7 +258,7 @@ async def cmd_renew(client: Client, settings: Settings, args: argparse.Namespace
 
 async def cmd_release(client: Client, settings: Settings, args: argparse.Namespace) -> None:
     try:
-        lease = await leasing.release(client, args.pool, args.lease_id)
+        lease = await pool_client.release(client, args.pool, args.lease_id)
     except (WorkflowUpdateFailedError, RPCError) as exc:
         raise CliError(f"release refused: {_explain(exc)}") from None
     emit(args, lease.model_dump(mode="json"), render_lease(lease))
@@ -268,7 +266,7 @@ async def cmd_release(client: Client, settings: Settings, args: argparse.Namespa
 
 async def cmd_show(client: Client, settings: Settings, args: argparse.Namespace) -> None:
     try:
-        lease = await leasing.show(client, args.pool, args.lease_id)
+        lease = await pool_client.show(client, args.pool, args.lease_id)
     except RPCError as exc:
         raise CliError(f"pool {args.pool}: {exc.message}") from None
     if lease is None:

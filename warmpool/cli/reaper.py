@@ -30,12 +30,13 @@ from temporalio.client import (
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.service import RPCError
 
+from warmpool import names
 from warmpool import search_attributes as sa
 from warmpool.cli.common import CliError, Parser, emit, json_flag, pool_name
 from warmpool.reaper import DEFAULT_EVERY, DEFAULT_GRACE, ReaperInput, ReaperReport, Verdict
 from warmpool.settings import Settings
 
-REAPER_WORKFLOW = "OrphanReaperWorkflow"
+REAPER_WORKFLOW = names.Reaper.WORKFLOW
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)([smhd]?)")
 _UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
 

@@ -14,13 +14,15 @@ from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
+from warmpool import names
 from warmpool import search_attributes as sa
 from warmpool.cli.common import CliError, Parser, emit, json_flag, pool_name, slot_index
+from warmpool.clients import slot as slot_client
 from warmpool.labels import slot_workflow_id
 from warmpool.models import SlotInput, SlotState, SlotStatus
 from warmpool.settings import Settings
 
-SLOT_WORKFLOW = "WarmSlotWorkflow"
+SLOT_WORKFLOW = names.Slot.WORKFLOW
 
 
 def _ago(when: datetime | None) -> str:
@@ -65,9 +67,8 @@ def render_slot(status: SlotStatus) -> str:
 
 
 async def slot_status(client: Client, pool: str, index: int) -> SlotStatus:
-    handle = client.get_workflow_handle(slot_workflow_id(pool, index))
     try:
-        status: SlotStatus = await handle.query("status", result_type=SlotStatus)
+        status = await slot_client.status(client, pool, index)
     except RPCError as exc:
         raise CliError(f"slot {slot_workflow_id(pool, index)}: {exc.message}") from None
     return status
@@ -128,9 +129,9 @@ async def cmd_slot_wait(client: Client, settings: Settings, args: argparse.Names
 
 async def cmd_slot_retire(client: Client, settings: Settings, args: argparse.Namespace) -> None:
     wf_id = slot_workflow_id(args.pool, args.index)
-    handle = client.get_workflow_handle(wf_id, result_type=SlotStatus)
+    handle = slot_client.slot_handle(client, args.pool, args.index)
     try:
-        await handle.signal("retire", args.reason)
+        await slot_client.retire(handle, args.reason)
     except RPCError as exc:
         raise CliError(f"cannot retire {wf_id}: {exc.message}") from None
     if not args.wait:

@@ -20,14 +20,19 @@ import argparse
 import asyncio
 import getpass
 import sys
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
-from temporalio.client import Client, WorkflowHandle
-from temporalio.common import WorkflowIDConflictPolicy
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.client import Client
 
 from warmpool.cli.common import CliError, Parser, emit, json_flag
+from warmpool.clients.token_watch import (
+    WATCH_ID,
+    ensure_token_watch,
+    notify_watch,
+    wait_for_round,
+    watch_status,
+)
 from warmpool.logging import configure_logging
 from warmpool.secrets import (
     FileSecretStore,
@@ -35,89 +40,21 @@ from warmpool.secrets import (
     SecretStore,
     current_values,
     fingerprint,
+    secret_store,
 )
 from warmpool.settings import DEFAULT_VAST_BASE_URL, Settings
-from warmpool.tokens import TokenCheck, TokenService, TokenValidator
-from warmpool.vast import VastClient
-from workflows.token_watch import (
-    WATCH_ID,
+from warmpool.tokens import (
     ServiceRecord,
+    TokenCheck,
     TokenHealth,
-    TokenWatchInput,
+    TokenService,
+    TokenValidator,
     TokenWatchStatus,
-    TokenWatchWorkflow,
     health_of,
 )
+from warmpool.vast import VastClient
 
 SERVICES = [service.value for service in TokenService]
-POLL_SECONDS = 0.2
-
-WatchHandle = WorkflowHandle[TokenWatchWorkflow, None]
-
-
-# ---- the token watch ---------------------------------------------------------------------------
-
-
-def watch_input(settings: Settings) -> TokenWatchInput:
-    return TokenWatchInput(
-        interval=timedelta(milliseconds=settings.token_check_ms),
-        required=[TokenService(s) for s in settings.require_tokens],
-    )
-
-
-async def ensure_token_watch(
-    client: Client, settings: Settings, *, workflow_id: str = WATCH_ID, check_now: bool = False
-) -> WatchHandle:
-    """Start the token watch unless it runs (workers and the run command call this at start);
-    with `check_now`, also ask it for a round at once (one signal-with-start call)."""
-    if check_now:
-        return await client.start_workflow(
-            TokenWatchWorkflow.run,
-            watch_input(settings),
-            id=workflow_id,
-            task_queue=settings.task_queue,
-            start_signal="check_now",
-        )
-    return await client.start_workflow(
-        TokenWatchWorkflow.run,
-        watch_input(settings),
-        id=workflow_id,
-        task_queue=settings.task_queue,
-        id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
-    )
-
-
-async def watch_status(handle: WatchHandle) -> TokenWatchStatus:
-    try:
-        return await handle.query(TokenWatchWorkflow.status)
-    except RPCError as exc:
-        if exc.status == RPCStatusCode.NOT_FOUND:
-            raise CliError(
-                f"no token watch {handle.id} is running: start a worker, or run "
-                "`starter.py tokens check-now`"
-            ) from None
-        raise CliError(f"token watch {handle.id} did not answer: {exc.message}") from None
-
-
-async def wait_for_round(handle: WatchHandle) -> TokenWatchStatus:
-    """The first status whose last round started after every `check_now` seen so far."""
-    wanted = (await watch_status(handle)).requests
-    while True:
-        status = await watch_status(handle)
-        if status.served >= wanted:
-            return status
-        await asyncio.sleep(POLL_SECONDS)
-
-
-async def notify_watch(client: Client, workflow_id: str) -> bool:
-    """Ask a running watch to re-check; False when none runs (nothing to tell)."""
-    try:
-        await client.get_workflow_handle(workflow_id).signal(TokenWatchWorkflow.check_now)
-    except RPCError as exc:
-        if exc.status == RPCStatusCode.NOT_FOUND:
-            return False
-        raise CliError(f"cannot signal token watch {workflow_id}: {exc.message}") from None
-    return True
 
 
 # ---- output ------------------------------------------------------------------------------------
@@ -232,9 +169,6 @@ async def validate_here(settings: Settings, store: SecretStore) -> list[TokenChe
 
 
 async def cmd_validate(client: Client, settings: Settings, args: argparse.Namespace) -> None:
-    # Imported here, not at the top: worker.py may import this module (ensure_token_watch).
-    from worker import secret_store
-
     store = secret_store(settings)
     # The library logs (e.g. each Vast.ai call): to stderr, redacted, so stdout stays parseable.
     configure_logging(level="WARNING", secret_values=lambda: current_values(store))

@@ -16,10 +16,15 @@ import uvicorn
 from warmpool.gateway.app import create_app
 from warmpool.gateway.proxy import WS_MAX_MESSAGE
 from warmpool.logging import configure_logging
-from warmpool.secrets import EnvSecretStore, LayeredSecretStore, current_values
+from warmpool.secrets import (
+    SIM_INSTANCE_SECRET,
+    EnvSecretStore,
+    LayeredSecretStore,
+    current_values,
+    secret_store,
+)
 from warmpool.settings import Settings, SettingsError, load_settings
 from warmpool.temporal import connect
-from worker import SIM_INSTANCE_SECRET, secret_store
 
 
 def gateway_secrets(settings: Settings) -> LayeredSecretStore:

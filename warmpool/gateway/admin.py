@@ -17,15 +17,19 @@ from fastapi import APIRouter, Depends, Query
 from pydantic import StringConstraints
 from temporalio.service import RPCError
 
-from warmpool.cli.common import CliError
-from warmpool.cli.tokens import ensure_token_watch, notify_watch, wait_for_round
+from warmpool.clients.token_watch import (
+    TokenWatchUnavailable,
+    ensure_token_watch,
+    notify_watch,
+    wait_for_round,
+)
 from warmpool.gateway.auth import require_admin
 from warmpool.gateway.context import Gateway, get_gateway
 from warmpool.gateway.errors import JSON_BODY_LIMIT, ApiError, documented
 from warmpool.models import Model, PoolStatus
+from warmpool.names import Pool
 from warmpool.secrets import FileSecretStore, SecretName, fingerprint
-from warmpool.tokens import TokenService
-from workflows.token_watch import ServiceRecord, TokenHealth
+from warmpool.tokens import ServiceRecord, TokenHealth, TokenService
 
 router = APIRouter(
     prefix="/api/proxy",
@@ -103,8 +107,8 @@ class TokenUpdated(Model):
 async def prewarm(gateway: GatewayDep, pool: PoolName = None) -> Signalled:
     """Bring the pool to its target now (the `prewarm` signal)."""
     name = gateway.pools.name(pool)
-    await gateway.pools.signal(name, "prewarm")
-    return Signalled(pool=name, signal="prewarm")
+    await gateway.pools.signal(name, Pool.PREWARM)
+    return Signalled(pool=name, signal=Pool.PREWARM)
 
 
 @router.get("/warm-pool", response_model=PoolSummary, responses=ADMIN_ERRORS)
@@ -169,7 +173,7 @@ async def validate_tokens(gateway: GatewayDep) -> TokenReport:
             f"no token check finished within {limit:.0f}s: is a worker running on task queue "
             f"{settings.task_queue}?",
         ) from None
-    except CliError as exc:
+    except TokenWatchUnavailable as exc:
         raise ApiError(503, "token_watch_unavailable", str(exc)) from None
     except RPCError as exc:
         raise ApiError(503, "temporal_unavailable", f"token watch: {exc.message}") from None
@@ -194,7 +198,7 @@ async def update_token(gateway: GatewayDep, body: TokenUpdate) -> TokenUpdated:
     try:
         async with asyncio.timeout(gateway.settings.gateway_temporal_timeout_s):
             notified = await notify_watch(gateway.pools.client, gateway.token_watch_id)
-    except (CliError, TimeoutError):
+    except (TokenWatchUnavailable, TimeoutError):
         notified = False
     return TokenUpdated(
         service=body.service, version=fingerprint(body.token), watch_notified=notified

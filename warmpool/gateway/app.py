@@ -16,6 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from temporalio.client import Client
 
+from warmpool.clients.token_watch import WATCH_ID
 from warmpool.gateway import admin, leases, metrics, proxy
 from warmpool.gateway.context import Gateway
 from warmpool.gateway.errors import ApiError, on_api_error, on_http_error, on_validation_error
@@ -24,7 +25,6 @@ from warmpool.gateway.targets import Targets
 from warmpool.models import Model
 from warmpool.secrets import SecretStore
 from warmpool.settings import Settings
-from workflows.token_watch import WATCH_ID
 
 MAX_CONNECTIONS = 200
 """Open connections to instances across all leases; a request beyond waits up to the connect

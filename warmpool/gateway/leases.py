@@ -1,6 +1,6 @@
 """How does the studio's front end get a GPU? Acquire, renew, release and show a lease over HTTP.
 
-These are `warmpool.leasing` calls on the pool workflow (the lease authority), so they behave
+These are `warmpool.clients.pool` calls on the pool workflow (the lease authority), so they behave
 as `starter.py lease ...` does: a request id makes acquire idempotent, release is idempotent,
 and waiting for capacity uses the `request_lease` signal (no update held open). The answer's
 `proxy_path` is where the front end reaches ComfyUI: `/comfy/<lease_id>/`.
@@ -12,7 +12,7 @@ over the pool's maximum); 503 Temporal did not answer.
 Every acquire has a request id (the caller's `request_id`, or one generated here). A 503 to an
 acquire carries it (`{"error", "detail", "request_id"}`): the pool may still grant the lease
 once it runs again (a failover), so before answering the gateway tells the pool that nobody
-received the answer (`leasing.abandon_request`); the pool then releases such a grant unless a
+received the answer (`pool_client.abandon_request`); the pool then releases such a grant unless a
 request with the same `request_id` claims it within its claim window. Retrying with that
 `request_id` returns that lease (or a new one if none was granted), never a second lease.
 """
@@ -30,7 +30,8 @@ from pydantic import Field
 from temporalio.client import WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 
-from warmpool import leasing
+from warmpool.clients import pool as pool_client
+from warmpool.errors import ErrorType
 from warmpool.gateway.context import Gateway, get_gateway
 from warmpool.gateway.errors import JSON_BODY_LIMIT, ApiError, documented
 from warmpool.gateway.targets import check_active
@@ -128,7 +129,7 @@ def refused(exc: WorkflowUpdateFailedError) -> ApiError:
     """The pool's answer to a refused update: no capacity (409) or an invalid request (422)."""
     cause = exc.cause
     if isinstance(cause, ApplicationError):
-        if cause.type == "NoCapacity":
+        if cause.type == ErrorType.NO_CAPACITY:
             return ApiError(409, "no_capacity", cause.message)
         return ApiError(422, "refused", cause.message)
     return ApiError(422, "refused", str(cause))
@@ -145,7 +146,7 @@ async def _lease(
     pools = gateway.pools
     try:
         grant = await pools.call(
-            pool, "lease", lambda: leasing.acquire(pools.client, pool, request)
+            pool, "lease", lambda: pool_client.acquire(pools.client, pool, request)
         )
         return grant, "granted"
     except WorkflowUpdateFailedError as exc:
@@ -156,10 +157,10 @@ async def _lease(
         grant = await pools.call(
             pool,
             "lease (waiting)",
-            lambda: leasing.acquire_waiting(pools.client, pool, request, poll_s=WAIT_POLL_S),
-            extra_s=wait + leasing.WAIT_GRACE_S,
+            lambda: pool_client.acquire_waiting(pools.client, pool, request, poll_s=WAIT_POLL_S),
+            extra_s=wait + pool_client.WAIT_GRACE_S,
         )
-    except leasing.LeaseNotGranted as exc:
+    except pool_client.LeaseNotGranted as exc:
         raise ApiError(409, "no_capacity", f"no lease within {wait:g}s: {exc}") from None
     return grant, "waited"
 
@@ -170,10 +171,10 @@ async def unanswered(
     """A lease request Temporal did not answer in time: tell the pool nobody got an answer
     (awaited, so that a retry reaches the pool after the signal), and name the request id."""
     pools = gateway.pools
-    told = await leasing.abandon_request(
-        leasing.pool_handle(pools.client, pool),
+    told = await pool_client.abandon_request(
+        pool_client.pool_handle(pools.client, pool),
         request.request_id,
-        timeout_s=min(leasing.ABANDON_TIMEOUT_S, pools.timeout_s),
+        timeout_s=min(pool_client.ABANDON_TIMEOUT_S, pools.timeout_s),
     )
     log.warning(
         "lease request %s to pool %s unanswered (%s); pool %s",
@@ -239,7 +240,7 @@ async def renew(gateway: GatewayDep, lease_id: LeaseId, body: RenewBody | None =
     check_active(lease)
     request = RenewRequest(lease_id=lease_id, duration=_seconds(body.duration_s if body else None))
     try:
-        await pools.call(pool, "renew", lambda: leasing.renew(pools.client, pool, request))
+        await pools.call(pool, "renew", lambda: pool_client.renew(pools.client, pool, request))
     except WorkflowUpdateFailedError as exc:
         raise refused(exc) from None
     gateway.targets.forget(lease_id)
@@ -255,7 +256,7 @@ async def release(gateway: GatewayDep, lease_id: LeaseId) -> LeaseView:
     if lease.ended_at is None:
         try:
             lease = await pools.call(
-                pool, "release", lambda: leasing.release(pools.client, pool, lease_id)
+                pool, "release", lambda: pool_client.release(pools.client, pool, lease_id)
             )
         except WorkflowUpdateFailedError as exc:
             raise refused(exc) from None

@@ -1,7 +1,7 @@
 """How does the gateway ask a pool anything? Temporal calls with a deadline and a clear refusal.
 
 Every call runs under `WARMPOOL_GATEWAY_TEMPORAL_TIMEOUT_S`, so a Temporal outage answers 503 in
-seconds instead of holding the request (`leasing` retries transient RPC errors for longer).
+seconds instead of holding the request (the pool client retries transient RPC errors for longer).
 The gateway serves the pools named in `WARMPOOL_GATEWAY_POOLS`; lease ids carry no pool, so a
 lease is found by asking each served pool and remembered (bounded) once found.
 """
@@ -16,9 +16,10 @@ from typing import TypeVar
 from temporalio.client import Client, WorkflowQueryFailedError, WorkflowQueryRejectedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from warmpool import leasing
+from warmpool.clients import pool as pool_client
+from warmpool.clients import slot as slot_client
 from warmpool.gateway.errors import ApiError
-from warmpool.labels import pool_workflow_id, slot_workflow_id
+from warmpool.labels import pool_workflow_id
 from warmpool.models import PoolLease, PoolStatus, SlotStatus
 
 T = TypeVar("T")
@@ -70,22 +71,20 @@ class Pools:
             raise ApiError(503, "pool_query_failed", f"{what}: {exc}") from None
 
     async def status(self, pool: str) -> PoolStatus:
-        handle = leasing.pool_handle(self.client, pool)
         return await self.call(
-            pool, f"status of pool {pool}", lambda: handle.query("status", result_type=PoolStatus)
+            pool, f"status of pool {pool}", lambda: pool_client.status(self.client, pool)
         )
 
     async def signal(self, pool: str, name: str) -> None:
-        handle = leasing.pool_handle(self.client, pool)
+        handle = pool_client.pool_handle(self.client, pool)
         await self.call(pool, f"{name} to pool {pool}", lambda: handle.signal(name))
 
     async def slot_status(self, pool: str, index: int) -> SlotStatus:
-        handle = self.client.get_workflow_handle(slot_workflow_id(pool, index))
         try:
             return await self.call(
                 pool,
                 f"status of slot {index}",
-                lambda: handle.query("status", result_type=SlotStatus),
+                lambda: slot_client.status(self.client, pool, index),
             )
         except ApiError as exc:
             if exc.error != "pool_not_running":
@@ -126,5 +125,5 @@ class Pools:
 
     async def _lease_info(self, pool: str, lease_id: str) -> PoolLease | None:
         return await self.call(
-            pool, f"lease {lease_id}", lambda: leasing.show(self.client, pool, lease_id)
+            pool, f"lease {lease_id}", lambda: pool_client.show(self.client, pool, lease_id)
         )
