@@ -104,13 +104,18 @@ class Plan:
 def plan(rt: PoolRuntime, cfg: PoolConfig) -> Plan:
     """Retire or start slots so that `min_ready` are idle and READY within `max_slots`, the
     budget and safe mode. Shrinking retires idle READY slots first, then starting ones, the
-    newest first; never a leased slot."""
+    newest first; never a leased slot. In safe mode nothing rents: every slot that would rent
+    again (starting, failed, blocked) retires."""
     views = [v for v in rt.slots.values() if not v.retiring]
     if rt.draining:
         return Plan(retire=[(v.index, "pool draining") for v in views])
+    result = Plan()
+    if rt.safe_mode:
+        stopping = {v.index for v in views if v.state in REPLACING and v.lease_id is None}
+        result.retire = [(i, "pool in safe mode") for i in sorted(stopping)]
+        views = [v for v in views if v.index not in stopping]
     idle = len(idle_ready(rt))
     starting = sum(1 for v in views if v.state in REPLACING)
-    result = Plan()
     excess_total = len(views) - cfg.max_slots
     excess_idle = idle + starting - cfg.min_ready
     retired: set[int] = set()

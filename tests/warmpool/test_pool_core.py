@@ -76,6 +76,20 @@ def test_plan_shrinks_idle_ready_first_newest_first_never_a_leased_slot() -> Non
     assert [i for i, _ in core.plan(runtime(slot(1), draining=True), cfg()).retire] == [1]
 
 
+def test_safe_mode_retires_every_slot_that_would_rent_again_but_keeps_serving_ones() -> None:
+    rt = runtime(
+        slot(1),
+        slot(2, S.TERMINATING),
+        slot(3, S.SEARCHING),
+        slot(4, S.BLOCKED),
+        slot(5, S.LEASED, lease_id="l"),
+        safe_mode=True,
+    )
+    result = core.plan(rt, cfg(1, 5))
+    assert sorted(i for i, _ in result.retire) == [2, 3, 4]
+    assert result.start == 0
+
+
 def test_the_budget_reserves_the_price_cap_for_each_slot_still_renting() -> None:
     config = cfg(4, 4, budget_dph=2.0)
     config.slot.constraints.max_dph = 0.6
