@@ -21,9 +21,17 @@ from activities.vast import instance_secret
 from warmpool.comfy import ComfyClient, ComfyPromptFailed
 from warmpool.errors import ErrorType, VastError
 from warmpool.instance_token import derive_instance_token
-from warmpool.lifecycle import Verdict, assess, backoff_delay
+from warmpool.lifecycle import StatusVerdict, assess, backoff_delay
 from warmpool.listing import SharedListing
-from warmpool.models import FailureReason, InstanceView, Model, PortReport
+from warmpool.models import (
+    FailureReason,
+    InstanceView,
+    KeepaliveConfig,
+    Model,
+    PortReport,
+    ProbeConfig,
+    ProvisioningConfig,
+)
 from warmpool.probes import candidates_for, validate_ports
 from warmpool.secrets import SecretStore
 
@@ -35,15 +43,9 @@ KEEPALIVE_PINGS = "warmpool_keepalive_pings"
 class ProbeInput(Model):
     label: str
     instance: InstanceView
-    comfy_port: int
-    internal_port: int
-    tcp_timeout: timedelta
-    http_timeout: timedelta
-    initial_interval: timedelta
-    max_interval: timedelta
+    probe: ProbeConfig
+    """The slot's `SlotConfig.probe`: ports, portal, timeouts and the readiness backoff."""
     firewall_after_attempts: int = 3
-    portal: bool = True
-    """`SlotConfig.portal`: a candidate must refuse a tokenless request before it gets the token."""
 
 
 class WarmupInput(Model):
@@ -62,16 +64,13 @@ class WatchInput(Model):
     label: str
     url: str
     instance_id: int
-    keepalive_interval: timedelta
-    keepalive_timeout: timedelta
-    max_failures: int
     poll_interval: timedelta
-    fatal_grace: timedelta
-    fatal_patterns: list[str]
-    comfy_port: int
-    internal_port: int
-    portal: bool = True
-    """`SlotConfig.portal`: then only the mapped ComfyUI (portal) port can be the watched URL."""
+    """How often the provider's status is read (the slot's active or idle polling)."""
+    keepalive: KeepaliveConfig
+    provisioning: ProvisioningConfig
+    """How the provider's status is judged (fatal grace and patterns)."""
+    probe: ProbeConfig
+    """Where ComfyUI is mapped; with `portal` only the mapped portal port can be watched."""
 
 
 class WatchResult(Model):
@@ -89,9 +88,10 @@ def moved_from(input: WatchInput, instance: InstanceView) -> str | None:
     Only a mapping that exists and differs counts (a new host port or public IP); a listing
     without the mapping for a moment is left to keepalive and `assess`.
     """
-    candidates = candidates_for(instance, input.comfy_port, input.internal_port)
-    if input.portal:
-        candidates = [c for c in candidates if c.name == f"mapped-{input.comfy_port}"]
+    probe = input.probe
+    candidates = candidates_for(instance, probe.comfy_port, probe.internal_port)
+    if probe.portal:
+        candidates = [c for c in candidates if c.name == f"mapped-{probe.comfy_port}"]
     if not candidates or any(c.url == input.url for c in candidates):
         return None
     return f"provider now maps ComfyUI to {candidates[0].url}, watched {input.url}"
@@ -120,15 +120,7 @@ class ComfyActivities:
         for several attempts in a row is a firewall.
         """
         attempt = activity.info().attempt
-        candidates = candidates_for(input.instance, input.comfy_port, input.internal_port)
-        report = await validate_ports(
-            candidates,
-            self._token(input.label),
-            portal=input.portal,
-            tcp_timeout=input.tcp_timeout.total_seconds(),
-            http_timeout=input.http_timeout.total_seconds(),
-            tls=self._tls,
-        )
+        report = await self._check(input)
         if report.url is not None:
             return report
         if report.unauthorized:
@@ -152,20 +144,26 @@ class ComfyActivities:
             type=ErrorType.NOT_READY,
             category=ApplicationErrorCategory.BENIGN,
             next_retry_delay=backoff_delay(
-                attempt, input.initial_interval, input.max_interval, random.random()
+                attempt,
+                input.probe.readiness_initial_interval,
+                input.probe.readiness_max_interval,
+                random.random(),
             ),
         )
 
     @activity.defn(name="comfy.validate_ports")
     async def validate_ports(self, input: ProbeInput) -> PortReport:
         """Check every candidate (TCP, then HTTP /system_stats) and pick the preferred URL."""
-        candidates = candidates_for(input.instance, input.comfy_port, input.internal_port)
+        return await self._check(input)
+
+    async def _check(self, input: ProbeInput) -> PortReport:
+        probe = input.probe
         return await validate_ports(
-            candidates,
+            candidates_for(input.instance, probe.comfy_port, probe.internal_port),
             self._token(input.label),
-            portal=input.portal,
-            tcp_timeout=input.tcp_timeout.total_seconds(),
-            http_timeout=input.http_timeout.total_seconds(),
+            portal=probe.portal,
+            tcp_timeout=probe.tcp_timeout.total_seconds(),
+            http_timeout=probe.http_timeout.total_seconds(),
             tls=self._tls,
         )
 
@@ -214,10 +212,10 @@ class ComfyActivities:
         async with self._comfy(input.url, input.label) as comfy:
             while True:
                 activity.heartbeat(failures)
-                ok = await comfy.ping(input.keepalive_timeout.total_seconds())
+                ok = await comfy.ping(input.keepalive.timeout.total_seconds())
                 pings.add(1, {"outcome": "ok" if ok else "failed"})
                 failures = 0 if ok else failures + 1
-                lost = failures >= input.max_failures
+                lost = failures >= input.keepalive.max_failures
                 if lost or loop.time() >= next_poll:
                     next_poll = loop.time() + input.poll_interval.total_seconds()
                     try:
@@ -230,13 +228,13 @@ class ComfyActivities:
                             gone=obs.gone,
                             now=datetime.now().astimezone(),
                             bad_since=bad_since,
-                            grace=input.fatal_grace,
-                            fatal_patterns=input.fatal_patterns,
-                            comfy_port=input.comfy_port,
-                            internal_port=input.internal_port,
+                            grace=input.provisioning.fatal_grace,
+                            fatal_patterns=input.provisioning.fatal_patterns,
+                            comfy_port=input.probe.comfy_port,
+                            internal_port=input.probe.internal_port,
                         )
                         bad_since = verdict.bad_since
-                        if verdict.verdict in (Verdict.DESTROY, Verdict.GONE):
+                        if verdict.verdict in (StatusVerdict.DESTROY, StatusVerdict.GONE):
                             assert verdict.reason is not None
                             return WatchResult(
                                 reason=verdict.reason, detail=verdict.detail, instance=obs.instance
@@ -260,4 +258,4 @@ class ComfyActivities:
                             reason=FailureReason.KEEPALIVE_LOST,
                             detail=f"{failures} keepalive pings failed in a row",
                         )
-                await asyncio.sleep(input.keepalive_interval.total_seconds())
+                await asyncio.sleep(input.keepalive.interval.total_seconds())

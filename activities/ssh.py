@@ -32,7 +32,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from warmpool.errors import ErrorType
-from warmpool.models import SSH_FATAL_PATTERNS, SSH_LOG_PATHS, Model, SshLogBatch
+from warmpool.models import Model, SshConfig, SshLogBatch
 from warmpool.names import Slot
 from warmpool.ssh import (
     LogCursor,
@@ -48,12 +48,8 @@ class SshFollowInput(Model):
     instance_id: int
     host: str
     port: int
-    username: str = "root"
-    paths: list[str] = Field(default_factory=lambda: list(SSH_LOG_PATHS))
-    fatal_patterns: list[str] = Field(default_factory=lambda: list(SSH_FATAL_PATTERNS))
-    poll_interval_s: float = Field(default=2.0, gt=0)
-    keepalive_interval_s: float = Field(default=15, gt=0)
-    keepalive_max_missed: int = Field(default=3, ge=1)
+    ssh: SshConfig = Field(default_factory=SshConfig)
+    """The slot's `SlotConfig.ssh`: who logs in, which files, fatal patterns, timings."""
     batch_lines: int = Field(default=50, ge=1)
     resume_from: LogCursor = Field(default_factory=LogCursor)
     """Where a first attempt starts: the positions the slot already holds lines up to."""
@@ -91,7 +87,8 @@ class SshLogActivities:
         """Stream new log lines to the slot until a fatal line (returned) or cancellation."""
         follower = self._follower(input)
         progress = _Progress(activity.info().heartbeat_details, input.resume_from)
-        beating = asyncio.create_task(progress.beat_while_blocked(input.poll_interval_s))
+        poll_interval_s = input.ssh.poll_interval.total_seconds()
+        beating = asyncio.create_task(progress.beat_while_blocked(poll_interval_s))
         try:
             while True:
                 try:
@@ -106,7 +103,7 @@ class SshLogActivities:
                         lines_seen=progress.current.lines_seen,
                     )
                 progress.move(polled, 0)  # also the idle heartbeat
-                await asyncio.sleep(input.poll_interval_s)
+                await asyncio.sleep(poll_interval_s)
         finally:
             beating.cancel()
             await follower.close()
@@ -124,11 +121,11 @@ class SshLogActivities:
                 input.host,
                 input.port,
                 pem,
-                input.paths,
-                username=input.username,
+                input.ssh.paths,
+                username=input.ssh.username,
                 host_key_policy=self._host_key_policy,
-                keepalive_interval_s=input.keepalive_interval_s,
-                keepalive_max_missed=input.keepalive_max_missed,
+                keepalive_interval_s=input.ssh.keepalive_interval.total_seconds(),
+                keepalive_max_missed=input.ssh.keepalive_max_miss,
             )
         except SshAuthError as exc:
             raise _auth_failure(exc) from None
@@ -140,10 +137,10 @@ class SshLogActivities:
         if not lines:
             return None
         handle = activity.client().get_workflow_handle(input.workflow_id)
+        patterns = input.ssh.fatal_patterns
         for batch in _batches(lines, input.batch_lines):
             fatal_at = next(
-                (i for i, line in enumerate(batch) if match_fatal(line.text, input.fatal_patterns)),
-                None,
+                (i for i, line in enumerate(batch) if match_fatal(line.text, patterns)), None
             )
             if fatal_at is not None:
                 batch = batch[: fatal_at + 1]

@@ -61,7 +61,6 @@ FAST_SIM = SimConfig(provision_s=0.1, created_s=0.1, loading_s=0.2, comfy_boot_s
 _SCALED_MS = (
     "poll_active_ms",
     "poll_idle_ms",
-    "poll_default_ms",
     "keepalive_interval_ms",
     "token_cache_ms",
     "token_check_ms",
@@ -199,8 +198,8 @@ class Bench:
         return self.env.client
 
     async def start_slot(self, index: int, **config: object) -> WorkflowHandle[Any, SlotStatus]:
-        """`config` overrides fields of the settings' SlotConfig (e.g. `constraints=...`)."""
-        slot_config = self.settings.slot_config().model_copy(update=config)
+        """`config` overrides fields of the settings' SlotConfig (`SlotConfig.merged`)."""
+        slot_config = self.settings.slot_config().merged(config)
         return await self.client.start_workflow(
             Slot.WORKFLOW,
             SlotInput(pool=self.pool, index=index, config=slot_config),

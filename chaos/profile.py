@@ -11,7 +11,6 @@ from dataclasses import dataclass
 SETTINGS: dict[str, object] = {
     "poll_active_ms": 300,
     "poll_idle_ms": 1000,
-    "poll_default_ms": 1000,
     "keepalive_interval_ms": 300,
     "keepalive_timeout_ms": 500,
     "keepalive_max_failures": 3,

@@ -494,9 +494,8 @@ async def two_worker_failover(
     watch_options = options.watch(cfg)
     heartbeat = watch_options["heartbeat_timeout"].total_seconds()
     retry = watch_options["retry_policy"].initial_interval.total_seconds()
-    detect = cfg.keepalive_max_failures * (
-        cfg.keepalive_interval + cfg.keepalive_timeout
-    ).total_seconds()
+    keepalive = cfg.keepalive
+    detect = keepalive.max_failures * (keepalive.interval + keepalive.timeout).total_seconds()
     bound = heartbeat + retry + detect + 10  # +10: the slot's own tasks on the dead worker
 
     async def lease_ended() -> bool:

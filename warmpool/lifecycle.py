@@ -28,7 +28,10 @@ IMAGE_FAILURE_PATTERNS = (
 of the slot uses the fallback image when one is configured."""
 
 
-class Verdict(StrEnum):
+class StatusVerdict(StrEnum):
+    """What the provider's status of an instance means for its slot (`assess`); not the
+    reaper's `warmpool.reaper.Verdict` (whose an instance is)."""
+
     WAIT = "wait"
     RUNNING = "running"
     DESTROY = "destroy"
@@ -36,7 +39,7 @@ class Verdict(StrEnum):
 
 
 class Assessment(BaseModel):
-    verdict: Verdict
+    verdict: StatusVerdict
     reason: FailureReason | None = None
     detail: str = ""
     bad_since: datetime | None = None
@@ -74,7 +77,7 @@ def assess(
     """
     if gone or instance is None:
         return Assessment(
-            verdict=Verdict.GONE,
+            verdict=StatusVerdict.GONE,
             reason=FailureReason.INSTANCE_GONE,
             detail="the provider no longer knows the instance",
         )
@@ -88,18 +91,20 @@ def assess(
                 else FailureReason.FATAL_STATUS
             )
             return Assessment(
-                verdict=Verdict.DESTROY,
+                verdict=StatusVerdict.DESTROY,
                 reason=reason,
                 detail=f"status_msg: {instance.status_msg}",
                 image_failure=image_failure,
             )
     if instance.cur_state == "unloaded":
         return Assessment(
-            verdict=Verdict.GONE, reason=FailureReason.INSTANCE_GONE, detail="contract unloaded"
+            verdict=StatusVerdict.GONE,
+            reason=FailureReason.INSTANCE_GONE,
+            detail="contract unloaded",
         )
     if is_outbid(instance):
         return Assessment(
-            verdict=Verdict.DESTROY,
+            verdict=StatusVerdict.DESTROY,
             reason=FailureReason.OUTBID,
             detail="outbid: cur_state, intended_status and next_state are stopped",
         )
@@ -112,7 +117,7 @@ def assess(
                 FailureReason.LOAD_FAILED if status == "load_failed" else FailureReason.FATAL_STATUS
             )
             return Assessment(
-                verdict=Verdict.DESTROY,
+                verdict=StatusVerdict.DESTROY,
                 reason=reason,
                 detail=f"{label} for {(now - since).total_seconds():.0f}s "
                 f"(grace {grace.total_seconds():.0f}s): {instance.status_msg}",
@@ -120,17 +125,17 @@ def assess(
                 image_failure=image_failure,
             )
         return Assessment(
-            verdict=Verdict.WAIT,
+            verdict=StatusVerdict.WAIT,
             detail=f"{label}, within grace",
             bad_since=since,
             image_failure=image_failure,
         )
     if status == "running" and has_comfy_mapping(instance, comfy_port, internal_port):
-        return Assessment(verdict=Verdict.RUNNING, detail="running with ComfyUI port mapped")
+        return Assessment(verdict=StatusVerdict.RUNNING, detail="running with ComfyUI port mapped")
     detail = "provisioning" if status is None else f"actual_status {status}"
     if status == "running":
         detail = "running, ComfyUI port not mapped yet"
-    return Assessment(verdict=Verdict.WAIT, detail=detail)
+    return Assessment(verdict=StatusVerdict.WAIT, detail=detail)
 
 
 def backoff_delay(

@@ -7,8 +7,10 @@ derived inside activities only.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from datetime import datetime, timedelta
 from enum import StrEnum
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -187,8 +189,76 @@ SSH_FATAL_PATTERNS: tuple[str, ...] = (
 """Log lines that doom a rental (case-insensitive substrings or regexes): destroy at once."""
 
 
+class ProbeConfig(Model):
+    """Where ComfyUI listens on an instance and how long checking it may take (readiness
+    backoff, then TCP and HTTP validation of every candidate endpoint)."""
+
+    comfy_port: int = 8188
+    internal_port: int = 18188
+    portal: bool = True
+    """The image serves ComfyUI behind Vast.ai's token-gated portal (the `vastai/comfyui`
+    template). Then an endpoint counts only once it proves to be this instance's gate: it refuses
+    a request without the instance token and accepts ours. False for a bare ComfyUI image."""
+    tcp_timeout: timedelta = timedelta(seconds=5)
+    http_timeout: timedelta = timedelta(seconds=10)
+    readiness_timeout: timedelta = timedelta(minutes=5)
+    """The whole readiness wait (and the warm-up's bound)."""
+    readiness_initial_interval: timedelta = timedelta(seconds=2)
+    readiness_max_interval: timedelta = timedelta(seconds=30)
+
+
+class KeepaliveConfig(Model):
+    """ComfyUI pings while READY or LEASED: lost after `max_failures` failures in a row."""
+
+    interval: timedelta = timedelta(seconds=30)
+    timeout: timedelta = timedelta(seconds=5)
+    max_failures: int = Field(default=5, ge=1)
+
+
+class PollingConfig(Model):
+    """How often the provider's status of an instance is read: `active` while it starts or is
+    leased, `idle` while it is READY."""
+
+    active: timedelta = timedelta(seconds=30)
+    idle: timedelta = timedelta(seconds=180)
+
+
+class ProvisioningConfig(Model):
+    """How the provider's status is judged (`warmpool.lifecycle.assess`): the start's timeout,
+    the grace a failure status gets, and the `status_msg` fragments that destroy at once."""
+
+    timeout: timedelta = timedelta(minutes=20)
+    fatal_grace: timedelta = timedelta(seconds=120)
+    fatal_patterns: list[str] = Field(
+        default_factory=lambda: ["no space left on device", "oci runtime create failed"]
+    )
+
+
+class SshConfig(Model):
+    """Following the instance's logs over SSH while it starts (the worker holds the key)."""
+
+    logs: bool = False
+    """Follow the logs at all."""
+    username: str = "root"
+    paths: list[str] = Field(default_factory=lambda: list(SSH_LOG_PATHS))
+    fatal_patterns: list[str] = Field(default_factory=lambda: list(SSH_FATAL_PATTERNS))
+    poll_interval: timedelta = timedelta(seconds=2)
+    keepalive_interval: timedelta = timedelta(seconds=15)
+    keepalive_max_miss: int = Field(default=3, ge=1)
+    heartbeat_timeout: timedelta = timedelta(seconds=30)
+    retry_max_interval: timedelta = timedelta(minutes=5)
+    max_attempts: int = Field(default=0, ge=0)
+    """Connection attempts per instance before log collection gives up; 0: until READY."""
+    tail_lines: int = Field(default=50, ge=1, le=1000)
+    """Log lines the slot keeps in its status."""
+
+
 class SlotConfig(Model):
-    """Every non-secret setting a slot needs; built from Settings by whoever starts the slot."""
+    """Every non-secret setting a slot needs; built from Settings by whoever starts the slot.
+
+    Knobs that an activity needs come in groups (`probe`, `keepalive`, `ssh`, ...) that the
+    activity's input embeds whole, so each knob is spelled once here.
+    """
 
     constraints: OfferConstraints = Field(default_factory=OfferConstraints)
     image: str = "vastai/comfyui:latest"
@@ -196,30 +266,13 @@ class SlotConfig(Model):
     disk_gb: float = 250.0
     runtype: str = "jupyter_direct"
     onstart: str = "entrypoint.sh"
-    comfy_port: int = 8188
-    comfy_internal_port: int = 18188
-    portal: bool = True
-    """The image serves ComfyUI behind Vast.ai's token-gated portal (the `vastai/comfyui`
-    template). Then an endpoint counts only once it proves to be this instance's gate: it refuses
-    a request without the instance token and accepts ours. False for a bare ComfyUI image."""
     require_tokens: list[str] = Field(default_factory=lambda: ["vast"])
-    poll_active: timedelta = timedelta(seconds=30)
-    poll_idle: timedelta = timedelta(seconds=180)
-    poll_default: timedelta = timedelta(seconds=120)
-    provision_timeout: timedelta = timedelta(minutes=20)
-    fatal_grace: timedelta = timedelta(seconds=120)
-    fatal_patterns: list[str] = Field(
-        default_factory=lambda: ["no space left on device", "oci runtime create failed"]
-    )
-    readiness_timeout: timedelta = timedelta(minutes=5)
-    readiness_initial_interval: timedelta = timedelta(seconds=2)
-    readiness_max_interval: timedelta = timedelta(seconds=30)
-    tcp_timeout: timedelta = timedelta(seconds=5)
-    http_timeout: timedelta = timedelta(seconds=10)
-    keepalive_interval: timedelta = timedelta(seconds=30)
-    keepalive_timeout: timedelta = timedelta(seconds=5)
-    keepalive_max_failures: int = 5
     warmup_workflow: str | None = None
+    probe: ProbeConfig = Field(default_factory=ProbeConfig)
+    keepalive: KeepaliveConfig = Field(default_factory=KeepaliveConfig)
+    polling: PollingConfig = Field(default_factory=PollingConfig)
+    provisioning: ProvisioningConfig = Field(default_factory=ProvisioningConfig)
+    ssh: SshConfig = Field(default_factory=SshConfig)
     retry_backoff_initial: timedelta = timedelta(seconds=10)
     retry_backoff_max: timedelta = timedelta(minutes=10)
     transitions_kept: int = 30
@@ -227,19 +280,18 @@ class SlotConfig(Model):
     lease_overdue_grace: timedelta = timedelta(minutes=5)
     """A slot still LEASED this long past `leased_until` (its pool's end never came) ends the
     lease itself, cleans and reports READY: no instance stays leased to nobody."""
-    ssh_logs: bool = False
-    """Follow the instance's logs over SSH while it starts (the worker holds the SSH key)."""
-    ssh_username: str = "root"
-    ssh_log_paths: list[str] = Field(default_factory=lambda: list(SSH_LOG_PATHS))
-    ssh_fatal_patterns: list[str] = Field(default_factory=lambda: list(SSH_FATAL_PATTERNS))
-    ssh_poll_interval: timedelta = timedelta(seconds=2)
-    ssh_keepalive_interval: timedelta = timedelta(seconds=15)
-    ssh_keepalive_max_miss: int = Field(default=3, ge=1)
-    ssh_heartbeat_timeout: timedelta = timedelta(seconds=30)
-    ssh_retry_max_interval: timedelta = timedelta(minutes=5)
-    ssh_max_attempts: int = Field(default=0, ge=0)
-    """Connection attempts per instance before log collection gives up; 0: until READY."""
-    log_tail_lines: int = Field(default=50, ge=1, le=1000)
+
+    def merged(self, changes: Mapping[str, Any]) -> SlotConfig:
+        """A validated copy with `changes`: a dict given for a group (`probe={"portal": False}`)
+        changes only the fields it names; an unknown name fails (models forbid extra fields)."""
+        data = self.model_dump()
+        for key, value in changes.items():
+            group = data.get(key)
+            if isinstance(value, dict) and isinstance(group, dict):
+                data[key] = {**group, **value}
+            else:
+                data[key] = value
+        return SlotConfig.model_validate(data)
 
 
 class SshLogBatch(Model):
@@ -397,12 +449,13 @@ class SlotEvent(Model):
 
 class SlotMessage(Model):
     """One message from a pool to one of its slots (the `assign_lease` and `end_lease`
-    updates, or the `retire` signal): exactly one of the three is set."""
+    updates, or the `retire` and `resume` signals, each with its reason): exactly one is set."""
 
     workflow_id: str
     assign_lease: Lease | None = None
     end_lease: LeaseEndRequest | None = None
     retire: str | None = None
+    resume: str | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> SlotMessage:
@@ -415,6 +468,7 @@ class SlotMessage(Model):
             "assign_lease": self.assign_lease,
             "end_lease": self.end_lease,
             "retire": self.retire,
+            "resume": self.resume,
         }
         return [(name, value) for name, value in values.items() if value is not None]
 
@@ -516,6 +570,8 @@ class ResizeRequest(Model):
     min_ready: int | None = Field(default=None, ge=0, le=10_000)
     max_slots: int | None = Field(default=None, ge=0, le=10_000)
     budget_dph: float | None = Field(default=None, gt=0)
+    clear_budget: bool = False
+    """Remove the budget (`pool resize --no-budget`); `budget_dph` must then be None."""
 
 
 class PoolFailure(Model):

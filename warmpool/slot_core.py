@@ -263,7 +263,7 @@ def collector_target(rt: SlotRuntime, cfg: SlotConfig) -> InstanceView | None:
     """The instance whose logs should be followed now, if any."""
     inst = rt.instance
     if (
-        not cfg.ssh_logs
+        not cfg.ssh.logs
         or rt.state not in COLLECTING
         or rt.retiring
         or inst is None

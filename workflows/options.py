@@ -14,7 +14,7 @@ from temporalio.common import RetryPolicy
 from temporalio.workflow import ActivityCancellationType
 
 from warmpool.errors import ErrorType
-from warmpool.models import SlotConfig
+from warmpool.models import ProbeConfig, SlotConfig
 from warmpool.queues import CREATE_QUEUE, DESTROY_QUEUE, SEARCH_QUEUE, vast_queue
 
 # Provider calls: a few quick retries inside one call (429, 5xx, timeouts); the workflow decides
@@ -105,14 +105,14 @@ def await_ready(cfg: SlotConfig) -> dict[str, Any]:
     The activity sets a jittered `next_retry_delay` itself; the policy bounds it and stops at
     the readiness timeout (a TimeoutError the workflow reads as "ComfyUI never ready").
     """
-    one_try = cfg.tcp_timeout + cfg.http_timeout + timedelta(seconds=10)
+    probe = cfg.probe
     return {
-        "schedule_to_close_timeout": cfg.readiness_timeout,
-        "start_to_close_timeout": one_try,
+        "schedule_to_close_timeout": probe.readiness_timeout,
+        "start_to_close_timeout": _one_probe(probe),
         "retry_policy": RetryPolicy(
-            initial_interval=cfg.readiness_initial_interval,
+            initial_interval=probe.readiness_initial_interval,
             backoff_coefficient=2.0,
-            maximum_interval=cfg.readiness_max_interval,
+            maximum_interval=probe.readiness_max_interval,
             non_retryable_error_types=[
                 ErrorType.PORTAL_UNAUTHORIZED,
                 ErrorType.FIREWALL,
@@ -122,16 +122,21 @@ def await_ready(cfg: SlotConfig) -> dict[str, Any]:
     }
 
 
+def _one_probe(probe: ProbeConfig) -> timedelta:
+    """One check of every candidate endpoint (TCP, then HTTP), with room to spare."""
+    return probe.tcp_timeout + probe.http_timeout + timedelta(seconds=10)
+
+
 def validate_ports(cfg: SlotConfig) -> dict[str, Any]:
     return {
-        "start_to_close_timeout": cfg.tcp_timeout + cfg.http_timeout + timedelta(seconds=10),
+        "start_to_close_timeout": _one_probe(cfg.probe),
         "retry_policy": RetryPolicy(maximum_attempts=3),
     }
 
 
 def warmup(cfg: SlotConfig) -> dict[str, Any]:
     return {
-        "start_to_close_timeout": cfg.readiness_timeout,
+        "start_to_close_timeout": cfg.probe.readiness_timeout,
         "retry_policy": RetryPolicy(
             maximum_attempts=2,
             non_retryable_error_types=[ErrorType.WARMUP_FAILED, ErrorType.CONFIGURATION],
@@ -146,7 +151,7 @@ def watch(cfg: SlotConfig) -> dict[str, Any]:
     before it finishes), so no watch outlives its slot; the worker's heartbeat throttle
     bounds that wait.
     """
-    beat = cfg.keepalive_interval + cfg.keepalive_timeout
+    beat = cfg.keepalive.interval + cfg.keepalive.timeout
     return {
         "cancellation_type": ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         "start_to_close_timeout": timedelta(days=3650),
@@ -160,7 +165,7 @@ def watch(cfg: SlotConfig) -> dict[str, Any]:
 
 def clean(cfg: SlotConfig) -> dict[str, Any]:
     return {
-        "start_to_close_timeout": cfg.http_timeout * 4,
+        "start_to_close_timeout": cfg.probe.http_timeout * 4,
         "retry_policy": RetryPolicy(maximum_attempts=3),
     }
 
@@ -179,20 +184,21 @@ SSH_FOLLOW_RETRY = RetryPolicy(
 def ssh_follow(cfg: SlotConfig) -> dict[str, Any]:
     """Runs while the slot starts; the retry policy and heartbeat timeout are the watchdog.
 
-    A worker that stops heartbeating for `ssh_heartbeat_timeout` is presumed dead and the attempt
+    A worker that stops heartbeating for `ssh.heartbeat_timeout` is presumed dead and the attempt
     resumes elsewhere from its heartbeated cursor. An attempt ends only by a fatal line, a lost
     connection or a cancel; its start-to-close bound only backstops a stuck one. The slot waits
     (in the background) for the cancel to complete, so no collector outlives its rental.
     """
+    ssh = cfg.ssh
     return {
         "cancellation_type": ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         "start_to_close_timeout": timedelta(hours=1),
-        "heartbeat_timeout": cfg.ssh_heartbeat_timeout,
+        "heartbeat_timeout": ssh.heartbeat_timeout,
         "retry_policy": dataclasses.replace(
             SSH_FOLLOW_RETRY,
-            initial_interval=min(SSH_FOLLOW_RETRY.initial_interval, cfg.ssh_retry_max_interval),
-            maximum_interval=cfg.ssh_retry_max_interval,
-            maximum_attempts=cfg.ssh_max_attempts,
+            initial_interval=min(SSH_FOLLOW_RETRY.initial_interval, ssh.retry_max_interval),
+            maximum_interval=ssh.retry_max_interval,
+            maximum_attempts=ssh.max_attempts,
         ),
     }
 

@@ -33,18 +33,13 @@ with workflow.unsafe.imports_passed_through():
         WatchResult,
     )
     from activities.slots import MachineExclusion, exclude_machine
-    from activities.ssh import (
-        SshFollowInput,
-        SshFollowResult,
-        SshLogActivities,
-    )
     from activities.tokens import TokenActivities, TokenCheckInput
     from activities.vast import RentInput, SearchInput, VastActivities
     from warmpool import search_attributes as sa
     from warmpool import slot_core as core
     from warmpool.errors import ErrorType
     from warmpool.labels import slot_label, slot_workflow_id
-    from warmpool.lifecycle import Verdict, assess, backoff_delay
+    from warmpool.lifecycle import StatusVerdict, assess, backoff_delay
     from warmpool.models import (
         FailureReason,
         InstanceView,
@@ -60,9 +55,9 @@ with workflow.unsafe.imports_passed_through():
     )
     from warmpool.names import Pool, Slot
     from warmpool.slot_core import COLLECTING, FailureNote, LeaseAnswer, ProbeFailure, RentOutcome
-    from warmpool.ssh import LogCursor
     from warmpool.tokens import TokenService
     from workflows import options
+    from workflows.collector import SshCollector
 
 T = TypeVar("T")
 
@@ -95,14 +90,13 @@ class WarmSlotWorkflow:
         self._exclusion: MachineExclusion | None = None
         """A bad machine to tell the pool about before the next step releases it."""
         self._outbox: set[asyncio.Task[None]] = set()
-        self._collector: workflow.ActivityHandle[SshFollowResult] | None = None
-        self._collector_for: int | None = None
         self._stopping: set[asyncio.Task[None]] = set()
+        self._collector = SshCollector(
+            self._rt, self._cfg, self._settle_later, name=f"slot {input.index}"
+        )
         self._cleaning = False
         self._report_clean = False
         """A clean the pool did not ask for (an overdue lease): report the READY after it."""
-        self._fatal: tuple[int, SshFollowResult] | None = None
-        """A fatal line a collector returned for an instance, not acted on yet."""
         self._phases: dict[SlotState, Callable[[], Awaitable[None]]] = {
             S.PREFLIGHT: self._preflight,
             S.BLOCKED: self._blocked,
@@ -131,7 +125,7 @@ class WarmSlotWorkflow:
                 self._enter(S.DRAINING, "retire requested")
             self._collect_logs()
             if self._should_continue_as_new():
-                self._stop_collector()
+                self._collector.stop()
                 await workflow.wait_condition(
                     lambda: (
                         self._clean_pending()
@@ -142,7 +136,7 @@ class WarmSlotWorkflow:
                         )
                     )
                 )
-                if self._fatal is not None or self._clean_pending():
+                if self._collector.fatal_pending() or self._clean_pending():
                     # A stopping collector returned a fatal line, or a release came in (its
                     # `end_lease` update waits for the clean): act on it first.
                     continue
@@ -185,7 +179,7 @@ class WarmSlotWorkflow:
             if rejected:
                 self._key_rejected(detail)
             if rt.instance is not None:
-                await self._sleep(self._cfg.poll_active)
+                await self._sleep(self._cfg.polling.active)
             elif rejected:
                 rt.blocked_reason = f"provider key rejected: {detail}"[:500]
                 self._enter(S.BLOCKED, rt.blocked_reason)
@@ -266,11 +260,12 @@ class WarmSlotWorkflow:
     @workflow.signal(name=Slot.SSH_LOG)
     def ssh_log(self, batch: SshLogBatch) -> None:
         """New log lines from the collector; re-sent batches overlap, so keep only unseen lines."""
-        core.merge_log_batch(self._rt, batch, keep=self._cfg.log_tail_lines)
+        core.merge_log_batch(self._rt, batch, keep=self._cfg.ssh.tail_lines)
 
     @workflow.signal(name=Slot.RESUME)
-    def resume(self) -> None:
-        """Lift BLOCKED (e.g. after an operator fixed a token): preflight runs again at once."""
+    def resume(self, reason: str = "") -> None:
+        """Lift BLOCKED (e.g. after an operator fixed a token): preflight runs again at once.
+        Sent by an operator (`slot resume`) or by the pool's own `resume`, with why."""
         self._resume_requested = True
 
     @workflow.update(name=Slot.ASSIGN_LEASE)
@@ -437,7 +432,7 @@ class WarmSlotWorkflow:
         return True
 
     def _interrupted(self) -> bool:
-        return self._rt.retiring or self._fatal_log_pending()
+        return self._rt.retiring or self._collector.fatal_pending()
 
     async def _sleep(self, delay: timedelta) -> None:
         """A durable timer that a retire or a fatal log line cuts short."""
@@ -459,84 +454,13 @@ class WarmSlotWorkflow:
     # ---- SSH log collector ----------------------------------------------------------------
 
     def _collect_logs(self) -> None:
-        """Read a collector that ended by itself, act on a fatal line, start or stop one."""
-        handle = self._collector
-        if handle is not None and handle.done() and self._collector_for is not None:
-            self._collector = None
-            self._collector_ended(handle, self._collector_for)
-        fatal, self._fatal = self._fatal, None
-        rt = self._rt
-        if fatal is not None and rt.instance is not None and rt.instance.id == fatal[0]:
-            line, path = fatal[1].fatal_line, fatal[1].path
-            if rt.state in COLLECTING:  # once READY, the watch decides the instance's fate
-                self._fail(FailureReason.FATAL_LOG, f"{path}: {line}")
-                self._enter(S.TERMINATING, f"fatal log line: {line}")
-        self._sync_collector()
-
-    def _collector_ended(
-        self, handle: workflow.ActivityHandle[SshFollowResult], instance_id: int
-    ) -> None:
-        """A fatal line is kept to act on; a collector error (e.g. key rejected) is only noted."""
-        rt = self._rt
-        if handle.cancelled():
-            return
-        error = handle.exception()
-        if error is not None:
-            cause = error.cause if isinstance(error, ActivityError) else error
-            rt.log_error = f"SSH log collection stopped: {cause or error}"[:500]
-            rt.log_failed_instance = instance_id
-            workflow.logger.warning("slot %s: %s", self._input.index, rt.log_error)
-            return
-        result = handle.result()
-        if result.fatal_line is not None:
-            self._fatal = (instance_id, result)
-
-    def _fatal_log_pending(self) -> bool:
-        """A collector returned a fatal line that the loop has not acted on yet."""
-        handle = self._collector
-        return self._fatal is not None or (
-            handle is not None
-            and handle.done()
-            and not handle.cancelled()
-            and handle.exception() is None
-            and handle.result().fatal_line is not None
-        )
-
-    def _sync_collector(self) -> None:
-        target = core.collector_target(self._rt, self._cfg)
-        running = self._collector is not None and not self._collector.done()
-        if running and (target is None or target.id != self._collector_for):
-            self._stop_collector()
-        if target is not None and self._collector is None:
-            self._start_collector(target)
-
-    def _start_collector(self, inst: InstanceView) -> None:
-        rt = self._rt
-        cfg = self._cfg
-        assert inst.ssh_host is not None and inst.ssh_port is not None
-        held = rt.log_positions if rt.log_instance_id == inst.id else {}
-        rt.log_error = None
-        self._collector_for = inst.id
-        self._collector = workflow.start_activity_method(
-            SshLogActivities.follow_logs,
-            SshFollowInput(
-                workflow_id=workflow.info().workflow_id,
-                instance_id=inst.id,
-                host=inst.ssh_host,
-                port=inst.ssh_port,
-                username=cfg.ssh_username,
-                paths=cfg.ssh_log_paths,
-                fatal_patterns=cfg.ssh_fatal_patterns,
-                poll_interval_s=cfg.ssh_poll_interval.total_seconds(),
-                keepalive_interval_s=cfg.ssh_keepalive_interval.total_seconds(),
-                keepalive_max_missed=cfg.ssh_keepalive_max_miss,
-                resume_from=LogCursor(
-                    offsets={path: end for path, (_, end) in held.items()},
-                    epochs={path: epoch for path, (epoch, _) in held.items()},
-                ),
-            ),
-            **options.ssh_follow(cfg),
-        )
+        """Act on a fatal line a collector returned, then start or stop the collector."""
+        fatal = self._collector.take_fatal()
+        if fatal is not None and self._rt.state in COLLECTING:
+            # once READY, the watch decides the instance's fate
+            self._fail(FailureReason.FATAL_LOG, f"{fatal.path}: {fatal.fatal_line}")
+            self._enter(S.TERMINATING, f"fatal log line: {fatal.fatal_line}")
+        self._collector.sync()
 
     def _stop_watch(self, handle: workflow.ActivityHandle[WatchResult]) -> None:
         """Cancel a watch without waiting for it; the cancel completes before CAN or DONE.
@@ -562,25 +486,6 @@ class WarmSlotWorkflow:
         self._stopping.add(task)
         task.add_done_callback(self._stopping.discard)
 
-    def _stop_collector(self) -> None:
-        """Cancel the collector; the cancel completes in the background, awaited before CAN."""
-        handle, self._collector = self._collector, None
-        if handle is None or self._collector_for is None:
-            return
-        handle.cancel()
-        self._settle_later(self._reap(handle, self._collector_for))
-
-    async def _reap(
-        self, handle: workflow.ActivityHandle[SshFollowResult], instance_id: int
-    ) -> None:
-        """Await a cancelled collector: one that returned a fatal line first still counts."""
-        try:
-            result = await handle
-        except (ActivityError, asyncio.CancelledError):
-            return
-        if result.fatal_line is not None:
-            self._fatal = (instance_id, result)
-
     @property
     def _queue(self) -> str:
         return workflow.info().task_queue
@@ -590,18 +495,7 @@ class WarmSlotWorkflow:
         return slot_label(self._input.pool, self._input.index, self._rt.attempt)
 
     def _probe_input(self, instance: InstanceView) -> ProbeInput:
-        cfg = self._cfg
-        return ProbeInput(
-            label=self._label,
-            instance=instance,
-            comfy_port=cfg.comfy_port,
-            internal_port=cfg.comfy_internal_port,
-            portal=cfg.portal,
-            tcp_timeout=cfg.tcp_timeout,
-            http_timeout=cfg.http_timeout,
-            initial_interval=cfg.readiness_initial_interval,
-            max_interval=cfg.readiness_max_interval,
-        )
+        return ProbeInput(label=self._label, instance=instance, probe=self._cfg.probe)
 
     # ---- phases ---------------------------------------------------------------------------
 
@@ -681,9 +575,10 @@ class WarmSlotWorkflow:
                     disk_gb=cfg.disk_gb,
                     runtype=cfg.runtype,
                     onstart=cfg.onstart,
-                    ports=[cfg.comfy_port],
+                    ports=[cfg.probe.comfy_port],
                     machine_id=rt.offer.machine_id,
                     pool_workflow_id=self._input.report_to,
+                    slot=self._input.index,
                 ),
                 **options.rent(self._queue),
             )
@@ -694,7 +589,7 @@ class WarmSlotWorkflow:
                 # The API did not answer: the create may have landed, so the same label is
                 # asked again (adopt-or-create); no failure is counted.
                 rt.last_failure = f"rent: provider API: {detail}"[:500]
-                await self._sleep(cfg.poll_active)
+                await self._sleep(cfg.polling.active)
                 return
             rt.use_fallback_image = False
             if outcome == RentOutcome.SEARCH_AGAIN:
@@ -735,35 +630,35 @@ class WarmSlotWorkflow:
         now = self._now()
         if obs.instance is not None:
             rt.instance = obs.instance.model_copy(update={"image": rt.image_used})
-            self._sync_collector()  # as soon as the provider tells where SSH listens
+            self._collector.sync()  # as soon as the provider tells where SSH listens
         verdict = assess(
             obs.instance,
             gone=obs.gone,
             now=now,
             bad_since=rt.bad_since,
-            grace=cfg.fatal_grace,
-            fatal_patterns=cfg.fatal_patterns,
-            comfy_port=cfg.comfy_port,
-            internal_port=cfg.comfy_internal_port,
+            grace=cfg.provisioning.fatal_grace,
+            fatal_patterns=cfg.provisioning.fatal_patterns,
+            comfy_port=cfg.probe.comfy_port,
+            internal_port=cfg.probe.internal_port,
         )
         rt.bad_since = verdict.bad_since
         rented_at = rt.rented_at or now
-        if verdict.verdict == Verdict.GONE and now - rented_at < VISIBILITY_GRACE:
-            await self._sleep(cfg.poll_active)
-        elif verdict.verdict in (Verdict.GONE, Verdict.DESTROY):
+        timeout = cfg.provisioning.timeout
+        if verdict.verdict == StatusVerdict.GONE and now - rented_at < VISIBILITY_GRACE:
+            await self._sleep(cfg.polling.active)
+        elif verdict.verdict in (StatusVerdict.GONE, StatusVerdict.DESTROY):
             assert verdict.reason is not None
             self._fail(verdict.reason, verdict.detail, image_failure=verdict.image_failure)
             self._enter(S.TERMINATING, f"{verdict.reason.value}: {verdict.detail}")
-        elif verdict.verdict == Verdict.RUNNING:
+        elif verdict.verdict == StatusVerdict.RUNNING:
             self._enter(S.PROBING, "instance running, ComfyUI port mapped")
-        elif rt.provision_started and now - rt.provision_started > cfg.provision_timeout:
+        elif rt.provision_started and now - rt.provision_started > timeout:
             self._fail(
-                FailureReason.PROVISION_TIMEOUT,
-                f"not running after {cfg.provision_timeout}: {verdict.detail}",
+                FailureReason.PROVISION_TIMEOUT, f"not running after {timeout}: {verdict.detail}"
             )
             self._enter(S.TERMINATING, "provisioning timeout")
         else:
-            await self._sleep(cfg.poll_active)
+            await self._sleep(cfg.polling.active)
 
     async def _probe(self) -> None:
         """Wait for ComfyUI: exponential backoff with jitter up to the readiness timeout."""
@@ -792,7 +687,7 @@ class WarmSlotWorkflow:
                 kind,
                 str(cause or err),
                 timed_out=isinstance(cause, TimeoutError),
-                timeout=self._cfg.readiness_timeout,
+                timeout=self._cfg.probe.readiness_timeout,
             )
         )
 
@@ -827,7 +722,7 @@ class WarmSlotWorkflow:
                     label=self._label,
                     url=report.url,
                     workflow_path=cfg.warmup_workflow,
-                    timeout=cfg.readiness_timeout,
+                    timeout=cfg.probe.readiness_timeout,
                 ),
                 **options.warmup(cfg),
             )
@@ -853,22 +748,17 @@ class WarmSlotWorkflow:
             await self._after_lease()
             return
         mode = rt.state
-        poll = cfg.poll_active if mode == S.LEASED else cfg.poll_idle
+        poll = cfg.polling.active if mode == S.LEASED else cfg.polling.idle
         handle = workflow.start_activity_method(
             ComfyActivities.watch,
             WatchInput(
                 label=self._label,
                 url=rt.connection_url,
                 instance_id=rt.instance.id,
-                keepalive_interval=cfg.keepalive_interval,
-                keepalive_timeout=cfg.keepalive_timeout,
-                max_failures=cfg.keepalive_max_failures,
                 poll_interval=poll,
-                fatal_grace=cfg.fatal_grace,
-                fatal_patterns=cfg.fatal_patterns,
-                comfy_port=cfg.comfy_port,
-                internal_port=cfg.comfy_internal_port,
-                portal=cfg.portal,
+                keepalive=cfg.keepalive,
+                provisioning=cfg.provisioning,
+                probe=cfg.probe,
             ),
             **options.watch(cfg),
         )

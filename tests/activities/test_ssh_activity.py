@@ -34,7 +34,7 @@ with workflow.unsafe.imports_passed_through():
     from tests.conftest import start_dev_server
     from tests.helpers import assert_eventually
     from tests.sshd import Sshd, ed25519_key, running_sshd
-    from warmpool.models import SshLogBatch
+    from warmpool.models import SshConfig, SshLogBatch
     from warmpool.names import Slot
     from warmpool.ssh import LogCursor, SshConnectError
     from workflows.options import SSH_FOLLOW_RETRY
@@ -131,15 +131,27 @@ async def slot(
     await handle.terminate()
 
 
-def follow_input(sshd: Sshd, workflow_id: str, *paths: Path, **options: Any) -> SshFollowInput:
+def follow_input(
+    sshd: Sshd,
+    workflow_id: str,
+    *paths: Path,
+    batch_lines: int = 2,
+    resume_from: LogCursor | None = None,
+    **ssh: Any,
+) -> SshFollowInput:
+    """`ssh` overrides fields of the input's `SshConfig`."""
     return SshFollowInput(
         workflow_id=workflow_id,
         instance_id=42,
         host=sshd.host,
         port=sshd.port,
-        username=sshd.username,
-        paths=[str(path) for path in paths],
-        **{"poll_interval_s": 0.05, "batch_lines": 2, **options},
+        ssh=SshConfig(
+            username=sshd.username,
+            paths=[str(path) for path in paths],
+            **{"poll_interval": timedelta(seconds=0.05), **ssh},
+        ),
+        batch_lines=batch_lines,
+        resume_from=LogCursor() if resume_from is None else resume_from,
     )
 
 
@@ -354,7 +366,9 @@ async def test_in_a_worker_the_retry_policy_reconnects_after_sshd_restarts(
     log = tmp_path / "provisioning.log"
     append(log, "boot 1", "boot 2")
     workflow_id = f"slot-{uuid.uuid4()}"
-    follow = follow_input(sshd, workflow_id, log, keepalive_interval_s=0.5, keepalive_max_missed=2)
+    follow = follow_input(
+        sshd, workflow_id, log, keepalive_interval=timedelta(seconds=0.5), keepalive_max_miss=2
+    )
     handle = await temporal.client.start_workflow(
         SshLogRecorder.run, follow, id=workflow_id, task_queue=worker
     )

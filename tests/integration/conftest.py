@@ -38,7 +38,6 @@ INSTANCE_SECRET = "integration-instance-secret"
 FAST: dict[str, Any] = {
     "poll_active_ms": 200,
     "poll_idle_ms": 500,
-    "poll_default_ms": 500,
     "keepalive_interval_ms": 200,
     "keepalive_timeout_ms": 500,
     "keepalive_max_failures": 3,
@@ -79,7 +78,7 @@ class Stack:
     async def start_slot(
         self, index: int = 0, **config: object
     ) -> WorkflowHandle[object, SlotStatus]:
-        slot_config = self.settings.slot_config().model_copy(update=config)
+        slot_config = self.settings.slot_config().merged(config)
         return await self.client.start_workflow(
             "WarmSlotWorkflow",
             SlotInput(pool="it", index=index, config=slot_config),

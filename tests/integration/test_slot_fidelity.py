@@ -60,6 +60,11 @@ BLIP_GRACE = timedelta(seconds=2)
 CAN_GRACE = timedelta(seconds=6)
 
 
+def grace(fatal_grace: timedelta) -> dict[str, Any]:
+    """A slot config override: the grace a provider failure status gets."""
+    return {"provisioning": {"fatal_grace": fatal_grace}}
+
+
 @dataclass(frozen=True)
 class Scenario:
     """One slot: the faults its first rental meets, and its SlotConfig overrides."""
@@ -85,16 +90,14 @@ SCENARIOS = {
     "gone-not_found": Scenario(
         7, (Fault(kind="destroy_not_found_variant"), Fault(kind="show_404"))
     ),
-    "oci": Scenario(8, (Fault(kind="oci_failed", count=1),), {"fatal_grace": LONG_GRACE}),
-    "exited": Scenario(
-        9, (Fault(kind="status", value="exited", count=1),), {"fatal_grace": SHORT_GRACE}
-    ),
+    "oci": Scenario(8, (Fault(kind="oci_failed", count=1),), grace(LONG_GRACE)),
+    "exited": Scenario(9, (Fault(kind="status", value="exited", count=1),), grace(SHORT_GRACE)),
     "load_failed": Scenario(
-        10, (Fault(kind="status", value="load_failed", count=1),), {"fatal_grace": SHORT_GRACE}
+        10, (Fault(kind="status", value="load_failed", count=1),), grace(SHORT_GRACE)
     ),
-    "blip": Scenario(11, config={"fatal_grace": BLIP_GRACE}),
+    "blip": Scenario(11, config=grace(BLIP_GRACE)),
     "grace-across-can": Scenario(
-        12, (Fault(kind="status", value="exited", count=1),), {"fatal_grace": CAN_GRACE}
+        12, (Fault(kind="status", value="exited", count=1),), grace(CAN_GRACE)
     ),
 }
 

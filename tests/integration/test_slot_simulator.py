@@ -90,7 +90,7 @@ async def test_ready_only_on_the_mapped_port_with_a_stranger_on_the_public_ip(
 
 async def test_bare_comfyui_without_portal_works(stack_factory: Make) -> None:
     stack: Stack = await stack_factory(FAST_BARE)
-    handle = await stack.start_slot(portal=False)
+    handle = await stack.start_slot(probe={"portal": False})
     status = await ready(stack, handle)
     assert stack.sim.live_instances()[0].comfy_mode == "bare"
     assert status.port_report is not None

@@ -334,7 +334,7 @@ async def test_slot_logs_cli_prints_the_tail_and_follows_new_lines(
             await follow.wait()
 
     unknown = await cli(env, tmp_path, "slot", "logs", "nosuchpool", "3")
-    assert unknown.code == 1
+    assert unknown.code == 2, "an unknown slot is a bad request (README's exit codes)"
     assert "warmpool/nosuchpool/slot-3" in unknown.one_error_line()
     await stack.sim.revive_comfy(status.instance.id)
     await retire(stack, handle)

@@ -9,7 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from warmpool.lifecycle import Assessment, Verdict, assess, backoff_delay
+from warmpool.lifecycle import Assessment, StatusVerdict, assess, backoff_delay
 from warmpool.models import FailureReason, InstanceView, SlotConfig
 
 NOW = datetime(2026, 1, 1, 12, 0, tzinfo=UTC)
@@ -47,18 +47,18 @@ def judge(
         now=now,
         bad_since=bad_since,
         grace=GRACE,
-        fatal_patterns=CONFIG.fatal_patterns,
-        comfy_port=CONFIG.comfy_port,
-        internal_port=CONFIG.comfy_internal_port,
+        fatal_patterns=CONFIG.provisioning.fatal_patterns,
+        comfy_port=CONFIG.probe.comfy_port,
+        internal_port=CONFIG.probe.internal_port,
     )
 
 
 def test_running_with_comfy_port_mapped_is_running() -> None:
-    assert judge(instance()).verdict == Verdict.RUNNING
+    assert judge(instance()).verdict == StatusVerdict.RUNNING
 
 
 def test_internal_port_mapping_is_enough() -> None:
-    assert judge(instance(ports={"18188/tcp": 40003})).verdict == Verdict.RUNNING
+    assert judge(instance(ports={"18188/tcp": 40003})).verdict == StatusVerdict.RUNNING
 
 
 @pytest.mark.parametrize(
@@ -73,12 +73,12 @@ def test_internal_port_mapping_is_enough() -> None:
 )
 def test_running_without_a_usable_comfy_mapping_keeps_waiting(fields: dict[str, Any]) -> None:
     result = judge(instance(**fields))
-    assert result.verdict == Verdict.WAIT and result.reason is None
+    assert result.verdict == StatusVerdict.WAIT and result.reason is None
 
 
 def test_null_actual_status_is_normal_provisioning() -> None:
     result = judge(instance(actual_status=None, ports={}, public_ip=None))
-    assert result == Assessment(verdict=Verdict.WAIT, detail="provisioning")
+    assert result == Assessment(verdict=StatusVerdict.WAIT, detail="provisioning")
 
 
 @pytest.mark.parametrize(
@@ -91,7 +91,7 @@ def test_null_actual_status_is_normal_provisioning() -> None:
 def test_fatal_pattern_destroys_at_once_without_grace(message: str, reason: FailureReason) -> None:
     # First sighting (no bad_since) and even while actual_status still says running.
     result = judge(instance(status_msg=message))
-    assert result.verdict == Verdict.DESTROY
+    assert result.verdict == StatusVerdict.DESTROY
     assert result.reason == reason
     assert message in result.detail
 
@@ -107,20 +107,20 @@ def test_configured_fatal_patterns_are_matched_case_insensitively() -> None:
         comfy_port=8188,
         internal_port=18188,
     )
-    assert result.verdict == Verdict.DESTROY and result.reason == FailureReason.FATAL_STATUS
+    assert result.verdict == StatusVerdict.DESTROY and result.reason == FailureReason.FATAL_STATUS
 
 
 @pytest.mark.parametrize("status", ["exited", "unknown", "offline", "load_failed"])
 def test_failure_status_waits_out_the_grace_then_destroys(status: str) -> None:
     first = judge(instance(actual_status=status))
-    assert first.verdict == Verdict.WAIT and first.bad_since == NOW
+    assert first.verdict == StatusVerdict.WAIT and first.bad_since == NOW
 
     later = NOW + GRACE - timedelta(seconds=1)
     still = judge(instance(actual_status=status), bad_since=first.bad_since, now=later)
-    assert still.verdict == Verdict.WAIT and still.bad_since == NOW, "bad_since is carried"
+    assert still.verdict == StatusVerdict.WAIT and still.bad_since == NOW, "bad_since is carried"
 
     past = judge(instance(actual_status=status), bad_since=first.bad_since, now=NOW + GRACE)
-    assert past.verdict == Verdict.DESTROY
+    assert past.verdict == StatusVerdict.DESTROY
     expected = FailureReason.LOAD_FAILED if status == "load_failed" else FailureReason.FATAL_STATUS
     assert past.reason == expected
     assert status in past.detail
@@ -129,7 +129,7 @@ def test_failure_status_waits_out_the_grace_then_destroys(status: str) -> None:
 def test_outbid_destroys() -> None:
     stopped = {"cur_state": "stopped", "intended_status": "stopped", "next_state": "stopped"}
     result = judge(instance(actual_status="exited", **stopped))
-    assert result.verdict == Verdict.DESTROY and result.reason == FailureReason.OUTBID
+    assert result.verdict == StatusVerdict.DESTROY and result.reason == FailureReason.OUTBID
 
 
 def test_a_user_stop_in_progress_is_not_outbid() -> None:
@@ -139,14 +139,14 @@ def test_a_user_stop_in_progress_is_not_outbid() -> None:
 
 
 def test_gone_or_missing_instance_is_gone() -> None:
-    assert judge(None).verdict == Verdict.GONE
+    assert judge(None).verdict == StatusVerdict.GONE
     gone = judge(instance(), gone=True)
-    assert gone.verdict == Verdict.GONE and gone.reason == FailureReason.INSTANCE_GONE
+    assert gone.verdict == StatusVerdict.GONE and gone.reason == FailureReason.INSTANCE_GONE
 
 
 def test_unloaded_contract_is_gone() -> None:
     result = judge(instance(actual_status="exited", cur_state="unloaded"))
-    assert result.verdict == Verdict.GONE and result.reason == FailureReason.INSTANCE_GONE
+    assert result.verdict == StatusVerdict.GONE and result.reason == FailureReason.INSTANCE_GONE
 
 
 @pytest.mark.parametrize(
@@ -159,7 +159,7 @@ def test_unloaded_contract_is_gone() -> None:
 )
 def test_fatal_destroy_flags_image_failures(message: str, image_failure: bool) -> None:
     result = judge(instance(actual_status=None, status_msg=message))
-    assert result.verdict == Verdict.DESTROY and result.image_failure is image_failure
+    assert result.verdict == StatusVerdict.DESTROY and result.image_failure is image_failure
 
 
 @pytest.mark.parametrize(
@@ -168,14 +168,14 @@ def test_fatal_destroy_flags_image_failures(message: str, image_failure: bool) -
 )
 def test_pull_failure_is_an_image_failure_with_grace(message: str) -> None:
     first = judge(instance(actual_status=None, status_msg=message))
-    assert first.verdict == Verdict.WAIT and first.image_failure and first.bad_since == NOW
+    assert first.verdict == StatusVerdict.WAIT and first.image_failure and first.bad_since == NOW
     past = judge(instance(actual_status=None, status_msg=message), bad_since=NOW, now=NOW + GRACE)
-    assert past.verdict == Verdict.DESTROY and past.image_failure
+    assert past.verdict == StatusVerdict.DESTROY and past.image_failure
 
 
 def test_an_ordinary_status_message_is_no_image_failure() -> None:
     result = judge(instance(actual_status="loading", status_msg="Pulling fs layer", ports={}))
-    assert result.verdict == Verdict.WAIT and not result.image_failure
+    assert result.verdict == StatusVerdict.WAIT and not result.image_failure
 
 
 INITIAL = timedelta(seconds=10)

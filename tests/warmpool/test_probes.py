@@ -27,7 +27,14 @@ from vastsim.comfy import GpuInfo
 from vastsim.endpoint import ComfyEndpoint
 from warmpool.comfy import new_client
 from warmpool.instance_token import derive_instance_token
-from warmpool.models import CandidateReport, InstanceView, PortReport
+from warmpool.models import (
+    CandidateReport,
+    InstanceView,
+    KeepaliveConfig,
+    PortReport,
+    ProbeConfig,
+    ProvisioningConfig,
+)
 from warmpool.probes import Candidate, ProbeOutcome, candidates_for, probe, validate_ports
 
 TOKEN = derive_instance_token(b"pool-secret-for-tests", "wp.test.0.1")
@@ -422,15 +429,10 @@ def watching(url: str, *, portal: bool = True) -> WatchInput:
         label="wp.test.0.1",
         url=url,
         instance_id=1,
-        keepalive_interval=timedelta(seconds=30),
-        keepalive_timeout=timedelta(seconds=5),
-        max_failures=5,
         poll_interval=timedelta(seconds=30),
-        fatal_grace=timedelta(seconds=120),
-        fatal_patterns=[],
-        comfy_port=8188,
-        internal_port=18188,
-        portal=portal,
+        keepalive=KeepaliveConfig(),
+        provisioning=ProvisioningConfig(fatal_patterns=[]),
+        probe=ProbeConfig(comfy_port=8188, internal_port=18188, portal=portal),
     )
 
 

@@ -10,7 +10,14 @@ from pathlib import Path
 import pytest
 
 from warmpool.models import SlotConfig
-from warmpool.settings import Settings, SettingsError, load_settings
+from warmpool.settings import (
+    SETTINGS_DOC,
+    Settings,
+    SettingsError,
+    load_settings,
+    settings_markdown,
+    variable_name,
+)
 from workflows import options
 
 OURS = ("WARMPOOL_", "WARM_POOL_", "COMFYUI_", "TOKEN_", "SSH_", "VASTAI_", "TEMPORAL_")
@@ -30,38 +37,36 @@ def test_defaults_match_design_and_the_slot_config_defaults() -> None:
     assert settings.temporal_address == "127.0.0.1:7233"
     assert settings.temporal_namespace == "default"
     assert settings.task_queue == "warmpool"
-    assert settings.vast_task_queue == "warmpool-vast"
     assert settings.vastai_base_url is None
     assert settings.hf_endpoint == "https://huggingface.co"
     assert settings.civitai_base_url == "https://civitai.com"
     assert settings.require_tokens == ["vast"]
     config = settings.slot_config()
     assert config.disk_gb == 250 and config.constraints.min_disk_gb == 250
-    assert (config.poll_active, config.poll_idle, config.poll_default) == (
+    assert (config.polling.active, config.polling.idle) == (
         timedelta(seconds=30),
         timedelta(seconds=180),
-        timedelta(seconds=120),
     )
-    assert config.keepalive_interval == timedelta(seconds=30)
-    assert config.keepalive_timeout == timedelta(seconds=5)
-    assert config.keepalive_max_failures == 5
-    assert config.fatal_grace == timedelta(seconds=120)
-    assert config.readiness_timeout == timedelta(minutes=5)
+    assert config.keepalive.interval == timedelta(seconds=30)
+    assert config.keepalive.timeout == timedelta(seconds=5)
+    assert config.keepalive.max_failures == 5
+    assert config.provisioning.fatal_grace == timedelta(seconds=120)
+    assert config.probe.readiness_timeout == timedelta(minutes=5)
     # One source of defaults: a slot started without settings behaves like one started with them.
     assert config == SlotConfig()
 
 
 SEEDS: list[tuple[str, str, Callable[[SlotConfig], object] | None]] = [
-    ("WARM_POOL_POLL_ACTIVE_INTERVAL_MS", "poll_active_ms", lambda c: c.poll_active),
-    ("WARM_POOL_POLL_IDLE_INTERVAL_MS", "poll_idle_ms", lambda c: c.poll_idle),
-    ("WARM_POOL_POLL_INTERVAL_MS", "poll_default_ms", lambda c: c.poll_default),
-    ("COMFYUI_KEEPALIVE_INTERVAL_MS", "keepalive_interval_ms", lambda c: c.keepalive_interval),
-    ("COMFYUI_KEEPALIVE_TIMEOUT_MS", "keepalive_timeout_ms", lambda c: c.keepalive_timeout),
+    ("WARM_POOL_POLL_ACTIVE_INTERVAL_MS", "poll_active_ms", lambda c: c.polling.active),
+    ("WARM_POOL_POLL_IDLE_INTERVAL_MS", "poll_idle_ms", lambda c: c.polling.idle),
+    ("WARM_POOL_POLL_INTERVAL_MS", "poll_default_ms", None),  # read, unused (DESIGN's name)
+    ("COMFYUI_KEEPALIVE_INTERVAL_MS", "keepalive_interval_ms", lambda c: c.keepalive.interval),
+    ("COMFYUI_KEEPALIVE_TIMEOUT_MS", "keepalive_timeout_ms", lambda c: c.keepalive.timeout),
     ("COMFYUI_KEEPALIVE_MAX_FAILURES", "keepalive_max_failures", None),
     ("TOKEN_VALIDATION_CACHE_MS", "token_cache_ms", None),
     ("TOKEN_PERIODIC_CHECK_MS", "token_check_ms", None),
-    ("SSH_READY_TIMEOUT_MS", "ssh_ready_timeout_ms", None),
-    ("SSH_KEEPALIVE_INTERVAL_MS", "ssh_keepalive_interval_ms", None),
+    ("SSH_READY_TIMEOUT_MS", "ssh_ready_timeout_ms", None),  # read, unused (DESIGN's name)
+    ("SSH_KEEPALIVE_INTERVAL_MS", "ssh_keepalive_interval_ms", lambda c: c.ssh.keepalive_interval),
     ("SSH_KEEPALIVE_MAX_MISS", "ssh_keepalive_max_miss", None),
     ("SSH_MAX_CONSECUTIVE_FAILURES", "ssh_max_consecutive_failures", None),
 ]
@@ -78,8 +83,9 @@ def test_every_seed_variable_keeps_its_name_and_unit(monkeypatch: pytest.MonkeyP
         assert getattr(settings, field) == values[name], name
         if duration is not None:
             assert duration(config) == timedelta(milliseconds=values[name]), name
-    assert config.keepalive_max_failures == values["COMFYUI_KEEPALIVE_MAX_FAILURES"]
-    assert config.ssh_max_attempts == values["SSH_MAX_CONSECUTIVE_FAILURES"]
+    assert config.keepalive.max_failures == values["COMFYUI_KEEPALIVE_MAX_FAILURES"]
+    assert config.ssh.keepalive_max_miss == values["SSH_KEEPALIVE_MAX_MISS"]
+    assert config.ssh.max_attempts == values["SSH_MAX_CONSECUTIVE_FAILURES"]
 
 
 def test_prefixed_settings_reach_the_slot_config(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -106,12 +112,12 @@ def test_prefixed_settings_reach_the_slot_config(monkeypatch: pytest.MonkeyPatch
     assert (config.image, config.fallback_image) == ("vastai/comfyui:v2", "vastai/comfyui:slim")
     assert config.disk_gb == 300 and config.constraints.min_disk_gb == 280
     assert config.constraints.max_dph == 0.55 and config.constraints.num_gpus == 2
-    assert config.fatal_grace == timedelta(seconds=45)
+    assert config.provisioning.fatal_grace == timedelta(seconds=45)
     assert config.lease_overdue_grace == timedelta(seconds=90)
-    assert config.provision_timeout == timedelta(seconds=900)
+    assert config.provisioning.timeout == timedelta(seconds=900)
     assert config.warmup_workflow == "/etc/warmpool/warmup.json"
-    assert config.fatal_patterns == ["no space left on device", "cuda error"]
-    assert (settings.task_queue, settings.vast_task_queue) == ("studio", "studio-vast")
+    assert config.provisioning.fatal_patterns == ["no space left on device", "cuda error"]
+    assert settings.task_queue == "studio"
     assert settings.temporal_address == "temporal.internal:7233"
     assert settings.temporal_namespace == "prod"
     assert settings.hf_endpoint == "http://127.0.0.1:9/hf"
@@ -184,7 +190,7 @@ def test_dotenv_file_is_read_and_the_environment_wins(
     )
     monkeypatch.setenv("WARMPOOL_MAX_DPH", "0.4")
     config = load_settings().slot_config()
-    assert config.poll_active == timedelta(milliseconds=1234)
+    assert config.polling.active == timedelta(milliseconds=1234)
     assert config.constraints.gpu_names == ["RTX 4090", "A100"]
     assert config.constraints.max_dph == 0.4
 
@@ -224,7 +230,7 @@ def test_a_base_url_selects_that_provider(monkeypatch: pytest.MonkeyPatch) -> No
 def test_overrides_take_field_names() -> None:
     """Tests and tools build settings by field name (populate_by_name)."""
     settings = load_settings(poll_active_ms=200, max_dph=3)
-    assert settings.slot_config().poll_active == timedelta(milliseconds=200)
+    assert settings.slot_config().polling.active == timedelta(milliseconds=200)
     assert isinstance(settings, Settings) and settings.max_dph == 3
 
 
@@ -232,12 +238,12 @@ def test_ssh_logs_are_on_when_a_key_is_configured_and_reach_the_slot_config(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     """The workflow cannot read secrets: the starter turns collection on when it sees a key."""
-    assert not load_settings().slot_config().ssh_logs
+    assert not load_settings().slot_config().ssh.logs
     monkeypatch.setenv("WARMPOOL_SSH_KEY", "-----BEGIN OPENSSH PRIVATE KEY-----\nx\n")
     config = load_settings().slot_config()
-    assert config.ssh_logs and "PRIVATE KEY" not in config.model_dump_json()
+    assert config.ssh.logs and "PRIVATE KEY" not in config.model_dump_json()
     monkeypatch.setenv("WARMPOOL_SSH_LOGS", "false")
-    assert not load_settings().slot_config().ssh_logs
+    assert not load_settings().slot_config().ssh.logs
     monkeypatch.setenv("WARMPOOL_SSH_LOGS", "true")
     monkeypatch.setenv("WARMPOOL_SSH_LOG_PATHS", "/var/log/a.log, /var/log/b.log")
     monkeypatch.setenv("WARMPOOL_SSH_FATAL_PATTERNS", "segfault,Killed")
@@ -245,11 +251,11 @@ def test_ssh_logs_are_on_when_a_key_is_configured_and_reach_the_slot_config(
     monkeypatch.setenv("WARMPOOL_SSH_RETRY_MAX_S", "60")
     monkeypatch.delenv("WARMPOOL_SSH_KEY")
     config = load_settings().slot_config()
-    assert config.ssh_logs
-    assert config.ssh_log_paths == ["/var/log/a.log", "/var/log/b.log"]
-    assert config.ssh_fatal_patterns == ["segfault", "Killed"]
-    assert config.ssh_keepalive_interval == timedelta(milliseconds=500)
-    assert config.ssh_retry_max_interval == timedelta(seconds=60)
+    assert config.ssh.logs
+    assert config.ssh.paths == ["/var/log/a.log", "/var/log/b.log"]
+    assert config.ssh.fatal_patterns == ["segfault", "Killed"]
+    assert config.ssh.keepalive_interval == timedelta(milliseconds=500)
+    assert config.ssh.retry_max_interval == timedelta(seconds=60)
 
 
 @pytest.mark.parametrize(("failures", "attempts"), [("0", 0), ("4", 4)])
@@ -261,3 +267,40 @@ def test_ssh_max_consecutive_failures_bounds_the_collector_retries(
     policy = options.ssh_follow(load_settings().slot_config())["retry_policy"]
     assert policy.maximum_attempts == attempts
     assert policy.non_retryable_error_types == ["SshAuthError"]
+
+
+def test_every_setting_is_documented() -> None:
+    """Each field's docstring is its meaning in docs/settings.md."""
+    undocumented = [
+        name
+        for name, info in Settings.model_fields.items()
+        if not info.exclude and not (info.description or "").strip()
+    ]
+    assert undocumented == []
+
+
+def test_the_settings_doc_is_generated_from_the_settings() -> None:
+    """Regenerate with `python -m warmpool.settings --markdown > docs/settings.md`."""
+    assert SETTINGS_DOC.read_text() == settings_markdown(), (
+        "docs/settings.md is out of date: run "
+        "`python -m warmpool.settings --markdown > docs/settings.md`"
+    )
+
+
+def test_the_settings_doc_names_every_variable_once() -> None:
+    doc = settings_markdown()
+    for name, info in Settings.model_fields.items():
+        if not info.exclude:
+            assert doc.count(f"| `{variable_name(name)}` |") == 1, name
+    assert "| `WARM_POOL_POLL_ACTIVE_INTERVAL_MS` | 30000 | ms |" in doc
+    assert "| `WARMPOOL_PROVISION_TIMEOUT_S` | 1200 | s |" in doc
+
+
+def test_a_slot_config_merges_a_group_and_refuses_a_flat_name() -> None:
+    """What tests and benches override: `SlotConfig.merged` keeps a group's other fields."""
+    config = load_settings(tcp_timeout_s=1.5).slot_config()
+    merged = config.merged({"probe": {"portal": False}, "image": "x:1"})
+    assert merged.probe.portal is False and merged.probe.tcp_timeout == timedelta(seconds=1.5)
+    assert merged.image == "x:1" and config.probe.portal
+    with pytest.raises(ValueError, match="portal"):
+        config.merged({"portal": False})

@@ -17,6 +17,7 @@ from warmpool.models import (
     SlotConfig,
     SlotRuntime,
     SlotState,
+    SshConfig,
     SshLogBatch,
 )
 from warmpool.slot_core import LeaseAnswer, RentOutcome
@@ -189,7 +190,7 @@ def test_a_late_batch_of_another_instance_is_dropped_and_the_tail_is_bounded() -
 
 
 def test_logs_are_followed_only_while_starting() -> None:
-    cfg = SlotConfig(ssh_logs=True)
+    cfg = SlotConfig(ssh=SshConfig(logs=True))
     assert core.collector_target(ready(state=S.PROVISIONING), cfg) is not None
     assert core.collector_target(ready(), cfg) is None, "READY stops the collector"
     assert core.collector_target(ready(state=S.PROBING, retiring=True), cfg) is None

@@ -18,11 +18,15 @@ from warmpool.labels import slot_workflow_id
 from warmpool.models import (
     Lease,
     LeaseEndRequest,
+    PollingConfig,
+    ProbeConfig,
+    ProvisioningConfig,
     SlotConfig,
     SlotEvent,
     SlotInput,
     SlotState,
     SlotStatus,
+    SshConfig,
     SshLogBatch,
 )
 from warmpool.ssh import LogCursor
@@ -95,7 +99,10 @@ async def test_no_space_destroys_at_once_and_rents_on_another_machine(
 
 async def test_load_failed_past_grace_is_destroyed(ts_env: WorkflowEnvironment) -> None:
     cloud = FakeCloud(scenarios={1: "load_failed"})
-    config = SlotConfig(fatal_grace=timedelta(seconds=120), poll_active=timedelta(seconds=30))
+    config = SlotConfig(
+        provisioning=ProvisioningConfig(fatal_grace=timedelta(seconds=120)),
+        polling=PollingConfig(active=timedelta(seconds=30)),
+    )
     async with running_slot(ts_env, cloud, config) as handle:
         await wait_status(ts_env, handle, in_state(S.READY))
         first = cloud.instances[min(cloud.instances)]
@@ -128,7 +135,7 @@ async def test_ports_unmapped_then_mapped_ready_only_after_validation(
 
 async def test_comfy_never_ready_is_destroyed_at_the_timeout(ts_env: WorkflowEnvironment) -> None:
     cloud = FakeCloud(scenarios={1: "never_ready"})
-    config = SlotConfig(readiness_timeout=timedelta(minutes=5))
+    config = SlotConfig(probe=ProbeConfig(readiness_timeout=timedelta(minutes=5)))
     async with running_slot(ts_env, cloud, config) as handle:
         status = await wait_status(ts_env, handle, in_state(S.READY))
         assert cloud.instances[min(cloud.instances)].destroyed
@@ -158,7 +165,7 @@ async def test_keepalive_lost_replaces_the_instance(ts_env: WorkflowEnvironment)
 
 async def test_provisioning_timeout_destroys(ts_env: WorkflowEnvironment) -> None:
     cloud = FakeCloud(scenarios={1: "stuck_loading"})
-    config = SlotConfig(provision_timeout=timedelta(minutes=10))
+    config = SlotConfig(provisioning=ProvisioningConfig(timeout=timedelta(minutes=10)))
     async with running_slot(ts_env, cloud, config) as handle:
         status = await wait_status(ts_env, handle, in_state(S.READY))
         assert status.counters.failures_by_reason == {"provision_timeout": 1}
@@ -240,10 +247,9 @@ async def test_ssh_log_lines_are_kept_once_and_a_fatal_line_replaces_the_instanc
     )
     # A running collector stops the test server skipping time: poll fast in real time.
     config = SlotConfig(
-        ssh_logs=True,
-        poll_active=timedelta(milliseconds=200),
-        provision_timeout=timedelta(hours=1),
-        ssh_heartbeat_timeout=timedelta(hours=1),
+        ssh=SshConfig(logs=True, heartbeat_timeout=timedelta(hours=1)),
+        polling=PollingConfig(active=timedelta(milliseconds=200)),
+        provisioning=ProvisioningConfig(timeout=timedelta(hours=1)),
     )
     async with running_slot(ts_env, cloud, config) as handle:
         status = await wait_status(
