@@ -1,14 +1,6 @@
-"""What can an operator do from a shell? See `python starter.py --help` (warmpool.cli)."""
+"""What can an operator do from a shell? `python starter.py --help`, the same CLI as `warmpool`."""
 
-import os
-import sys
-
-from warmpool.cli import main
+from warmpool.cli import exit_now, main
 
 if __name__ == "__main__":
-    code = main()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    # The Temporal SDK's native threads can abort interpreter finalisation
-    # (temporalio/sdk-python#300); the CLI has nothing left to clean up, so exit at once.
-    os._exit(code)
+    exit_now(main(prog="starter.py"))

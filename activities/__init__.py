@@ -17,7 +17,7 @@ import httpx
 
 from activities.comfy import ComfyActivities
 from activities.reaper import ReaperActivities
-from activities.slots import exclude_machine, message_slot
+from activities.slots import exclude_machine, message_slot, resume_blocked
 from activities.ssh import SshLogActivities
 from activities.tokens import TokenActivities
 from activities.vast import VastActivities
@@ -45,7 +45,6 @@ class WorkerActivities:
     main: list[Callable[..., Any]]
     vast: list[Callable[..., Any]]
     client: VastClient
-    extras: list[Any] = field(default_factory=list)
     paced: dict[str, list[Callable[..., Any]]] = field(default_factory=dict)
 
     def for_paced(self, queue: PacedQueue) -> list[Callable[..., Any]]:
@@ -113,6 +112,7 @@ def build_activities(
             ssh.follow_logs,
             message_slot,
             exclude_machine,
+            resume_blocked,
         ],
         vast=[
             vast.search_offers,

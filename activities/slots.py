@@ -19,9 +19,10 @@ from __future__ import annotations
 from temporalio import activity
 from temporalio.service import RPCError, RPCStatusCode
 
+from warmpool import search_attributes as sa
 from warmpool.clients.pool import retry_transient
 from warmpool.models import Model, SlotEvent, SlotMessage
-from warmpool.names import Pool
+from warmpool.names import Pool, Slot
 
 UPDATES = frozenset({"assign_lease", "end_lease"})
 
@@ -69,3 +70,23 @@ async def exclude_machine(exclusion: MachineExclusion) -> None:
     except RPCError as exc:
         if exc.status != RPCStatusCode.NOT_FOUND:  # no pool left to tell
             raise
+
+
+BLOCKED_SLOTS = f"{sa.SLOT_STATE.name} = 'BLOCKED' AND ExecutionStatus = 'Running'"
+
+
+@activity.defn(name="slots.resume_blocked")
+async def resume_blocked(reason: str) -> int:
+    """Wake every BLOCKED slot (a token was fixed): each re-checks its tokens now instead of at
+    its periodic re-check. Found through the slot-state search attribute; returns how many."""
+    client = activity.client()
+    woken = 0
+    async for found in client.list_workflows(BLOCKED_SLOTS):
+        try:
+            await client.get_workflow_handle(found.id).signal(Slot.RESUME, reason)
+        except RPCError as exc:
+            if exc.status != RPCStatusCode.NOT_FOUND:  # it finished meanwhile
+                raise
+            continue
+        woken += 1
+    return woken

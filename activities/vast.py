@@ -16,6 +16,7 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.errors import vast_errors
+from activities.slots import MachineExclusion, exclude_machine
 from warmpool.errors import (
     ErrorType,
     VastAuthError,
@@ -29,6 +30,7 @@ from warmpool.errors import (
 from warmpool.instance_token import derive_instance_token
 from warmpool.listing import SharedListing
 from warmpool.models import (
+    FailureReason,
     InstanceView,
     Model,
     Observation,
@@ -65,7 +67,9 @@ class RentInput(Model):
     ports: list[int]
     machine_id: int | None = None
     pool_workflow_id: str | None = None
-    """Asked again just before the create: a machine another slot saw fail meanwhile is left."""
+    """Asked again just before the create: a machine another slot saw fail meanwhile is left;
+    told at once when the create fails on that machine."""
+    slot: int = 0
 
 
 class RentResult(Model):
@@ -119,6 +123,24 @@ async def refuse_excluded(input: RentInput) -> None:
             type=ErrorType.VAST_OFFER_UNAVAILABLE,
             non_retryable=True,
         )
+
+
+async def exclude_failed_host(input: RentInput) -> None:
+    """The create failed on this machine: tell the pool now, so that no other slot's rent
+    (asking `refuse_excluded` a moment later) tries it too. Best effort: the slot tells the
+    pool as well once this activity has failed."""
+    if input.pool_workflow_id is None or input.machine_id is None:
+        return
+    exclusion = MachineExclusion(
+        pool_workflow_id=input.pool_workflow_id,
+        machine_id=input.machine_id,
+        reason=FailureReason.RENT_FAILED.value,
+        slot=input.slot,
+    )
+    try:
+        await exclude_machine(exclusion)  # the activity's body, run inside this one
+    except RPCError as exc:
+        activity.logger.warning("could not tell the pool to exclude: %s", exc.message)
 
 
 class VastActivities:
@@ -215,6 +237,7 @@ class VastActivities:
             try:
                 instance_id = await self._client.create_instance(input.offer_id, request)
             except VastCreateFailed as exc:
+                await exclude_failed_host(input)
                 if exc.new_contract is not None:
                     activity.logger.warning(
                         "failed create left instance %s: destroying", exc.new_contract

@@ -1,6 +1,7 @@
 """`starter.py` as the operator runs it: a separate process, its exit codes and its output.
 
-Errors are one line on stderr (no traceback): 1 for a failure, 2 for a usage or settings error.
+Errors are one line on stderr (no traceback): 1 for a runtime failure, 2 for a usage or settings
+error or a request that cannot be done as asked (something that does not exist included).
 The slot flow runs against the session dev server with an in-process worker and the simulator;
 the CLI configures the slot from its own environment, so that path is exercised end to end.
 """
@@ -100,12 +101,12 @@ def unique_pool() -> str:
     return f"cli-{uuid.uuid4().hex[:8]}"
 
 
-async def test_status_of_an_unknown_slot_is_one_line_and_exit_1(
+async def test_status_of_an_unknown_slot_is_one_line_and_exit_2(
     dev_env: WorkflowEnvironment, tmp_path: Path
 ) -> None:
     pool = unique_pool()
     run = await cli(environment(address_of(dev_env)), tmp_path, "slot", "status", "--pool", pool)
-    assert run.code == 1
+    assert run.code == 2
     assert f"warmpool/{pool}/slot-0" in run.one_error_line()
 
 
@@ -179,7 +180,7 @@ async def test_start_status_retire_against_a_worker(stack_factory: Any, tmp_path
     assert_no_orphans(stack.sim)
 
 
-async def test_starting_a_running_slot_again_is_one_line_and_exit_1(
+async def test_starting_a_running_slot_again_is_one_line_and_exit_2(
     dev_env: WorkflowEnvironment, tmp_path: Path
 ) -> None:
     """No worker needed: the slot only has to exist when the operator starts it twice."""
@@ -192,7 +193,7 @@ async def test_starting_a_running_slot_again_is_one_line_and_exit_1(
     )
     try:
         run = await cli(environment(address_of(dev_env)), tmp_path, "slot", "start", "--pool", pool)
-        assert run.code == 1
+        assert run.code == 2
         assert f"warmpool/{pool}/slot-0" in run.one_error_line()
     finally:
         await handle.terminate("test over")

@@ -59,9 +59,10 @@ async def test_operator_flow_of_a_pool_and_its_leases(stack_factory: Any, tmp_pa
         assert run.code == 0, run.stderr
         return run
 
-    async def refused(*args: str) -> str:
+    async def refused(*args: str, code: int = 2) -> str:
+        """Impossible requests exit 2; a runtime failure (no capacity now) 1."""
         run = await cli(env, tmp_path, *args)
-        assert run.code == 1, run
+        assert run.code == code, run
         return run.one_error_line()
 
     await ok("pool", "start", *pool, "--min-ready", "1", "--max-slots", "1")
@@ -75,10 +76,9 @@ async def test_operator_flow_of_a_pool_and_its_leases(stack_factory: Any, tmp_pa
         ).stdout
     )
     assert grant["connection_url"].startswith(f"http://{stack.sim.config.public_ip}:")
-    assert "no capacity" in await refused("lease", "acquire", *pool, "--holder", "bo")
-    assert "exceeds the maximum" in await refused(
-        "lease", "acquire", *pool, "--holder", "bo", "--duration", "999999"
-    )
+    assert "no capacity" in await refused("lease", "acquire", *pool, "--holder", "bo", code=1)
+    too_long = await refused("lease", "acquire", *pool, "--holder", "bo", "--duration", "999999")
+    assert "maximum lease of 28800 s (8h)" in too_long and "days," not in too_long
     assert "exceeds max_slots" in await refused("pool", "resize", *pool, "--min-ready", "5")
     assert "unknown lease" in await refused("lease", "renew", *pool, "no-such-lease")
     assert "unknown lease" in await refused("lease", "show", *pool, "no-such-lease")
@@ -104,4 +104,11 @@ async def test_operator_flow_of_a_pool_and_its_leases(stack_factory: Any, tmp_pa
 
     drained = await ok("pool", "drain", *pool, "--wait", "--timeout", "30")
     assert "drained" in drained.stdout
+    again_drained = await ok("pool", "drain", *pool, "--wait")
+    assert "has finished (drained" in again_drained.stdout, "drain is idempotent"
+    assert "nothing to resume" in (await ok("pool", "resume", *pool)).stdout
+    finished = await ok("pool", "status", *pool)
+    assert "FINISHED" in finished.stdout and "draining" not in finished.stdout
+    ended = await ok("lease", "release", *pool, grant["lease_id"])
+    assert "ended (released)" in ended.stdout, "release is idempotent on a finished pool"
     assert_no_orphans(stack.sim)

@@ -49,7 +49,6 @@ with workflow.unsafe.imports_passed_through():
         WaitingRequest,
     )
     from warmpool.names import Pool
-    from warmpool.pool_core import STARTING
     from workflows import options
     from workflows.slot import WarmSlotWorkflow
 
@@ -58,6 +57,11 @@ KEEP_FAILURES = 20
 KEEP_REQUEST_IDS = 2_000
 MAX_WAIT = timedelta(minutes=30)
 CONTINUE_AS_NEW_EVENTS = 1_000
+
+
+def seconds(duration: timedelta) -> str:
+    """A duration in the product's words (`3600 s`), never Python's `1:00:00` repr."""
+    return f"{duration.total_seconds():g} s"
 
 
 def no_capacity(message: str) -> ApplicationError:
@@ -310,9 +314,12 @@ class WarmPoolWorkflow:
     def _check_lease_request(self, request: LeaseRequest) -> None:
         duration = request.duration or self._cfg.default_lease
         if duration <= timedelta(0):
-            raise ValueError(f"lease duration must be positive, got {duration}")
+            raise ValueError(f"lease duration must be positive, got {seconds(duration)}")
         if duration > self._cfg.max_lease:
-            raise ValueError(f"lease duration {duration} exceeds the maximum {self._cfg.max_lease}")
+            raise ValueError(
+                f"lease duration {seconds(duration)} exceeds the maximum "
+                f"{seconds(self._cfg.max_lease)}"
+            )
 
     # ---- reconcile ------------------------------------------------------------------------
 
@@ -368,7 +375,9 @@ class WarmPoolWorkflow:
         """Keep the failure for the status, exclude the machine a host failure came from, and
         enter safe mode only for a systemic failure (`warmpool.market`)."""
         rt = self._rt
-        reason = f"{failure.value}: {event.reason}"
+        reason = event.reason
+        if not reason.startswith(failure.value):
+            reason = f"{failure.value}: {reason}"
         rt.failures.append(PoolFailure(at=self._now(), slot=event.index, reason=reason))
         del rt.failures[:-KEEP_FAILURES]
         systemic = market.record_failure(
@@ -383,9 +392,6 @@ class WarmPoolWorkflow:
         rt.safe_mode = True
         rt.safe_reason = systemic
         workflow.logger.warning("pool %s in safe mode: %s", self._pool, rt.safe_reason)
-        for v in rt.slots.values():
-            if v.state in STARTING and v.lease_id is None:
-                self._retire(v, "pool in safe mode")
 
     @workflow.update(name=Pool.LEASE)
     def lease(self, request: LeaseRequest) -> LeaseGrant:
@@ -458,7 +464,7 @@ class WarmPoolWorkflow:
             raise ValueError(f"lease {request.lease_id} ended: {lease.end_reason}")
         duration = request.duration or self._cfg.default_lease
         if duration <= timedelta(0) or duration > self._cfg.max_lease:
-            raise ValueError(f"lease duration must be in (0, {self._cfg.max_lease}]")
+            raise ValueError(f"lease duration must be in (0, {seconds(self._cfg.max_lease)}]")
 
     @workflow.update(name=Pool.RELEASE)
     def release(self, lease_id: str) -> PoolLease:
@@ -515,7 +521,9 @@ class WarmPoolWorkflow:
 
     @workflow.update(name=Pool.RESIZE)
     def resize(self, request: ResizeRequest) -> PoolStatus:
-        update = request.model_dump(exclude_none=True)
+        update = request.model_dump(exclude_none=True, exclude={"clear_budget"})
+        if request.clear_budget:
+            update["budget_dph"] = None
         self._cfg = self._cfg.model_copy(update=update)
         self._dirty = True
         return self.status()
@@ -526,6 +534,8 @@ class WarmPoolWorkflow:
         max_slots = self._cfg.max_slots if request.max_slots is None else request.max_slots
         if min_ready > max_slots:
             raise ValueError(f"min_ready {min_ready} exceeds max_slots {max_slots}")
+        if request.clear_budget and request.budget_dph is not None:
+            raise ValueError("a budget cannot be set and removed at once")
 
     @workflow.signal(name=Pool.DRAIN)
     def drain(self) -> None:
@@ -535,7 +545,11 @@ class WarmPoolWorkflow:
 
     @workflow.signal(name=Pool.RESUME)
     def resume(self) -> None:
-        """Lift safe mode (and a drain) after an operator acted."""
+        """Lift safe mode (and a drain) after an operator acted; BLOCKED slots re-check their
+        tokens now instead of at their periodic re-check."""
+        for view in self._rt.slots.values():
+            if view.state == S.BLOCKED and not view.retiring:
+                self._message_slot(view.index, "resume", "pool resumed")
         self._rt.safe_mode = False
         self._rt.safe_reason = None
         self._rt.suspects.clear()

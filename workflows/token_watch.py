@@ -21,6 +21,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
+    from activities.slots import resume_blocked
     from activities.tokens import TokenActivities, TokenCheckInput
     from warmpool.names import TokenWatch
     from warmpool.tokens import (
@@ -99,14 +100,28 @@ class TokenWatchWorkflow:
             workflow.logger.warning("token watch: %s", state.last_error)
         else:
             state.last_error = None
-            for check in checks:
-                self._record(check)
+            fixed = [check.service.value for check in checks if self._record(check)]
+            if fixed:
+                await self._wake_blocked_slots(f"token valid again: {', '.join(fixed)}")
         state.rounds += 1
         state.last_round_at = workflow.now()
         state.served = request_mark
 
-    def _record(self, check: TokenCheck) -> None:
-        """Keep the check; log when a service's health changes or its token is rotated."""
+    async def _wake_blocked_slots(self, reason: str) -> None:
+        """A BLOCKED slot waits for a token that is now valid: wake it (best effort; its own
+        periodic re-check stays the fallback)."""
+        try:
+            woken = await workflow.execute_activity(resume_blocked, reason, **options.tokens())
+        except ActivityError as err:
+            workflow.logger.warning("could not wake BLOCKED slots: %s", err.cause or err)
+            return
+        if woken:
+            workflow.logger.info("%s: woke %d BLOCKED slot(s)", reason, woken)
+
+    def _record(self, check: TokenCheck) -> bool:
+        """Keep the check; log when a service's health changes or its token is rotated. True
+        when the token is valid and was not (or was not known) before: BLOCKED slots may now
+        proceed."""
         health = health_of(check)
         required = check.service in self._input.required
         previous = self._state.records.get(check.service)
@@ -141,3 +156,4 @@ class TokenWatchWorkflow:
                 check.version,
                 health.value,
             )
+        return same is None and not record.problem

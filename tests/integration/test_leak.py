@@ -152,7 +152,7 @@ async def test_no_token_value_appears_anywhere(
         ("tokens", "check-now", "--watch-id", wid, "--json"),
         ("slot", "status", "--pool", pool),
         ("slot", "status", "--pool", pool, "--json"),
-        ("slot", "list", "--pool", pool, "--json"),
+        ("slot", "list", "--pool", "it", "--json"),  # the name its slots carry
     ):
         run = await cli(*args)
         assert run.code == 0, run

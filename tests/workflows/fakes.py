@@ -28,6 +28,7 @@ from activities.vast import (
     RentInput,
     RentResult,
     SearchInput,
+    exclude_failed_host,
     machines_to_exclude,
     refuse_excluded,
 )
@@ -75,6 +76,8 @@ class FakeCloud:
     next_id: int = 10_000_000
     kill_on_watch: set[int] = field(default_factory=set)
     """Instance ids whose next watch reports keepalive lost (e.g. while leased)."""
+    move_on_watch: set[int] = field(default_factory=set)
+    """Instance ids whose watch reports the provider mapped ComfyUI to another port."""
     ssh_logs: dict[int, list[SshLogBatch]] = field(default_factory=dict)
     """Per machine: the `ssh_log` batches its collector signals (instance_id 0 = its own)."""
     ssh_fatal: dict[int, str] = field(default_factory=dict)
@@ -154,6 +157,7 @@ class FakeCloud:
             )
         self.creates_by_machine[machine] += 1
         if self.scenario(machine) == "create_fails":
+            await exclude_failed_host(input)  # as the real rent does
             raise ApplicationError(
                 "create failed: success false", type="VastCreateFailed", non_retryable=True
             )
@@ -294,9 +298,17 @@ class FakeCloud:
         inst = self.instances[input.instance_id]
         if self.scenario(inst.machine_id) == "keepalive_lost" or inst.id in self.kill_on_watch:
             return WatchResult(
-                reason=FailureReason.KEEPALIVE_LOST, detail=f"{input.max_failures} pings failed"
+                reason=FailureReason.KEEPALIVE_LOST,
+                detail=f"{input.keepalive.max_failures} pings failed",
             )
         while inst.id not in self.kill_on_watch:
+            if inst.id in self.move_on_watch:
+                self.move_on_watch.discard(inst.id)
+                moved = {"8188/tcp": 50000 + inst.machine_id}
+                view = self._view(inst).model_copy(update={"ports": moved})
+                return WatchResult(
+                    reason=FailureReason.PORTS_CHANGED, detail="ComfyUI moved", instance=view
+                )
             activity.heartbeat()
             await asyncio.sleep(0.05)
         return WatchResult(reason=FailureReason.KEEPALIVE_LOST, detail="pings failed")

@@ -22,14 +22,17 @@ from temporalio.testing import WorkflowEnvironment
 from tests.conftest import EARLY_CONTINUE_AS_NEW, start_dev_server
 from tests.helpers import assert_eventually, new_queue
 from tests.workflows.fakes import FakeCloud, workers
+from warmpool.clients.pool import retry_transient
 from warmpool.labels import pool_workflow_id
-from warmpool.leasing import retry_transient
 from warmpool.models import (
     FailureReason,
     LeaseRequest,
+    PollingConfig,
     PoolConfig,
     PoolInput,
     PoolStatus,
+    ProbeConfig,
+    ProvisioningConfig,
     RenewRequest,
     ResizeRequest,
     SlotConfig,
@@ -108,12 +111,11 @@ async def wait_pool(
 def fast(**kw: object) -> PoolConfig:
     """Real-time tests on the dev server: every interval of the scripted provider is short."""
     slot = SlotConfig(
-        poll_active=timedelta(seconds=0.05),
-        poll_idle=timedelta(seconds=0.2),
+        polling=PollingConfig(active=timedelta(seconds=0.05), idle=timedelta(seconds=0.2)),
         retry_backoff_initial=timedelta(seconds=0.05),
         retry_backoff_max=timedelta(seconds=0.2),
-        fatal_grace=timedelta(seconds=0.2),
-        readiness_initial_interval=timedelta(seconds=0.05),
+        provisioning=ProvisioningConfig(fatal_grace=timedelta(seconds=0.2)),
+        probe=ProbeConfig(readiness_initial_interval=timedelta(seconds=0.05)),
     )
     return PoolConfig(slot=slot).model_copy(update=kw)
 
@@ -350,7 +352,7 @@ async def test_an_image_failing_on_distinct_machines_is_systemic(
 ) -> None:
     cloud = FakeCloud(machines=8, scenarios=dict.fromkeys(range(1, 9), "never_ready"))
     config = fast(min_ready=2, max_slots=2, safe_mode_after=3)
-    config.slot.readiness_timeout = timedelta(seconds=0.3)
+    config.slot.probe.readiness_timeout = timedelta(seconds=0.3)
     async with running_pool(pool_env, cloud, config) as pool:
         status = await wait_pool(pool_env, pool, lambda s: s.safe_mode)
         assert status.safe_reason is not None
@@ -402,6 +404,41 @@ async def test_a_grant_whose_caller_gave_up_is_ended_unless_asked_again(
         assert info is not None and info.end_reason is not None
         assert info.end_reason.startswith("unclaimed")
         await wait_pool(pool_env, pool, idle(1))  # cleaned and READY again
+
+
+async def test_pool_resume_wakes_blocked_slots_once_the_token_is_fixed(
+    pool_env: WorkflowEnvironment,
+) -> None:
+    cloud = FakeCloud(token_ok=False)
+    async with running_pool(pool_env, cloud, fast(min_ready=1, max_slots=1)) as pool:
+        await wait_pool(pool_env, pool, lambda s: s.counts.get(S.BLOCKED.value) == 1)
+        cloud.token_ok = True  # the operator fixed the key; the re-check is 10 min away
+        await pool.signal(WarmPoolWorkflow.resume)
+        await wait_pool(pool_env, pool, idle(1))
+
+
+async def test_a_moved_comfyui_port_is_validated_again_and_the_lease_follows_it(
+    pool_env: WorkflowEnvironment,
+) -> None:
+    cloud = FakeCloud(machines=4)
+    async with running_pool(pool_env, cloud, fast(min_ready=1, max_slots=2)) as pool:
+        await wait_pool(pool_env, pool, idle(1))
+        grant = await upd(pool, WarmPoolWorkflow.lease, req())
+        (leased,) = [
+            i for i in cloud.live() if grant.connection_url.endswith(f":{40000 + i.machine_id}")
+        ]
+        probes = cloud.calls["comfy.await_ready"]
+        cloud.move_on_watch.add(leased.id)
+        moved = f"http://127.0.0.1:{50000 + leased.machine_id}"
+
+        async def lease_url() -> str | None:
+            info = await pool.query(WarmPoolWorkflow.lease_info, grant.lease_id)
+            assert info is not None and info.ended_at is None, "the lease survives the move"
+            return info.connection_url
+
+        await assert_eventually(lease_url, lambda url: url == moved, describe="lease URL moved")
+        assert cloud.calls["comfy.await_ready"] > probes, "the new endpoint was validated"
+        assert not leased.destroyed and cloud.calls["vast.destroy"] == 0
 
 
 async def test_budget_cap_limits_slots(pool_env: WorkflowEnvironment) -> None:

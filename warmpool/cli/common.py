@@ -1,33 +1,62 @@
-"""What does every CLI command share? Errors, argument types, output and the Temporal client."""
+"""What does every CLI command share? Errors, argument types, output and the Temporal client.
+
+The exit-code contract (README "The operator CLI"): 0 success, including a request that was
+already satisfied (release of an ended lease, drain of a finished pool); 2 a bad argument or
+setting, or a request that cannot be done as asked (unknown pool, slot or lease; min_ready
+above max_slots; a duration over the pool's maximum; nothing to change); 1 a runtime failure
+(Temporal unreachable, no capacity now, a wait that ran out). Every error is one line on stderr
+in the product's words.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Literal, NoReturn
 
-from temporalio.client import Client
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowUpdateFailedError,
+)
+from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError, RPCStatusCode
 
-from warmpool.labels import validate_pool_name
+from warmpool.errors import ErrorType
+from warmpool.labels import pool_workflow_id, validate_pool_name
+from warmpool.models import PoolStatus
 from warmpool.settings import Settings
+
+USAGE = 2
+"""Exit status of a bad argument or setting, or of a request that cannot be done as asked."""
+FAILURE = 1
+"""Exit status of a runtime failure."""
+PROG = "warmpool"
 
 
 class CliError(Exception):
     """A one-line error for the operator; `code` is the exit status."""
 
-    def __init__(self, message: str, code: int = 1) -> None:
+    def __init__(self, message: str, code: int = FAILURE) -> None:
         super().__init__(message)
         self.code = code
 
 
 class Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:
-        raise CliError(f"{self.prog}: {message} (see --help)", code=2)
+        raise CliError(f"{self.prog}: {message} (see --help)", code=USAGE)
 
 
 Command = Callable[[Client, Settings, argparse.Namespace], Awaitable[None]]
 Subparsers = "argparse._SubParsersAction[Parser]"
+
+
+# ---- argument types (each raises ArgumentTypeError: argparse then names the option) -----------
 
 
 def pool_name(value: str) -> str:
@@ -47,9 +76,86 @@ def slot_index(value: str) -> int:
     return index
 
 
+MAX_SECONDS = 366 * 86400.0
+"""The longest duration or timeout any command takes: a year."""
+
+
+def _finite(value: str, what: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected {what}, got {value!r}") from None
+    if not math.isfinite(number):
+        raise argparse.ArgumentTypeError(f"expected a finite number of {what}, got {value!r}")
+    return number
+
+
+def seconds(value: str) -> float:
+    """A positive number of seconds, at most a year (a timeout, a wait)."""
+    number = _finite(value, "seconds")
+    if not 0 < number <= MAX_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"must be more than 0 and at most {MAX_SECONDS:.0f} seconds (a year), got {value}"
+        )
+    return number
+
+
+def positive_seconds(value: str) -> timedelta:
+    """A positive duration in seconds, at most a year."""
+    return timedelta(seconds=seconds(value))
+
+
+def positive_float(value: str) -> float:
+    number = _finite(value, "a number")
+    if not number > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return number
+
+
+def count(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
+    if not 0 <= number <= 10_000:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 10000, got {number}")
+    return number
+
+
+def human_seconds(value: float | timedelta) -> str:
+    """`90s`, `10m`, `1.5h`, `2d`: never Python's `1 day, 2:03:04`."""
+    total = value.total_seconds() if isinstance(value, timedelta) else value
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if total >= size:
+            return f"{total / size:.4g}{unit}"
+    return f"{total:.4g}s"
+
+
+# ---- options shared by every group -------------------------------------------------------------
+
+
+POOL_HELP = "the pool (default: $WARMPOOL_POOL, else 'default')"
+
+
+def pool_option(parser: argparse.ArgumentParser, *, required_default: bool = True) -> None:
+    """`--pool NAME`; the default is resolved from the settings (`WARMPOOL_POOL`) at run time."""
+    parser.add_argument(
+        "--pool",
+        type=pool_name,
+        default=None,
+        metavar="NAME",
+        help=POOL_HELP if required_default else "only this pool (default: every pool)",
+    )
+
+
 def json_flag(parser: argparse.ArgumentParser) -> None:
     """`--json` accepted after the subcommand too (the top-level flag is the default)."""
-    parser.add_argument("--json", action="store_true", default=argparse.SUPPRESS)
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=argparse.SUPPRESS,
+        help="print machine-readable JSON instead of text",
+    )
 
 
 def emit(args: argparse.Namespace, payload: Any, human: str) -> None:
@@ -57,3 +163,84 @@ def emit(args: argparse.Namespace, payload: Any, human: str) -> None:
         print(json.dumps(payload, indent=2, default=str))
     else:
         print(human)
+
+
+# ---- what Temporal said, in the product's words ------------------------------------------------
+
+
+def refusal(exc: WorkflowUpdateFailedError | ApplicationError | BaseException) -> CliError:
+    """A workflow's refusal of an update: no capacity now is a runtime failure (1), anything
+    else (unknown lease, a duration over the maximum, min_ready above max_slots) an impossible
+    request (2). Only the message is shown, never the error's type."""
+    cause = exc.cause if isinstance(exc, WorkflowUpdateFailedError) else exc
+    if isinstance(cause, ApplicationError):
+        code = FAILURE if cause.type == ErrorType.NO_CAPACITY else USAGE
+        return CliError(cause.message, code)
+    return CliError(str(cause) or "refused", USAGE)
+
+
+def temporal_trouble(exc: RPCError, what: str) -> CliError:
+    """An RPC that failed for a reason other than "not found": a runtime failure."""
+    return CliError(f"{what}: Temporal answered {exc.message or exc.status.name.lower()}")
+
+
+PoolPhase = Literal["running", "finished", "absent"]
+
+
+@dataclass
+class PoolRun:
+    """Where a pool workflow stands: running, finished (and how), or never started."""
+
+    pool: str
+    phase: PoolPhase
+    how: str = ""
+    closed_at: datetime | None = None
+
+    def finished_line(self) -> str:
+        when = f" at {self.closed_at:%Y-%m-%d %H:%M:%S} UTC" if self.closed_at else ""
+        return f"pool {self.pool} has finished ({self.how}{when})"
+
+
+def start_hint(pool: str) -> str:
+    return f"start it with `warmpool pool start --pool {pool}`"
+
+
+async def pool_run(client: Client, pool: str) -> PoolRun:
+    try:
+        described = await client.get_workflow_handle(pool_workflow_id(pool)).describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            return PoolRun(pool, "absent")
+        raise temporal_trouble(exc, f"pool {pool}") from None
+    if described.status in (None, WorkflowExecutionStatus.RUNNING):
+        return PoolRun(pool, "running")
+    how = {
+        WorkflowExecutionStatus.COMPLETED: "drained",
+        WorkflowExecutionStatus.TERMINATED: "terminated",
+        WorkflowExecutionStatus.CANCELED: "cancelled",
+        WorkflowExecutionStatus.FAILED: "failed",
+        WorkflowExecutionStatus.TIMED_OUT: "timed out",
+    }.get(described.status, described.status.name.lower())
+    return PoolRun(pool, "finished", how, described.close_time)
+
+
+def no_such_pool(pool: str) -> CliError:
+    return CliError(f"pool {pool} does not exist: {start_hint(pool)}", USAGE)
+
+
+async def existing_pool(client: Client, pool: str) -> PoolRun:
+    """The pool's run; a pool that was never started is an error (2)."""
+    run = await pool_run(client, pool)
+    if run.phase == "absent":
+        raise no_such_pool(pool)
+    return run
+
+
+async def final_status(client: Client, pool: str) -> PoolStatus | None:
+    """A finished pool's last status (its result), or None when it ended otherwise."""
+    handle = client.get_workflow_handle(pool_workflow_id(pool), result_type=PoolStatus)
+    try:
+        final: PoolStatus = await handle.result()
+    except (WorkflowFailureError, RPCError):
+        return None
+    return final

@@ -5,17 +5,37 @@ from __future__ import annotations
 import argparse
 import asyncio
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from warmpool import names
 from warmpool import search_attributes as sa
-from warmpool.cli.common import CliError, Parser, emit, json_flag, pool_name
+from warmpool.cli.common import (
+    USAGE,
+    CliError,
+    Parser,
+    count,
+    emit,
+    existing_pool,
+    final_status,
+    human_seconds,
+    json_flag,
+    no_such_pool,
+    pool_option,
+    pool_run,
+    positive_float,
+    positive_seconds,
+    refusal,
+    seconds,
+    start_hint,
+    temporal_trouble,
+)
 from warmpool.clients import pool as pool_client
 from warmpool.labels import pool_workflow_id
 from warmpool.models import (
@@ -29,69 +49,73 @@ from warmpool.models import (
 )
 from warmpool.settings import Settings
 
+T = TypeVar("T")
 POOL_WORKFLOW = names.Pool.WORKFLOW
 ACQUIRE_TIMEOUT_S = 10.0
 """How long `lease acquire` waits for the pool's answer (the gateway's default deadline too)."""
+WAIT_TIMEOUT_S = 600.0
 
 
-def positive_seconds(value: str) -> timedelta:
+async def on_pool(client: Client, pool: str, call: Callable[[], Awaitable[T]]) -> T:
+    """`call()` on the pool workflow, its failures in the product's words: a pool that does not
+    exist or has finished is an impossible request (2), a refused update per `refusal`."""
     try:
-        seconds = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected seconds, got {value!r}") from None
-    if seconds <= 0:
-        raise argparse.ArgumentTypeError(f"duration must be positive, got {value}")
-    return timedelta(seconds=seconds)
-
-
-def positive_float(value: str) -> float:
-    try:
-        number = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {value!r}") from None
-    if not number > 0:
-        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
-    return number
-
-
-def count(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number, got {value!r}") from None
-    if number < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative, got {number}")
-    return number
-
-
-def _explain(exc: BaseException) -> str:
-    if isinstance(exc, WorkflowUpdateFailedError) and exc.cause is not None:
-        return str(exc.cause)
-    if isinstance(exc, RPCError):
-        return exc.message
-    return str(exc)
+        return await call()
+    except WorkflowUpdateFailedError as exc:
+        raise refusal(exc) from None
+    except RPCError as exc:
+        if exc.status != RPCStatusCode.NOT_FOUND:
+            raise temporal_trouble(exc, f"pool {pool}") from None
+        run = await pool_run(client, pool)
+        if run.phase == "finished":
+            raise CliError(f"{run.finished_line()}: {start_hint(pool)} again", USAGE) from None
+        raise no_such_pool(pool) from None
 
 
 async def _pool_status(client: Client, pool: str) -> PoolStatus:
-    try:
-        status = await pool_client.status(client, pool)
-    except RPCError as exc:
-        raise CliError(f"pool {pool}: {exc.message}") from None
-    return status
+    return await on_pool(client, pool, lambda: pool_client.status(client, pool))
 
 
-def render_pool(status: PoolStatus) -> str:
+def budget_line(status: PoolStatus) -> str | None:
+    """Why the budget stops renting: every slot without an instance yet reserves the price cap,
+    and one more slot would need the cap too."""
+    cfg = status.config
+    if cfg.budget_dph is None:
+        return None
+    cap = cfg.slot.constraints.max_dph
+    pending = sum(1 for v in status.slots if not v.instance_id and not v.retiring)
+    reserved = pending * cap
+    needed = status.spend_per_hour + reserved + cap
+    line = (
+        f"budget ${cfg.budget_dph:.2f}/h: spend ${status.spend_per_hour:.2f}/h + {pending} "
+        f"pending slot(s) x ${cap:.2f}/h price cap reserved = "
+        f"${status.spend_per_hour + reserved:.2f}/h"
+    )
+    if status.budget_limited:
+        line += (
+            f"; one more slot needs ${needed:.2f}/h, so renting waits "
+            "(raise it with `pool resize --budget`, remove it with `--no-budget`, "
+            "or lower the price cap WARMPOOL_MAX_DPH)"
+        )
+    return line
+
+
+def render_pool(status: PoolStatus, *, finished: str | None = None) -> str:
     head = (
         f"pool {status.pool}: min_ready {status.config.min_ready}, max_slots "
         f"{status.config.max_slots}, idle READY {status.idle_ready}, spend "
         f"${status.spend_per_hour:.2f}/h"
-        + (f" (budget ${status.config.budget_dph}/h, limited)" if status.budget_limited else "")
     )
     lines = [head]
-    if status.safe_mode:
+    if finished:
+        lines.append(f"FINISHED: {finished}; every slot retired, nothing is rented")
+    if status.safe_mode and not finished:
         lines.append(f"SAFE MODE: {status.safe_reason} (lift with `pool resume`)")
-    if status.draining:
-        lines.append("draining: slots retire as their leases end")
+    if status.draining and not finished:
+        lines.append("draining: slots retire as their leases end (`pool resume` stops it)")
+    budget = budget_line(status)
+    if budget and not finished:
+        lines.append(budget)
     lines.append(f"{'slot':>4}  {'state':<16} {'instance':>10}  {'$/h':>6}  {'lease':<36} url")
     for v in status.slots:
         lines.append(
@@ -123,7 +147,7 @@ def render_lease(lease: PoolLease) -> str:
 
 def check_start(args: argparse.Namespace) -> None:
     if args.min_ready > args.max_slots:
-        raise CliError(f"--min-ready {args.min_ready} exceeds --max-slots {args.max_slots}", 2)
+        raise CliError(f"--min-ready {args.min_ready} exceeds --max-slots {args.max_slots}", USAGE)
 
 
 async def cmd_start(client: Client, settings: Settings, args: argparse.Namespace) -> None:
@@ -146,71 +170,162 @@ async def cmd_start(client: Client, settings: Settings, args: argparse.Namespace
             search_attributes=TypedSearchAttributes([SearchAttributePair(sa.POOL_NAME, args.pool)]),
         )
     except WorkflowAlreadyStartedError:
-        raise CliError(f"{wf_id} is already running") from None
+        raise CliError(
+            f"pool {args.pool} is already running: see `warmpool pool status --pool {args.pool}`, "
+            "change it with `pool resize`",
+            USAGE,
+        ) from None
     except RPCError as exc:
-        raise CliError(f"cannot start {wf_id}: {exc.message}") from None
-    emit(args, {"workflow_id": wf_id, "started": True}, f"started {wf_id}")
+        raise temporal_trouble(exc, f"cannot start pool {args.pool}") from None
+    emit(
+        args,
+        {"workflow_id": wf_id, "started": True},
+        f"started pool {args.pool} ({wf_id}): min_ready {args.min_ready}, "
+        f"max_slots {args.max_slots}",
+    )
 
 
 async def cmd_status(client: Client, settings: Settings, args: argparse.Namespace) -> None:
-    status = await _pool_status(client, args.pool)
-    emit(args, status.model_dump(mode="json"), render_pool(status))
+    run = await existing_pool(client, args.pool)
+    if run.phase == "running":
+        status = await _pool_status(client, args.pool)
+        emit(args, {**status.model_dump(mode="json"), "finished": False}, render_pool(status))
+        return
+    final = await final_status(client, args.pool)
+    if final is None:
+        emit(args, {"pool": args.pool, "finished": True, "how": run.how}, run.finished_line())
+        return
+    payload = {**final.model_dump(mode="json"), "finished": True, "how": run.how}
+    emit(args, payload, render_pool(final, finished=run.finished_line()))
 
 
 async def cmd_wait(client: Client, settings: Settings, args: argparse.Namespace) -> None:
     deadline = asyncio.get_running_loop().time() + args.timeout
+    await existing_pool(client, args.pool)
     while True:
         status = await _pool_status(client, args.pool)
         if status.idle_ready >= args.ready:
             emit(args, status.model_dump(mode="json"), render_pool(status))
             return
         if asyncio.get_running_loop().time() > deadline:
-            raise CliError(f"{status.idle_ready} idle READY after {args.timeout:.0f}s")
+            raise CliError(
+                f"pool {args.pool}: {status.idle_ready} idle READY slot(s) after "
+                f"{human_seconds(args.timeout)}, wanted {args.ready}"
+            )
         await asyncio.sleep(0.5)
 
 
-async def _signal(client: Client, args: argparse.Namespace, name: str) -> None:
-    try:
-        await pool_client.pool_handle(client, args.pool).signal(name)
-    except RPCError as exc:
-        raise CliError(f"pool {args.pool}: {exc.message}") from None
-    emit(args, {"pool": args.pool, "signal": name}, f"{name} sent to pool {args.pool}")
+async def _signal(client: Client, args: argparse.Namespace, name: str, done: str) -> None:
+    handle = pool_client.pool_handle(client, args.pool)
+    await on_pool(client, args.pool, lambda: handle.signal(name))
+    emit(args, {"pool": args.pool, "signal": name}, done)
 
 
 async def cmd_prewarm(client: Client, settings: Settings, args: argparse.Namespace) -> None:
-    await _signal(client, args, names.Pool.PREWARM)
+    await _signal(
+        client, args, names.Pool.PREWARM, f"pool {args.pool}: bringing it to its target now"
+    )
 
 
 async def cmd_drain(client: Client, settings: Settings, args: argparse.Namespace) -> None:
-    await _signal(client, args, names.Pool.DRAIN)
+    """Idempotent: draining a finished pool says so and succeeds."""
+    run = await existing_pool(client, args.pool)
+    if run.phase == "running":
+        await _signal(
+            client,
+            args,
+            names.Pool.DRAIN,
+            f"pool {args.pool}: draining (slots retire as their leases end)",
+        )
+    else:
+        emit(
+            args,
+            {"pool": args.pool, "finished": True, "how": run.how},
+            f"{run.finished_line()}: nothing to drain",
+        )
+        return
     if args.wait:
+        handle = pool_client.pool_handle(client, args.pool)
         try:
-            final = await asyncio.wait_for(
-                pool_client.pool_handle(client, args.pool).result(), args.timeout
-            )
+            final = await asyncio.wait_for(handle.result(), args.timeout)
         except TimeoutError:
-            raise CliError(f"pool {args.pool} still draining after {args.timeout:.0f}s") from None
-        emit(args, final.model_dump(mode="json"), f"pool {args.pool} drained")
+            raise CliError(
+                f"pool {args.pool} still draining after {human_seconds(args.timeout)}"
+            ) from None
+        except Exception:  # noqa: BLE001 - terminated meanwhile: say how it ended
+            final = None
+        run = await pool_run(client, args.pool)
+        payload = final.model_dump(mode="json") if final else {"pool": args.pool}
+        emit(args, payload, f"pool {args.pool} drained: nothing is rented")
 
 
 async def cmd_resume(client: Client, settings: Settings, args: argparse.Namespace) -> None:
-    await _signal(client, args, names.Pool.RESUME)
+    """Idempotent: a finished pool has nothing to resume, and the command says so."""
+    run = await existing_pool(client, args.pool)
+    if run.phase != "running":
+        emit(
+            args,
+            {"pool": args.pool, "finished": True, "how": run.how},
+            f"{run.finished_line()}: nothing to resume; {start_hint(args.pool)} again",
+        )
+        return
+    await _signal(
+        client,
+        args,
+        names.Pool.RESUME,
+        f"pool {args.pool}: resumed (safe mode lifted, drain stopped)",
+    )
+
+
+def check_resize(args: argparse.Namespace) -> None:
+    if args.min_ready is None and args.max_slots is None and args.budget is None:
+        if not args.no_budget:
+            raise CliError(
+                "pool resize: nothing to change: give --min-ready, --max-slots, --budget or "
+                "--no-budget (see --help)",
+                USAGE,
+            )
+    if args.min_ready is not None and args.max_slots is not None:
+        if args.min_ready > args.max_slots:
+            raise CliError(
+                f"--min-ready {args.min_ready} exceeds --max-slots {args.max_slots}", USAGE
+            )
 
 
 async def cmd_resize(client: Client, settings: Settings, args: argparse.Namespace) -> None:
-    request = ResizeRequest(
-        min_ready=args.min_ready, max_slots=args.max_slots, budget_dph=args.budget
+    fields: dict[str, Any] = {
+        "min_ready": args.min_ready,
+        "max_slots": args.max_slots,
+        "budget_dph": args.budget,
+    }
+    if args.no_budget:
+        fields["clear_budget"] = True
+    request = ResizeRequest(**fields)
+    status = await on_pool(
+        client, args.pool, lambda: pool_client.resize(client, args.pool, request)
     )
-    try:
-        status = await pool_client.resize(client, args.pool, request)
-    except (WorkflowUpdateFailedError, RPCError) as exc:
-        raise CliError(f"resize refused: {_explain(exc)}") from None
     emit(args, status.model_dump(mode="json"), render_pool(status))
+
+
+async def check_duration(client: Client, pool: str, duration: timedelta | None) -> None:
+    """A duration over the pool's maximum lease is refused here, in seconds and hours."""
+    if duration is None:
+        return
+    status = await _pool_status(client, pool)
+    limit = status.config.max_lease
+    if duration > limit:
+        raise CliError(
+            f"--duration {duration.total_seconds():g} s ({human_seconds(duration)}) exceeds "
+            f"pool {pool}'s maximum lease of {limit.total_seconds():g} s "
+            f"({human_seconds(limit)})",
+            USAGE,
+        )
 
 
 async def cmd_acquire(client: Client, settings: Settings, args: argparse.Namespace) -> None:
     """Lease now, or within `--wait`; no answer within `--timeout` (more with `--wait`) is an
     error naming the request id to retry with, and the pool is told nobody got the answer."""
+    await check_duration(client, args.pool, args.duration)
     request = LeaseRequest(
         holder=args.holder,
         duration=args.duration,
@@ -220,24 +335,25 @@ async def cmd_acquire(client: Client, settings: Settings, args: argparse.Namespa
     limit = args.timeout
     if args.wait:
         limit += args.wait.total_seconds() + pool_client.WAIT_GRACE_S
+
+    async def lease() -> Any:
+        if args.wait:
+            return await pool_client.acquire_waiting(client, args.pool, request)
+        return await pool_client.acquire(client, args.pool, request)
+
     try:
         async with asyncio.timeout(limit):
-            if args.wait:
-                grant = await pool_client.acquire_waiting(client, args.pool, request)
-            else:
-                grant = await pool_client.acquire(client, args.pool, request)
+            grant = await on_pool(client, args.pool, lease)
     except TimeoutError:
         await pool_client.abandon_request(
             pool_client.pool_handle(client, args.pool), request.request_id
         )
         raise CliError(
-            f"no answer from pool {args.pool} within {limit:g}s; a lease may still be granted: "
-            f"retry with --request-id {request.request_id}"
+            f"no answer from pool {args.pool} within {human_seconds(limit)}; a lease may still "
+            f"be granted: retry with --request-id {request.request_id}"
         ) from None
     except pool_client.LeaseNotGranted as exc:
         raise CliError(f"no lease: {exc}") from None
-    except (WorkflowUpdateFailedError, RPCError) as exc:
-        raise CliError(f"no lease: {_explain(exc)}") from None
     emit(
         args,
         grant.model_dump(mode="json"),
@@ -247,51 +363,97 @@ async def cmd_acquire(client: Client, settings: Settings, args: argparse.Namespa
 
 
 async def cmd_renew(client: Client, settings: Settings, args: argparse.Namespace) -> None:
-    try:
-        grant = await pool_client.renew(
-            client, args.pool, RenewRequest(lease_id=args.lease_id, duration=args.duration)
-        )
-    except (WorkflowUpdateFailedError, RPCError) as exc:
-        raise CliError(f"renew refused: {_explain(exc)}") from None
+    await check_duration(client, args.pool, args.duration)
+    request = RenewRequest(lease_id=args.lease_id, duration=args.duration)
+    grant = await on_pool(client, args.pool, lambda: pool_client.renew(client, args.pool, request))
     emit(args, grant.model_dump(mode="json"), f"lease {grant.lease_id} until {grant.leased_until}")
 
 
+async def _ended_with_pool(client: Client, pool: str, lease_id: str) -> PoolLease | None:
+    """The lease as a finished pool left it; None when the pool is running. Unknown: 2."""
+    run = await existing_pool(client, pool)
+    if run.phase == "running":
+        return None
+    final = await final_status(client, pool)
+    leases = [*final.active_leases, *final.recent_leases] if final else []
+    for lease in leases:
+        if lease.lease_id == lease_id:
+            return lease
+    raise CliError(f"unknown lease {lease_id}: {run.finished_line()}", USAGE)
+
+
 async def cmd_release(client: Client, settings: Settings, args: argparse.Namespace) -> None:
-    try:
-        lease = await pool_client.release(client, args.pool, args.lease_id)
-    except (WorkflowUpdateFailedError, RPCError) as exc:
-        raise CliError(f"release refused: {_explain(exc)}") from None
+    """Idempotent: an ended lease (or one that ended with its pool) is shown as it ended."""
+    lease = await _ended_with_pool(client, args.pool, args.lease_id)
+    if lease is None:
+        lease = await on_pool(
+            client, args.pool, lambda: pool_client.release(client, args.pool, args.lease_id)
+        )
     emit(args, lease.model_dump(mode="json"), render_lease(lease))
 
 
 async def cmd_show(client: Client, settings: Settings, args: argparse.Namespace) -> None:
-    try:
-        lease = await pool_client.show(client, args.pool, args.lease_id)
-    except RPCError as exc:
-        raise CliError(f"pool {args.pool}: {exc.message}") from None
+    lease = await _ended_with_pool(client, args.pool, args.lease_id)
     if lease is None:
-        raise CliError(f"unknown lease {args.lease_id}")
+        lease = await on_pool(
+            client, args.pool, lambda: pool_client.show(client, args.pool, args.lease_id)
+        )
+    if lease is None:
+        raise CliError(f"unknown lease {args.lease_id} in pool {args.pool}", USAGE)
     emit(args, lease.model_dump(mode="json"), render_lease(lease))
 
 
+def timeout_option(parser: argparse.ArgumentParser, default: float, what: str) -> None:
+    parser.add_argument(
+        "--timeout",
+        type=seconds,
+        default=default,
+        metavar="SECONDS",
+        help=f"seconds to wait for {what} before failing with exit 1 (default {default:g})",
+    )
+
+
 def register(groups: argparse._SubParsersAction[Parser]) -> None:
-    pool = groups.add_parser("pool", help="a warm pool")
+    pool = groups.add_parser(
+        "pool",
+        help="start, watch, resize, drain and resume a pool",
+        description="A pool keeps min_ready idle READY slots, never more than max_slots.",
+    )
     cmds = pool.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     def sub(name: str, help: str, group: Any = cmds) -> argparse.ArgumentParser:
-        p: argparse.ArgumentParser = group.add_parser(name, help=help)
-        p.add_argument("--pool", type=pool_name, default="default")
+        p: argparse.ArgumentParser = group.add_parser(name, help=help, description=help)
+        pool_option(p)
         json_flag(p)
         return p
 
     start = sub("start", "start a pool workflow")
-    start.add_argument("--min-ready", type=count, default=2)
-    start.add_argument("--max-slots", type=count, default=4)
-    start.add_argument("--budget", type=positive_float, help="hourly cap on the sum of dph")
+    start.add_argument(
+        "--min-ready",
+        type=count,
+        default=2,
+        metavar="N",
+        help="idle READY slots to keep (default %(default)s)",
+    )
+    start.add_argument(
+        "--max-slots",
+        type=count,
+        default=4,
+        metavar="N",
+        help="slots in all, leased or not (default %(default)s)",
+    )
+    start.add_argument(
+        "--budget",
+        type=positive_float,
+        metavar="USD_PER_HOUR",
+        help="hourly cap on the pool's spend in $/h; a slot still renting reserves the price "
+        "cap WARMPOOL_MAX_DPH (default: no budget)",
+    )
     start.add_argument(
         "--safe-mode-after",
         type=count,
         default=PoolConfig.model_fields["safe_mode_after"].default,
+        metavar="N",
         help="distinct machines on which one image fails the same way before safe mode "
         "(default %(default)s; a rejected key or portal token trips it at once)",
     )
@@ -299,53 +461,103 @@ def register(groups: argparse._SubParsersAction[Parser]) -> None:
         "--exclude-hours",
         type=positive_float,
         default=PoolConfig.model_fields["exclude_for"].default / timedelta(hours=1),
+        metavar="HOURS",
         help="hours a machine that caused a failure stays excluded for every slot "
         "(default %(default)s)",
     )
-    start.add_argument("--recycle", action="store_true", help="recycle slots after a lease")
+    start.add_argument(
+        "--recycle",
+        action="store_true",
+        help="replace a slot's instance after each lease instead of cleaning it (default: off)",
+    )
     start.set_defaults(func=cmd_start, check=check_start)
-    sub("status", "show the pool").set_defaults(func=cmd_status)
+    sub("status", "show the pool: slots, leases, spend, budget, failures").set_defaults(
+        func=cmd_status
+    )
     wait = sub("wait", "wait until N slots are idle and READY")
-    wait.add_argument("--ready", type=count, default=1)
-    wait.add_argument("--timeout", type=float, default=600.0)
+    wait.add_argument(
+        "--ready",
+        type=count,
+        default=1,
+        metavar="N",
+        help="idle READY slots to wait for (default %(default)s)",
+    )
+    timeout_option(wait, WAIT_TIMEOUT_S, "them")
     wait.set_defaults(func=cmd_wait)
     sub("prewarm", "bring the pool to its target now").set_defaults(func=cmd_prewarm)
-    resize = sub("resize", "change min_ready / max_slots / budget")
-    resize.add_argument("--min-ready", type=count)
-    resize.add_argument("--max-slots", type=count)
-    resize.add_argument("--budget", type=positive_float)
-    resize.set_defaults(func=cmd_resize)
-    drain = sub("drain", "retire every slot once its lease ends")
-    drain.add_argument("--wait", action="store_true", help="wait until every slot is gone")
-    drain.add_argument("--timeout", type=float, default=600.0)
+    resize = sub("resize", "change min_ready, max_slots or the budget of a running pool")
+    resize.add_argument(
+        "--min-ready", type=count, metavar="N", help="new min_ready (default: unchanged)"
+    )
+    resize.add_argument(
+        "--max-slots", type=count, metavar="N", help="new max_slots (default: unchanged)"
+    )
+    budget = resize.add_mutually_exclusive_group()
+    budget.add_argument(
+        "--budget",
+        type=positive_float,
+        metavar="USD_PER_HOUR",
+        help="new hourly budget in $/h (default: unchanged)",
+    )
+    budget.add_argument("--no-budget", action="store_true", help="remove the budget")
+    resize.set_defaults(func=cmd_resize, check=check_resize)
+    drain = sub("drain", "retire every slot once its lease ends; the pool then finishes")
+    drain.add_argument(
+        "--wait", action="store_true", help="wait until every slot is gone (default: return now)"
+    )
+    timeout_option(drain, WAIT_TIMEOUT_S, "the drain with --wait")
     drain.set_defaults(func=cmd_drain)
-    sub("resume", "lift safe mode or a drain").set_defaults(func=cmd_resume)
+    sub("resume", "lift safe mode and stop a drain").set_defaults(func=cmd_resume)
 
-    lease = groups.add_parser("lease", help="leases of a pool")
+    lease = groups.add_parser(
+        "lease",
+        help="acquire, renew, release and show leases on a pool",
+        description="A lease gives one holder one READY instance until it ends.",
+    )
     lcmds = lease.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     def lsub(name: str, help: str) -> argparse.ArgumentParser:
         return sub(name, help, lcmds)
 
     acquire = lsub("acquire", "lease a READY instance")
-    acquire.add_argument("--holder", required=True)
-    acquire.add_argument("--duration", type=positive_seconds, help="seconds")
-    acquire.add_argument("--request-id", help="idempotency key (default: random)")
-    acquire.add_argument("--wait", type=positive_seconds, help="wait up to N s for capacity")
+    acquire.add_argument("--holder", required=True, help="who uses the instance (required)")
+    acquire.add_argument(
+        "--duration",
+        type=positive_seconds,
+        metavar="SECONDS",
+        help="seconds the lease lasts (default: the pool's default lease, 1 h)",
+    )
+    acquire.add_argument(
+        "--request-id",
+        metavar="ID",
+        help="idempotency key: the same id returns the same lease (default: random)",
+    )
+    acquire.add_argument(
+        "--wait",
+        type=positive_seconds,
+        metavar="SECONDS",
+        help="wait up to this many seconds for capacity (default: do not wait)",
+    )
     acquire.add_argument(
         "--timeout",
-        type=positive_float,
+        type=seconds,
         default=ACQUIRE_TIMEOUT_S,
-        help=f"seconds for the pool's answer (beyond --wait; default {ACQUIRE_TIMEOUT_S:g})",
+        metavar="SECONDS",
+        help=f"seconds for the pool's answer, beyond --wait (default {ACQUIRE_TIMEOUT_S:g})",
     )
     acquire.set_defaults(func=cmd_acquire)
     renew = lsub("renew", "extend a lease")
-    renew.add_argument("lease_id")
-    renew.add_argument("--duration", type=positive_seconds, help="seconds from now")
+    renew.add_argument("lease_id", help="the lease's id")
+    renew.add_argument(
+        "--duration",
+        type=positive_seconds,
+        metavar="SECONDS",
+        help="seconds from now (default: the pool's default lease, 1 h)",
+    )
     renew.set_defaults(func=cmd_renew)
     release = lsub("release", "end a lease (idempotent)")
-    release.add_argument("lease_id")
+    release.add_argument("lease_id", help="the lease's id")
     release.set_defaults(func=cmd_release)
     show = lsub("show", "show a lease")
-    show.add_argument("lease_id")
+    show.add_argument("lease_id", help="the lease's id")
     show.set_defaults(func=cmd_show)

@@ -1,9 +1,11 @@
-"""How does an operator run or schedule the orphan reaper? `starter.py reaper schedule|run POOL`.
+"""How does an operator run or schedule the orphan reaper? `warmpool reaper schedule|run`.
 
-- `schedule POOL [--every 10m] [--grace 15m]` creates the Temporal Schedule
+The pool is `--pool NAME` as everywhere (`reaper run POOL` still works), and must exist.
+
+- `schedule [--every 10m] [--grace 15m]` creates the Temporal Schedule
   `warmpool/<pool>/reaper` (overlap SKIP: one reaper at a time), or updates its period and
   grace when it exists, so running it again is safe.
-- `run POOL [--grace 15m] [--dry-run]` runs one reaper now and prints its report: what it
+- `run [--grace 15m] [--dry-run]` runs one reaper now and prints its report: what it
   destroyed and what that saves per hour (`--dry-run` only says what it would destroy).
 """
 
@@ -28,11 +30,23 @@ from temporalio.client import (
     WorkflowFailureError,
 )
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
+from temporalio.exceptions import FailureError
 from temporalio.service import RPCError
 
 from warmpool import names
 from warmpool import search_attributes as sa
-from warmpool.cli.common import CliError, Parser, emit, json_flag, pool_name
+from warmpool.cli.common import (
+    USAGE,
+    CliError,
+    Parser,
+    emit,
+    json_flag,
+    no_such_pool,
+    pool_name,
+    pool_option,
+    pool_run,
+    temporal_trouble,
+)
 from warmpool.reaper import DEFAULT_EVERY, DEFAULT_GRACE, ReaperInput, ReaperReport, Verdict
 from warmpool.settings import Settings
 
@@ -46,7 +60,10 @@ def duration(value: str) -> timedelta:
     match = _DURATION.fullmatch(value.strip())
     if match is None:
         raise argparse.ArgumentTypeError(f"expected a duration like 30s, 10m or 1h, got {value!r}")
-    return timedelta(seconds=float(match.group(1)) * _UNITS[match.group(2)])
+    total = float(match.group(1)) * _UNITS[match.group(2)]
+    if total > 366 * 86400:
+        raise argparse.ArgumentTypeError(f"must be at most a year (366d), got {value!r}")
+    return timedelta(seconds=total)
 
 
 def schedule_id(pool: str) -> str:
@@ -125,11 +142,12 @@ def render_report(report: ReaperReport) -> str:
 
 async def cmd_schedule(client: Client, settings: Settings, args: argparse.Namespace) -> None:
     if args.every <= timedelta(0):
-        raise CliError("--every must be positive", 2)
+        raise CliError("--every must be positive", USAGE)
+    # No check that the pool exists: a deployment schedules its reaper before the pool starts.
     try:
         created = await ensure_schedule(client, settings, args.pool, args.every, args.grace)
     except RPCError as exc:
-        raise CliError(f"cannot schedule the reaper of {args.pool}: {exc.message}") from None
+        raise temporal_trouble(exc, f"cannot schedule the reaper of pool {args.pool}") from None
     what = "created" if created else "updated"
     emit(
         args,
@@ -156,34 +174,65 @@ async def cmd_run(client: Client, settings: Settings, args: argparse.Namespace) 
             execution_timeout=args.timeout,
         )
     except WorkflowFailureError as exc:
-        raise CliError(f"reaper of {args.pool} failed: {exc.cause or exc}") from None
+        cause: BaseException | None = exc.cause
+        while isinstance(cause, FailureError) and cause.cause is not None:
+            cause = cause.cause
+        why = getattr(cause, "message", None) or str(cause or exc)
+        raise CliError(f"the reaper of pool {args.pool} failed: {why}") from None
     except RPCError as exc:
-        raise CliError(f"cannot run the reaper of {args.pool}: {exc.message}") from None
+        raise temporal_trouble(exc, f"cannot run the reaper of pool {args.pool}") from None
+    if report.listed == 0 and (await pool_run(client, args.pool)).phase == "absent":
+        # Nothing labelled for it and never started: a typo, not a clean pool.
+        raise no_such_pool(args.pool)
     emit(args, report.model_dump(mode="json"), render_report(report))
 
 
 def register(groups: argparse._SubParsersAction[Parser]) -> None:
-    reaper = groups.add_parser("reaper", help="destroy instances no live slot owns")
+    reaper = groups.add_parser(
+        "reaper",
+        help="find and destroy instances no live slot owns (orphans)",
+        description="The orphan reaper destroys labelled instances of a pool that no live "
+        "slot owns, after a grace period.",
+    )
     cmds = reaper.add_subparsers(dest="command", required=True, parser_class=Parser)
 
     def sub(name: str, help: str) -> argparse.ArgumentParser:
-        p: argparse.ArgumentParser = cmds.add_parser(name, help=help)
-        p.add_argument("pool", type=pool_name)
+        p: argparse.ArgumentParser = cmds.add_parser(name, help=help, description=help)
+        pool_option(p)
+        p.add_argument(
+            "pool_arg", nargs="?", type=pool_name, metavar="POOL", help="the same as --pool"
+        )
         p.add_argument(
             "--grace",
             type=duration,
             default=DEFAULT_GRACE,
-            help="an unowned instance younger than this is kept (default 15m)",
+            metavar="DURATION",
+            help="an unowned instance younger than this is kept; 90, 90s, 10m, 1h, 1d "
+            f"(default {_human(DEFAULT_GRACE)})",
         )
         json_flag(p)
         return p
 
-    schedule = sub("schedule", "create or update the pool's reaper schedule")
-    schedule.add_argument("--every", type=duration, default=DEFAULT_EVERY, help="default 10m")
+    schedule = sub("schedule", "create or update the pool's reaper schedule (idempotent)")
+    schedule.add_argument(
+        "--every",
+        type=duration,
+        default=DEFAULT_EVERY,
+        metavar="DURATION",
+        help=f"how often the reaper runs (default {_human(DEFAULT_EVERY)})",
+    )
     schedule.set_defaults(func=cmd_schedule)
     run = sub("run", "run the reaper once now and print its report")
-    run.add_argument("--dry-run", action="store_true", help="report orphans, destroy nothing")
     run.add_argument(
-        "--timeout", type=duration, default=timedelta(minutes=10), help="give up after (10m)"
+        "--dry-run",
+        action="store_true",
+        help="report orphans, destroy nothing (default: destroy them)",
+    )
+    run.add_argument(
+        "--timeout",
+        type=duration,
+        default=timedelta(minutes=10),
+        metavar="DURATION",
+        help="give up on the run after this long, exit 1 (default 10m)",
     )
     run.set_defaults(func=cmd_run)

@@ -12,11 +12,24 @@ from datetime import UTC, datetime
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.common import SearchAttributePair, TypedSearchAttributes
 from temporalio.exceptions import WorkflowAlreadyStartedError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from warmpool import names
 from warmpool import search_attributes as sa
-from warmpool.cli.common import CliError, Parser, emit, json_flag, pool_name, slot_index
+from warmpool.cli.common import (
+    USAGE,
+    CliError,
+    Parser,
+    emit,
+    existing_pool,
+    human_seconds,
+    json_flag,
+    pool_name,
+    pool_option,
+    seconds,
+    slot_index,
+    temporal_trouble,
+)
 from warmpool.clients import slot as slot_client
 from warmpool.labels import slot_workflow_id
 from warmpool.models import SlotInput, SlotState, SlotStatus
@@ -66,12 +79,33 @@ def render_slot(status: SlotStatus) -> str:
     return "\n".join(lines)
 
 
+def no_such_slot(pool: str, index: int) -> CliError:
+    return CliError(
+        f"slot {index} of pool {pool} ({slot_workflow_id(pool, index)}) does not exist: "
+        f"see `warmpool slot list --pool {pool}`",
+        USAGE,
+    )
+
+
 async def slot_status(client: Client, pool: str, index: int) -> SlotStatus:
     try:
         status = await slot_client.status(client, pool, index)
     except RPCError as exc:
-        raise CliError(f"slot {slot_workflow_id(pool, index)}: {exc.message}") from None
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            raise no_such_slot(pool, index) from None
+        raise temporal_trouble(exc, f"slot {slot_workflow_id(pool, index)}") from None
     return status
+
+
+async def slot_running(client: Client, pool: str, index: int) -> bool:
+    """True while the slot runs, False once it finished; a slot never started is an error."""
+    try:
+        described = await slot_client.slot_handle(client, pool, index).describe()
+    except RPCError as exc:
+        if exc.status == RPCStatusCode.NOT_FOUND:
+            raise no_such_slot(pool, index) from None
+        raise temporal_trouble(exc, f"slot {slot_workflow_id(pool, index)}") from None
+    return described.status in (None, WorkflowExecutionStatus.RUNNING)
 
 
 async def cmd_slot_start(client: Client, settings: Settings, args: argparse.Namespace) -> None:
@@ -85,9 +119,9 @@ async def cmd_slot_start(client: Client, settings: Settings, args: argparse.Name
             search_attributes=sa_for(args.pool),
         )
     except WorkflowAlreadyStartedError:
-        raise CliError(f"{wf_id} is already running") from None
+        raise CliError(f"slot {wf_id} is already running", USAGE) from None
     except RPCError as exc:
-        raise CliError(f"cannot start {wf_id}: {exc.message}") from None
+        raise temporal_trouble(exc, f"cannot start {wf_id}") from None
     emit(args, {"workflow_id": wf_id, "started": True}, f"started {wf_id}")
     if args.wait_ready:
         await wait_ready(client, args)
@@ -114,7 +148,10 @@ async def wait_ready(client: Client, args: argparse.Namespace) -> None:
         if status.state.value in ("BLOCKED", "DONE"):
             raise CliError(f"slot is {status.state.value}: {status.blocked_reason or ''}")
         if asyncio.get_running_loop().time() > deadline:
-            raise CliError(f"not READY after {args.timeout:.0f}s (state {status.state.value})")
+            raise CliError(
+                f"slot {status.workflow_id} not READY after {human_seconds(args.timeout)} "
+                f"(state {status.state.value})"
+            )
         await asyncio.sleep(0.5)
 
 
@@ -128,20 +165,55 @@ async def cmd_slot_wait(client: Client, settings: Settings, args: argparse.Names
 
 
 async def cmd_slot_retire(client: Client, settings: Settings, args: argparse.Namespace) -> None:
+    """Idempotent: a finished slot is already retired."""
     wf_id = slot_workflow_id(args.pool, args.index)
     handle = slot_client.slot_handle(client, args.pool, args.index)
+    if not await slot_running(client, args.pool, args.index):
+        emit(args, {"workflow_id": wf_id, "finished": True}, f"slot {wf_id} has already finished")
+        return
     try:
         await slot_client.retire(handle, args.reason)
     except RPCError as exc:
-        raise CliError(f"cannot retire {wf_id}: {exc.message}") from None
+        raise temporal_trouble(exc, f"cannot retire {wf_id}") from None
     if not args.wait:
         emit(args, {"workflow_id": wf_id, "retiring": True}, f"retiring {wf_id}")
         return
     try:
         final = await asyncio.wait_for(handle.result(), args.timeout)
     except TimeoutError:
-        raise CliError(f"{wf_id} still retiring after {args.timeout:.0f}s") from None
+        raise CliError(f"{wf_id} still retiring after {human_seconds(args.timeout)}") from None
     emit(args, final.model_dump(mode="json"), f"retired {wf_id}: {final.state.value}")
+
+
+async def cmd_slot_resume(client: Client, settings: Settings, args: argparse.Namespace) -> None:
+    """Wake a BLOCKED slot now (after its token was fixed), instead of at its next re-check."""
+    wf_id = slot_workflow_id(args.pool, args.index)
+    if not await slot_running(client, args.pool, args.index):
+        emit(
+            args,
+            {"workflow_id": wf_id, "finished": True},
+            f"slot {wf_id} has finished: nothing to resume",
+        )
+        return
+    handle = slot_client.slot_handle(client, args.pool, args.index)
+    try:
+        await handle.signal(names.Slot.RESUME)
+    except RPCError as exc:
+        raise temporal_trouble(exc, f"cannot resume {wf_id}") from None
+    emit(
+        args,
+        {"workflow_id": wf_id, "signal": names.Slot.RESUME},
+        f"slot {wf_id}: resume sent (a BLOCKED slot checks its tokens again now)",
+    )
+
+
+async def _ever_had_slots(client: Client, pool: str) -> bool:
+    """Whether any slot, running or finished, ever carried this pool's name."""
+    query = f"WorkflowType = '{SLOT_WORKFLOW}' AND {sa.POOL_NAME.name} = '{pool}'"
+    try:
+        return (await client.count_workflows(query)).count > 0
+    except RPCError as exc:
+        raise temporal_trouble(exc, "cannot list slots") from None
 
 
 async def cmd_slot_list(client: Client, settings: Settings, args: argparse.Namespace) -> None:
@@ -151,20 +223,28 @@ async def cmd_slot_list(client: Client, settings: Settings, args: argparse.Names
     if args.state:
         query += f" AND {sa.SLOT_STATE.name} = '{args.state.upper()}'"
     rows = []
-    async for wf in client.list_workflows(query):
-        attrs = wf.typed_search_attributes
-        rows.append(
-            {
-                "workflow_id": wf.id,
-                "state": attrs.get(sa.SLOT_STATE),
-                "instance_id": attrs.get(sa.INSTANCE_ID),
-                "running": wf.status == WorkflowExecutionStatus.RUNNING,
-            }
-        )
+    try:
+        async for wf in client.list_workflows(query):
+            attrs = wf.typed_search_attributes
+            rows.append(
+                {
+                    "workflow_id": wf.id,
+                    "state": attrs.get(sa.SLOT_STATE),
+                    "instance_id": attrs.get(sa.INSTANCE_ID),
+                    "running": wf.status == WorkflowExecutionStatus.RUNNING,
+                }
+            )
+    except RPCError as exc:
+        raise temporal_trouble(exc, "cannot list slots") from None
+    if args.pool and not rows and not await _ever_had_slots(client, args.pool):
+        # Slots started on their own (`slot start`) have no pool workflow; a name with
+        # neither is a mistake worth saying so.
+        await existing_pool(client, args.pool)
     human = "\n".join(
         f"{r['workflow_id']:<36} {r['state'] or '-':<16} {r['instance_id'] or '-'}" for r in rows
     )
-    emit(args, rows, human or "no slots")
+    where = f" in pool {args.pool}" if args.pool else ""
+    emit(args, rows, human or f"no running slots{where}")
 
 
 def poll_interval(value: str) -> float:
@@ -258,36 +338,84 @@ async def _follow(
 
 
 def register(groups: argparse._SubParsersAction[Parser]) -> None:
-    slot = groups.add_parser("slot", help="one slot workflow")
+    slot = groups.add_parser(
+        "slot",
+        help="one slot: status, logs, resume (after fixing a token), retire, list",
+        description="A slot is one rented instance's state machine (warmpool/<pool>/slot-<k>).",
+    )
     cmds = slot.add_subparsers(dest="command", required=True, parser_class=Parser)
 
-    def with_slot(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--pool", type=pool_name, default="default")
-        p.add_argument("--index", type=slot_index, default=0)
+    def with_slot(name: str, help: str) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = cmds.add_parser(name, help=help, description=help)
+        pool_option(p)
+        p.add_argument(
+            "--index",
+            type=slot_index,
+            default=0,
+            metavar="K",
+            help="the slot's index in its pool (default %(default)s)",
+        )
         json_flag(p)
         return p
 
-    start = with_slot(cmds.add_parser("start", help="start a slot workflow"))
-    start.add_argument("--wait-ready", action="store_true", help="wait until READY")
-    start.add_argument("--timeout", type=float, default=600.0)
+    def timeout(p: argparse.ArgumentParser, default: float, what: str) -> None:
+        p.add_argument(
+            "--timeout",
+            type=seconds,
+            default=default,
+            metavar="SECONDS",
+            help=f"seconds to wait {what} before failing with exit 1 (default {default:g})",
+        )
+
+    start = with_slot("start", "start a slot workflow on its own, outside any pool's control")
+    start.add_argument(
+        "--wait-ready", action="store_true", help="wait until READY (default: return at once)"
+    )
+    timeout(start, 600.0, "for READY with --wait-ready")
     start.set_defaults(func=cmd_slot_start)
-    with_slot(cmds.add_parser("status", help="show a slot")).set_defaults(func=cmd_slot_status)
-    wait = with_slot(cmds.add_parser("wait", help="wait until a slot is READY"))
-    wait.add_argument("--timeout", type=float, default=600.0)
+    with_slot("status", "show a slot: state, instance, lease, transitions").set_defaults(
+        func=cmd_slot_status
+    )
+    wait = with_slot("wait", "wait until a slot is READY")
+    timeout(wait, 600.0, "for READY")
     wait.set_defaults(func=cmd_slot_wait)
-    retire = with_slot(cmds.add_parser("retire", help="destroy the instance and finish"))
-    retire.add_argument("--reason", default="operator retire")
-    retire.add_argument("--wait", action="store_true", help="wait until the instance is destroyed")
-    retire.add_argument("--timeout", type=float, default=300.0)
+    resume = with_slot("resume", "wake a BLOCKED slot now (after fixing its token)")
+    resume.set_defaults(func=cmd_slot_resume)
+    retire = with_slot("retire", "destroy the slot's instance and finish the slot")
+    retire.add_argument(
+        "--reason",
+        default="operator retire",
+        help="recorded in the slot's transitions (default '%(default)s')",
+    )
+    retire.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait until the instance is destroyed (default: return at once)",
+    )
+    timeout(retire, 300.0, "for the retirement with --wait")
     retire.set_defaults(func=cmd_slot_retire)
-    logs = with_slot(cmds.add_parser("logs", help="the provisioning log tail (over SSH)"))
+    logs = with_slot("logs", "the provisioning log tail the slot collected over SSH")
     logs.add_argument("pool_arg", nargs="?", type=pool_name, metavar="POOL", help="or --pool")
     logs.add_argument("index_arg", nargs="?", type=slot_index, metavar="INDEX", help="or --index")
-    logs.add_argument("--follow", "-f", action="store_true", help="print new lines until Ctrl-C")
-    logs.add_argument("--interval", type=poll_interval, default=1.0, help="seconds between polls")
+    logs.add_argument(
+        "--follow", "-f", action="store_true", help="print new lines until Ctrl-C (default: off)"
+    )
+    logs.add_argument(
+        "--interval",
+        type=poll_interval,
+        default=1.0,
+        metavar="SECONDS",
+        help="seconds between polls with --follow (default %(default)s)",
+    )
     logs.set_defaults(func=cmd_slot_logs)
-    listing = cmds.add_parser("list", help="running slots (from search attributes)")
-    listing.add_argument("--pool", type=pool_name)
-    listing.add_argument("--state", help="e.g. READY")
+    listing = cmds.add_parser(
+        "list",
+        help="running slots, from their search attributes",
+        description="running slots, from their search attributes",
+    )
+    pool_option(listing, required_default=False)
+    listing.add_argument(
+        "--state", metavar="STATE", help="only slots in this state, e.g. READY (default: any)"
+    )
     json_flag(listing)
-    listing.set_defaults(func=cmd_slot_list)
+    listing.set_defaults(func=cmd_slot_list, pool_default=False)

@@ -7,8 +7,8 @@
 - `validate` checks, in this process, the tokens that workers on this machine would read (file
   store, then environment) against the configured services. It needs no worker, so it works
   before anything is rented and right after a `set`. Without `VASTAI_API_KEY` and
-  `VASTAI_BASE_URL` the workers use an embedded simulator this process cannot reach: there,
-  `check-now` is the way.
+  `VASTAI_BASE_URL` in this shell there is nothing to check from here (the run command gives
+  them only to the processes it starts): there, `check-now` asks the workers.
 - `check-now` asks the workers, through the `TokenWatchWorkflow` (started if needed), and prints
   their fresh results; `status` prints the watch's last results and when each one changed.
 `validate` and `check-now` exit with status 1 when a required token is not valid.
@@ -25,7 +25,7 @@ from pathlib import Path
 
 from temporalio.client import Client
 
-from warmpool.cli.common import CliError, Parser, emit, json_flag
+from warmpool.cli.common import USAGE, CliError, Parser, emit, human_seconds, json_flag, seconds
 from warmpool.clients.token_watch import (
     WATCH_ID,
     ensure_token_watch,
@@ -142,7 +142,7 @@ async def cmd_set(client: Client, settings: Settings, args: argparse.Namespace) 
         "workers on this machine use it at their next activity"
     )
     if notified:
-        human += f"\nasked {args.watch_id} to re-check: see `starter.py tokens status`"
+        human += f"\nasked {args.watch_id} to re-check: see `warmpool tokens status`"
     emit(args, result, human)
 
 
@@ -150,8 +150,9 @@ async def validate_here(settings: Settings, store: SecretStore) -> list[TokenChe
     """Every service checked from this process, with the store and URLs the workers use."""
     if settings.uses_simulator:
         raise CliError(
-            "VASTAI_API_KEY and VASTAI_BASE_URL are unset: workers use their embedded "
-            "simulator, which this process cannot reach; use `starter.py tokens check-now`"
+            "VASTAI_API_KEY and VASTAI_BASE_URL are not set in this shell, so there is nothing "
+            "to check from here: `warmpool tokens check-now` asks the workers instead",
+            USAGE,
         )
     base_url = settings.vastai_base_url or DEFAULT_VAST_BASE_URL
     async with VastClient(base_url, lambda: store.get(SecretName.VAST) or "") as vast:
@@ -197,7 +198,7 @@ async def cmd_check_now(client: Client, settings: Settings, args: argparse.Names
             status = await wait_for_round(handle)
     except TimeoutError:
         raise CliError(
-            f"no token check finished within {args.timeout:.0f}s: "
+            f"no token check finished within {human_seconds(args.timeout)}: "
             f"is a worker running on task queue {settings.task_queue}?"
         ) from None
     emit(args, status.model_dump(mode="json"), render_watch(status))
@@ -210,28 +211,56 @@ async def cmd_status(client: Client, settings: Settings, args: argparse.Namespac
 
 
 def register(groups: argparse._SubParsersAction[Parser]) -> None:
-    tokens = groups.add_parser("tokens", help="set, rotate and check service tokens")
+    tokens = groups.add_parser(
+        "tokens",
+        help="set, rotate and check the Vast.ai, Hugging Face, Civitai tokens",
+        description="Service tokens live in the file secret store (WARMPOOL_SECRETS_DIR) or "
+        "the environment; the token watch re-checks them periodically.",
+    )
     cmds = tokens.add_subparsers(dest="command", required=True, parser_class=Parser)
 
-    def with_watch(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
-        p.add_argument("--watch-id", default=WATCH_ID, help="token watch workflow id")
+    def with_watch(name: str, help: str) -> argparse.ArgumentParser:
+        p: argparse.ArgumentParser = cmds.add_parser(name, help=help, description=help)
+        p.add_argument(
+            "--watch-id",
+            default=WATCH_ID,
+            metavar="ID",
+            help="the token watch's workflow id (default %(default)s)",
+        )
         json_flag(p)
         return p
 
-    put = with_watch(cmds.add_parser("set", help="store a token read from stdin or --file"))
-    put.add_argument("service", choices=SERVICES)
-    put.add_argument("--file", type=Path, help="read the value from this file")
-    put.add_argument("--no-check", action="store_true", help="do not ask the watch to re-check")
+    put = with_watch("set", "store a token read from stdin or --file (never from argv)")
+    put.add_argument("service", choices=SERVICES, help="which service's token")
+    put.add_argument(
+        "--file", type=Path, metavar="PATH", help="read the value from this file (default: stdin)"
+    )
+    put.add_argument(
+        "--no-check",
+        action="store_true",
+        help="do not ask the token watch to re-check (default: ask it)",
+    )
     put.set_defaults(func=cmd_set)
 
-    validate = cmds.add_parser("validate", help="check this machine's tokens from here")
+    validate = cmds.add_parser(
+        "validate",
+        help="check this shell's tokens from here (needs VASTAI_API_KEY and VASTAI_BASE_URL)",
+    )
     json_flag(validate)
     validate.set_defaults(func=cmd_validate)
 
-    now = with_watch(cmds.add_parser("check-now", help="have the workers re-check every token"))
-    now.add_argument("--no-wait", action="store_true", help="do not wait for the results")
-    now.add_argument("--timeout", type=float, default=60.0)
+    now = with_watch("check-now", "have the workers re-check every token and print the results")
+    now.add_argument(
+        "--no-wait", action="store_true", help="do not wait for the results (default: wait)"
+    )
+    now.add_argument(
+        "--timeout",
+        type=seconds,
+        default=60.0,
+        metavar="SECONDS",
+        help="seconds to wait for the results before failing with exit 1 (default 60)",
+    )
     now.set_defaults(func=cmd_check_now)
 
-    status = with_watch(cmds.add_parser("status", help="the token watch's last results"))
+    status = with_watch("status", "the token watch's last results")
     status.set_defaults(func=cmd_status)

@@ -94,7 +94,12 @@ async def on_validation_error(_request: Request, exc: Exception) -> JSONResponse
     return error_response(422, "invalid_request", "; ".join(problems)[:1000])
 
 
+def http_error_code(status: int) -> str:
+    """The `error` code of a plain HTTP error (`too_large` for 413, ...)."""
+    return _HTTP_CODES.get(status, "http_error")
+
+
 async def on_http_error(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
-    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    code = http_error_code(exc.status_code)
     return error_response(exc.status_code, code, str(exc.detail), exc.headers)

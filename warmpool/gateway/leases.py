@@ -21,12 +21,13 @@ from __future__ import annotations
 
 import logging
 import time
+import unicodedata
 import uuid
 from datetime import datetime, timedelta
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Path
-from pydantic import Field
+from pydantic import Field, field_validator
 from temporalio.client import WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 
@@ -56,15 +57,42 @@ MAX_DURATION_S = PoolConfig.model_fields["max_lease"].default.total_seconds()
 WAIT_POLL_S = 0.2
 
 
+Seconds = Annotated[float, Field(strict=True, allow_inf_nan=False)]
+"""A number of seconds in JSON: an integer or a finite float, never `true`, `NaN` or a string."""
+
+
+_CONTROL = "\\x00-\\x1f\\x7f-\\x9f"
+PRINTABLE = f"^[^{_CONTROL}]*[^\\s{_CONTROL}][^{_CONTROL}]*$"
+"""What `printable` accepts, as the OpenAPI description's pattern (for clients and fuzzers)."""
+
+
+def printable(value: str, what: str) -> str:
+    """Refuse text that is blank or holds control characters (it ends up in logs and labels);
+    the messages say which, where a pattern mismatch would not."""
+    if any(unicodedata.category(c) == "Cc" for c in value):
+        raise ValueError(f"{what} must not contain control characters")
+    if not value.strip():
+        raise ValueError(f"{what} must not be blank")
+    return value
+
+
 class AcquireBody(Model):
-    holder: str = Field(min_length=1, max_length=200, description="who uses the instance")
+    holder: str = Field(
+        min_length=1,
+        max_length=200,
+        description="who uses the instance: not blank, no control characters",
+        json_schema_extra={"pattern": PRINTABLE},
+    )
     pool: str | None = Field(
         default=None,
         pattern=r"^[a-z0-9][a-z0-9-]{0,23}$",
         description="a pool this gateway serves; default: the first of WARMPOOL_GATEWAY_POOLS",
     )
-    duration_s: float | None = Field(
-        default=None, ge=1, le=MAX_DURATION_S, description="default: the pool's default lease"
+    duration_s: Seconds | None = Field(
+        default=None,
+        ge=1,
+        le=MAX_DURATION_S,
+        description="seconds the lease lasts; default: the pool's default lease",
     )
     request_id: str | None = Field(
         default=None,
@@ -72,16 +100,26 @@ class AcquireBody(Model):
         max_length=200,
         description="idempotency key (default: generated); a 503 names the one to retry with",
     )
-    wait_s: float = Field(
+    wait_s: Seconds = Field(
         default=0,
         ge=0,
         le=1800,
-        description="wait up to this long for capacity (capped by WARMPOOL_GATEWAY_MAX_WAIT_S)",
+        description="seconds to wait for capacity (capped by WARMPOOL_GATEWAY_MAX_WAIT_S)",
     )
+
+    @field_validator("holder")
+    @classmethod
+    def _holder(cls, value: str) -> str:
+        return printable(value, "holder")
+
+    @field_validator("request_id")
+    @classmethod
+    def _request_id(cls, value: str | None) -> str | None:
+        return None if value is None else printable(value, "request_id")
 
 
 class RenewBody(Model):
-    duration_s: float | None = Field(
+    duration_s: Seconds | None = Field(
         default=None, ge=1, le=MAX_DURATION_S, description="from now; default: the pool's default"
     )
 
@@ -165,9 +203,7 @@ async def _lease(
     return grant, "waited"
 
 
-async def unanswered(
-    gateway: Gateway, pool: str, request: LeaseRequest, exc: ApiError
-) -> ApiError:
+async def unanswered(gateway: Gateway, pool: str, request: LeaseRequest, exc: ApiError) -> ApiError:
     """A lease request Temporal did not answer in time: tell the pool nobody got an answer
     (awaited, so that a retry reaches the pool after the signal), and name the request id."""
     pools = gateway.pools
