@@ -664,18 +664,22 @@ class WarmSlotWorkflow:
         """Wait for ComfyUI: exponential backoff with jitter up to the readiness timeout."""
         rt = self._rt
         assert rt.instance is not None
-        handle = workflow.start_activity_method(
-            ComfyActivities.await_ready,
-            self._probe_input(rt.instance),
-            **options.await_ready(self._cfg),
-        )
         try:
-            report = await self._interruptible(handle)
+            report = await self._await_ready(rt.instance)
         except ActivityError as err:
             self._probe_failed(err)
             return
         rt.port_report = report
         self._enter(S.VALIDATING_PORTS, f"ComfyUI answered on {report.url}")
+
+    async def _await_ready(self, instance: InstanceView) -> PortReport:
+        """The readiness wait on the instance's mapped endpoints (a retire cuts it short)."""
+        handle = workflow.start_activity_method(
+            ComfyActivities.await_ready,
+            self._probe_input(instance),
+            **options.await_ready(self._cfg),
+        )
+        return await self._interruptible(handle)
 
     def _probe_failed(self, err: ActivityError) -> None:
         cause = err.cause
@@ -800,13 +804,8 @@ class WarmSlotWorkflow:
         itself as the first one did (a lease is kept; its holder gets the new URL)."""
         rt = self._rt
         rt.instance = instance.model_copy(update={"image": rt.image_used})
-        handle = workflow.start_activity_method(
-            ComfyActivities.await_ready,
-            self._probe_input(rt.instance),
-            **options.await_ready(self._cfg),
-        )
         try:
-            report = await self._interruptible(handle)
+            report = await self._await_ready(rt.instance)
         except ActivityError as err:
             self._end_lease(f"slot lost: {FailureReason.PORTS_CHANGED.value}: {why}")
             self._probe_failed(err)

@@ -54,17 +54,6 @@ SIM = FAST_SIM.model_copy(update={"offers": 120})
 """Enough acceptable offers for 8 bad machines and the good ones after them."""
 SHORT: dict[str, Any] = {"provision_timeout_s": 4, "readiness_timeout_s": 4}
 """A machine whose ports never map, or whose ComfyUI never answers, fails within 4 s."""
-STARTING = {
-    S.PREFLIGHT,
-    S.SEARCHING,
-    S.RENTING,
-    S.PROVISIONING,
-    S.PROBING,
-    S.VALIDATING_PORTS,
-    S.BACKOFF,
-    S.TERMINATING,
-}
-
 BAD_MARKET: dict[str, tuple[Fault, FailureReason]] = {
     # fatal status_msg: destroyed at once
     "no_space": (Fault(kind="no_space"), FailureReason.NO_SPACE),

@@ -77,7 +77,7 @@ class FakeCloud:
     kill_on_watch: set[int] = field(default_factory=set)
     """Instance ids whose next watch reports keepalive lost (e.g. while leased)."""
     move_on_watch: set[int] = field(default_factory=set)
-    """Instance ids whose watch reports the provider mapped ComfyUI to another port."""
+    """Instance ids the provider now maps to another port: a watch on the old URL says so."""
     ssh_logs: dict[int, list[SshLogBatch]] = field(default_factory=dict)
     """Per machine: the `ssh_log` batches its collector signals (instance_id 0 = its own)."""
     ssh_fatal: dict[int, str] = field(default_factory=dict)
@@ -302,9 +302,9 @@ class FakeCloud:
                 detail=f"{input.keepalive.max_failures} pings failed",
             )
         while inst.id not in self.kill_on_watch:
-            if inst.id in self.move_on_watch:
-                self.move_on_watch.discard(inst.id)
-                moved = {"8188/tcp": 50000 + inst.machine_id}
+            moved = {"8188/tcp": 50000 + inst.machine_id}
+            # Every watch on the old URL sees it (a cancelled one may still run a moment).
+            if inst.id in self.move_on_watch and not input.url.endswith(f":{moved['8188/tcp']}"):
                 view = self._view(inst).model_copy(update={"ports": moved})
                 return WatchResult(
                     reason=FailureReason.PORTS_CHANGED, detail="ComfyUI moved", instance=view
