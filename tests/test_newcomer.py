@@ -66,6 +66,7 @@ OFFLINE = [
 ]
 
 
+@pytest.mark.slow  # a CLI process per case: the full suite, not the fast lane
 @pytest.mark.parametrize(("argv", "code", "says"), OFFLINE, ids=[" ".join(a) for a, *_ in OFFLINE])
 async def test_bad_invocations_exit_2_with_one_line(
     tmp_path: Path, argv: list[str], code: int, says: str
@@ -75,6 +76,7 @@ async def test_bad_invocations_exit_2_with_one_line(
     assert says in one_clean_line(run)
 
 
+@pytest.mark.slow  # a CLI process per case: the full suite, not the fast lane
 async def test_a_bad_default_pool_is_a_setting_error(tmp_path: Path) -> None:
     run = await cli(
         environment("127.0.0.1:1", WARMPOOL_POOL="Not A Pool"), tmp_path, "pool", "status"
@@ -83,6 +85,7 @@ async def test_a_bad_default_pool_is_a_setting_error(tmp_path: Path) -> None:
     assert "WARMPOOL_POOL" in one_clean_line(run)
 
 
+@pytest.mark.slow  # a CLI process per case: the full suite, not the fast lane
 async def test_unreachable_temporal_is_a_runtime_failure(tmp_path: Path) -> None:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -111,6 +114,7 @@ def run_into_closed_pipe(env: dict[str, str], cwd: Path, *argv: str) -> tuple[in
     return done.returncode, done.stderr
 
 
+@pytest.mark.slow  # a CLI process per case: the full suite, not the fast lane
 def test_help_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     code, err = run_into_closed_pipe(environment("127.0.0.1:1"), tmp_path, "--help")
     assert code == 0 and err == "", err
