@@ -98,7 +98,9 @@ class AcquireBody(Model):
         default=None,
         min_length=1,
         max_length=200,
-        description="idempotency key (default: generated); a 503 names the one to retry with",
+        description="idempotency key (default: generated); a 503 names the one to retry with; "
+        "not blank, no control characters",
+        json_schema_extra={"pattern": PRINTABLE},
     )
     wait_s: Seconds = Field(
         default=0,
