@@ -104,6 +104,7 @@ def build_activities(
         main=[
             comfy.await_ready,
             comfy.validate_ports,
+            comfy.check_environment,
             comfy.warmup,
             comfy.clean,
             comfy.watch,
@@ -121,6 +122,8 @@ def build_activities(
             vast.list_labelled,
             vast.destroy,
             vast.show,
+            vast.stop,
+            vast.start,
             reaper.list_candidates,
         ],
         client=client,

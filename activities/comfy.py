@@ -1,4 +1,5 @@
-"""Which ComfyUI side effects can a slot ask for? Readiness, port validation, warm-up, keepalive.
+"""Which ComfyUI side effects can a slot ask for? Readiness, port validation, the environment
+check, warm-up, keepalive.
 
 The per-instance portal token is derived here from the instance label and the pool's secret
 (`OPEN_BUTTON_TOKEN` at rent time), so it is sent on every probe without entering history.
@@ -18,7 +19,16 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError, ApplicationErrorCategory
 
 from activities.vast import instance_secret
-from warmpool.comfy import ComfyClient, ComfyPromptFailed
+from warmpool.comfy import (
+    ComfyBadResponse,
+    ComfyClient,
+    ComfyError,
+    ComfyNotReady,
+    ComfyPromptFailed,
+    ComfyUnauthorized,
+    ComfyUnreachable,
+)
+from warmpool.environment import EnvironmentCheckInput, EnvironmentReport, missing
 from warmpool.errors import ErrorType, VastError
 from warmpool.instance_token import derive_instance_token
 from warmpool.lifecycle import StatusVerdict, assess, backoff_delay
@@ -34,6 +44,11 @@ from warmpool.models import (
 )
 from warmpool.probes import candidates_for, validate_ports
 from warmpool.secrets import SecretStore
+
+PORTAL_UNAUTHORIZED_MESSAGE = (
+    "ComfyUI portal refused our instance token (401/403): check "
+    "WARMPOOL_INSTANCE_SECRET and the image's OPEN_BUTTON_TOKEN handling"
+)
 
 KEEPALIVE_PINGS = "warmpool_keepalive_pings"
 """Counter on the worker's Prometheus endpoint (`_total` suffix there); the gateway's
@@ -82,6 +97,14 @@ class WatchResult(Model):
     instance: InstanceView | None = None
 
 
+def _category(exc: ComfyError) -> ApplicationErrorCategory:
+    """ComfyUI restarting behind the portal (new nodes imported) is routine; anything else is
+    worth a line in the worker's log."""
+    if isinstance(exc, ComfyNotReady):
+        return ApplicationErrorCategory.BENIGN
+    return ApplicationErrorCategory.UNSPECIFIED
+
+
 def moved_from(input: WatchInput, instance: InstanceView) -> str | None:
     """Why the watched URL is no longer where the provider maps ComfyUI, or None if it still is.
 
@@ -125,8 +148,7 @@ class ComfyActivities:
             return report
         if report.unauthorized:
             raise ApplicationError(
-                "ComfyUI portal refused our instance token (401/403): check "
-                "WARMPOOL_INSTANCE_SECRET and the image's OPEN_BUTTON_TOKEN handling",
+                PORTAL_UNAUTHORIZED_MESSAGE,
                 report.model_dump(mode="json"),
                 type=ErrorType.PORTAL_UNAUTHORIZED,
                 non_retryable=True,
@@ -165,6 +187,52 @@ class ComfyActivities:
             tcp_timeout=probe.tcp_timeout.total_seconds(),
             http_timeout=probe.http_timeout.total_seconds(),
             tls=self._tls,
+        )
+
+    @activity.defn(name="comfy.check_environment")
+    async def check_environment(self, input: EnvironmentCheckInput) -> EnvironmentReport:
+        """One check of the environment on the validated endpoint: the required node classes in
+        `/object_info`, the required models in `/models/<folder>`; `missing` names the gaps.
+
+        One check per call: the slot loops with its own timer, so its status shows what is
+        still missing between checks. Only `input.url` is asked (the URL the slot validated),
+        with the instance token, as the probes do. No answer, a 5xx or ComfyUI restarting
+        behind the portal is a retryable failure (the activity's retry policy); 401/403 is the
+        probes' configuration error (PORTAL_UNAUTHORIZED, not retried).
+        """
+        checks = input.checks
+        notes: list[str] = []
+        classes: set[str] = set()
+        listings: dict[str, set[str]] = {}
+        async with self._comfy(input.url, input.label) as comfy:
+            try:
+                if checks.node_classes:
+                    classes = await comfy.node_classes()
+                for folder in checks.folders:
+                    files = await comfy.model_files(folder)
+                    if files is None:
+                        notes.append(
+                            f"ComfyUI has no models folder {folder!r} (/models/{folder} answered "
+                            "404): its models count as missing"
+                        )
+                    listings[folder] = files or set()
+            except ComfyUnauthorized:
+                raise ApplicationError(
+                    PORTAL_UNAUTHORIZED_MESSAGE,
+                    type=ErrorType.PORTAL_UNAUTHORIZED,
+                    non_retryable=True,
+                ) from None
+            except (ComfyUnreachable, ComfyNotReady, ComfyBadResponse) as exc:
+                raise ApplicationError(
+                    f"environment check: {exc}",
+                    type=ErrorType.NOT_READY,
+                    category=_category(exc),
+                ) from None
+        return EnvironmentReport(
+            missing=missing(checks, classes, listings),
+            classes_found=len(classes),
+            models_found={folder: len(files) for folder, files in listings.items()},
+            notes=notes,
         )
 
     @activity.defn(name="comfy.warmup")

@@ -1,4 +1,5 @@
-"""Which Vast.ai side effects can a slot ask for? Search, rent once, observe, confirmed destroy.
+"""Which Vast.ai side effects can a slot ask for? Search, rent once, observe, stop and start
+(park and resume), confirmed destroy.
 
 These activities run on the provider task queue, whose start rate the Temporal server caps
 across all workers (`max_task_queue_activities_per_second`), so the pool's call rate stays
@@ -17,11 +18,19 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from activities.errors import vast_errors
 from activities.slots import MachineExclusion, exclude_machine
+from warmpool.environment import (
+    DEFAULT_ONSTART,
+    Environment,
+    EnvironmentTooLarge,
+    instance_setup,
+    secret_env_names,
+)
 from warmpool.errors import (
     ErrorType,
     VastAuthError,
     VastCreateFailed,
     VastMalformedResponse,
+    VastNotFound,
     VastRateLimited,
     VastRequestRejected,
     VastServerError,
@@ -46,6 +55,11 @@ appear in the listing before it may create again (a create can succeed before it
 
 
 CREATE_REFUSED = "create-refused"
+_TOKEN_SECRETS: dict[str, SecretName] = {
+    "HF_TOKEN": SecretName.HF,
+    "CIVITAI_TOKEN": SecretName.CIVITAI,
+}
+"""The instance env var of each token the rent may add, and the secret it is read from."""
 LOOK_ERRORS = (VastServerError, VastTransportError, VastRateLimited, VastMalformedResponse)
 """Failures of a label look-up that say nothing about whether the instance exists."""
 
@@ -70,6 +84,10 @@ class RentInput(Model):
     """Asked again just before the create: a machine another slot saw fail meanwhile is left;
     told at once when the create fails on that machine."""
     slot: int = 0
+    environment: Environment | None = None
+    """The pool's environment: its env vars (version, manifest, script) and `onstart` bootstrap
+    go into the create request; the tokens it declares in `secrets` are added by the activity.
+    None: no environment, and both tokens are sent when the worker has them."""
 
 
 class RentResult(Model):
@@ -81,6 +99,16 @@ class DestroyResult(Model):
     instance_id: int
     confirmed: bool
     already_gone: bool
+
+
+class StateResult(Model):
+    """A stop or start the provider accepted (or found already asked for); `gone`: the instance
+    no longer exists, so there is nothing to stop or resume (rent fresh)."""
+
+    instance_id: int
+    state: str
+    """What was asked: "stopped" or "running"."""
+    gone: bool = False
 
 
 def instance_secret(store: SecretStore) -> bytes:
@@ -201,17 +229,38 @@ class VastActivities:
             activity.heartbeat(CREATE_SENT)
             await asyncio.sleep(self._adopt_poll.total_seconds())
 
-    def _env(self, input: RentInput) -> dict[str, str]:
-        env = port_env(input.ports)
+    def _env(self, input: RentInput) -> tuple[dict[str, str], str | None]:
+        """The create request's env and onstart.
+
+        With an environment: its env vars and onstart (`instance_setup`), and only the tokens
+        it declares in `secrets`; without one, both tokens when the worker has them. The port
+        flags and the portal token come last, so nothing an environment says overrides them.
+        """
+        env: dict[str, str] = {}
+        onstart = input.onstart
+        token_vars = list(_TOKEN_SECRETS)
+        if input.environment is not None:
+            try:
+                setup = instance_setup(input.environment, onstart=input.onstart or DEFAULT_ONSTART)
+            except EnvironmentTooLarge as exc:
+                raise ApplicationError(
+                    f"environment {input.environment.version} does not fit a rent request: {exc}",
+                    type=ErrorType.CONFIGURATION,
+                    non_retryable=True,
+                ) from None
+            env.update(setup.env_vars)
+            onstart = setup.onstart
+            token_vars = secret_env_names(input.environment)
+        for var in token_vars:
+            value = self._secrets.get(_TOKEN_SECRETS[var])
+            if value:
+                env[var] = value
+        env.update(port_env(input.ports))
         env["OPEN_BUTTON_PORT"] = str(input.ports[0])
         env["OPEN_BUTTON_TOKEN"] = derive_instance_token(
             instance_secret(self._secrets), input.label
         )
-        for name, var in ((SecretName.HF, "HF_TOKEN"), (SecretName.CIVITAI, "CIVITAI_TOKEN")):
-            value = self._secrets.get(name)
-            if value:
-                env[var] = value
-        return env
+        return env, onstart
 
     @activity.defn(name="vast.rent")
     async def rent(self, input: RentInput) -> RentResult:
@@ -225,12 +274,13 @@ class VastActivities:
                 activity.logger.info("adopted instance %s for %s", existing, input.label)
                 return RentResult(instance_id=existing, adopted=True)
             await refuse_excluded(input)
+            env, onstart = self._env(input)
             request = CreateRequest(
                 image=input.image,
                 disk=input.disk_gb,
                 label=input.label,
-                env=self._env(input),
-                onstart=input.onstart,
+                env=env,
+                onstart=onstart,
                 runtype=input.runtype,
             )
             activity.heartbeat(CREATE_SENT)
@@ -273,6 +323,48 @@ class VastActivities:
             f"(cur_state {shown.cur_state}, next_state {shown.next_state})",
             type=ErrorType.DESTROY_NOT_CONFIRMED,
         )
+
+    async def _set_state(self, instance_id: int, state: str) -> StateResult:
+        """Send one state change; idempotent. Vast.ai answers a repeated stop or start with
+        success; should it refuse one (a 4xx) for an instance whose `intended_status` is
+        already `state`, that is success too. Gone is a result, not a failure: the slot rents
+        fresh at once instead of retrying."""
+        call = self._client.stop_instance if state == "stopped" else self._client.start_instance
+        with vast_errors(activity.info().attempt):
+            try:
+                await call(instance_id)
+            except VastNotFound:
+                return StateResult(instance_id=instance_id, state=state, gone=True)
+            except VastRequestRejected:
+                shown = await self._client.show_instance(instance_id)
+                if shown is None:
+                    return StateResult(instance_id=instance_id, state=state, gone=True)
+                if shown.intended_status != state:
+                    raise
+                activity.logger.info(
+                    "instance %s: %s refused but already intended", instance_id, state
+                )
+        return StateResult(instance_id=instance_id, state=state)
+
+    @activity.defn(name="vast.stop")
+    async def stop(self, instance_id: int) -> StateResult:
+        """Park: stop the instance (disk kept and billed, GPU freed). Only sends the call; the
+        slot watches `vast.observe` for `actual_status` "stopped". Already stopped: success.
+
+        On the shared provider queue (`options.stop`), not a paced queue of its own: stop and
+        start share `PUT /instances/{id}/` (threshold 1.0, like the v1 list that also stays
+        there), they are rare (a park or resume per slot and idle period), the client paces
+        its `state` calls at 1.1 s, and a 429 is retried harmlessly since both are idempotent.
+        """
+        return await self._set_state(instance_id, "stopped")
+
+    @activity.defn(name="vast.start")
+    async def start(self, instance_id: int) -> StateResult:
+        """Resume: ask a stopped instance to run again. Only sends the call; the slot watches
+        `vast.observe` under its resume timeout (the host's GPU may have been rented meanwhile,
+        then it stays `stopped` with `intended_status` "running"). Already running: success.
+        The instance comes back with new host ports. Same queue as `vast.stop`."""
+        return await self._set_state(instance_id, "running")
 
     @activity.defn(name="vast.show")
     async def show(self, instance_id: int) -> InstanceView | None:

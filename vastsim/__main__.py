@@ -2,6 +2,7 @@
 
     python -m vastsim [--host 127.0.0.1] [--port 0] [--api-key K] [--speed F] [--offers N]
                       [--seed S] [--fault-mix none|default] [--ssh-host H --ssh-port P]
+                      [--download-bytes-per-s B] [--provisioning-log-path FILE]
 
 It prints one JSON line with its URLs once it listens, then serves until SIGTERM or SIGINT.
 """
@@ -34,6 +35,15 @@ def _config(argv: list[str]) -> SimConfig:
     parser.add_argument("--fault-mix", choices=["none", "default"], default="none")
     parser.add_argument("--ssh-host", help="SSH server every instance reports (ssh_host)")
     parser.add_argument("--ssh-port", type=int, help="its port (ssh_port)")
+    parser.add_argument(
+        "--download-bytes-per-s",
+        type=float,
+        default=SimConfig().download_bytes_per_s,
+        help="hosts' bandwidth for the models of an environment manifest",
+    )
+    parser.add_argument(
+        "--provisioning-log-path", help="file every instance appends its provisioning log to"
+    )
     args = parser.parse_args(argv)
     return SimConfig(
         host=args.host,
@@ -45,6 +55,8 @@ def _config(argv: list[str]) -> SimConfig:
         fault_mix=args.fault_mix,
         ssh_host=args.ssh_host,
         ssh_port=args.ssh_port,
+        download_bytes_per_s=args.download_bytes_per_s,
+        provisioning_log_path=args.provisioning_log_path,
     )
 
 

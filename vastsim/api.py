@@ -3,7 +3,8 @@
 Every call is recorded (rejected ones too) under an endpoint key: bundles, create, show,
 list_v1, list_v0, destroy, label (PUT on an instance: label or state), user, logs, unknown.
 Answering faults (rate_limit, server_error, bad_key, success_false, non_json) and `slow` are
-scoped by endpoint key only; the others are scoped by offer, machine and image as well.
+scoped by endpoint key only; the others are scoped by offer, machine and image as well
+(`gpu_taken` is taken by the start of a stopped instance, under endpoint key "label").
 With `SimConfig.min_intervals` set, an endpoint also answers 429 (no Retry-After) to a call of
 an API key that arrives sooner than its interval after that key's last accepted call.
 """
@@ -251,7 +252,9 @@ class VastApi:
         if body.get("state") == "stopped":
             instance.stop()
         elif body.get("state") == "running":
-            instance.start()
+            if instance.parked(time.monotonic()):  # a no-op start uses up no fault
+                taken = self._cloud.faults.take({"gpu_taken"}, self._scope("label", instance))
+                instance.start(gpu_taken=taken is not None)
         else:
             return _invalid_args("expected 'label' or 'state' ('running' | 'stopped')")
         return json_response(200, {"success": True})

@@ -11,7 +11,14 @@ import time
 from collections import Counter, deque
 from typing import Any
 
-from vastsim.config import INSTANCE_KINDS, Fault, SimConfig, default_fault_mix
+from vastsim.config import (
+    ENVIRONMENT_KINDS,
+    INSTANCE_KINDS,
+    Fault,
+    SimConfig,
+    default_fault_mix,
+)
+from vastsim.environment import Provisioning, carries_environment
 from vastsim.faults import FaultBook, InstanceFaults, Scope
 from vastsim.httpserver import Request
 from vastsim.instance import Instance, RentRequest
@@ -68,6 +75,7 @@ class Cloud:
         offer = self.offers[offer_id]
         scope = Scope("create", offer_id, offer["machine_id"], rent.image)
         faults = InstanceFaults.from_faults(self.faults.take_all(INSTANCE_KINDS, scope))
+        provisioning = self._provisioning(rent, scope)
         self._next_id += self._ids.randint(1, 50)
         instance = Instance(
             instance_id=self._next_id,
@@ -77,10 +85,19 @@ class Cloud:
             config=self.config,
             dead_port=self.dead_port,
             hidden_for=hidden_for,
+            provisioning=provisioning,
         )
         self.instances[instance.id] = instance
         instance.launch()
         return instance
+
+    def _provisioning(self, rent: RentRequest, scope: Scope) -> Provisioning:
+        """The rental's environment; environment faults are used up only by rentals that carry
+        one (a manifest or a PROVISIONING_SCRIPT)."""
+        if not carries_environment(rent.env):
+            return Provisioning(config=self.config)
+        faults = self.faults.take_all(ENVIRONMENT_KINDS, scope)
+        return Provisioning.for_rent(rent.env, faults, self.config)
 
     def live(self, instance_id: int) -> Instance | None:
         """The instance if it exists and is not destroyed (hidden or not)."""

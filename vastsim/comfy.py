@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from vastsim import websocket
+from vastsim.environment import Provisioning
 from vastsim.httpserver import JSON_TYPE, Request, Response, json_response, text_response
 from vastsim.websocket import WebSocket
 
@@ -84,8 +85,16 @@ class GpuInfo:
 class ComfyApp:
     """One ComfyUI process; shutting it down loses queue, history and sockets, as a crash does."""
 
-    def __init__(self, gpu: GpuInfo, prompt_s: float, *, prompt_error: bool = False) -> None:
+    def __init__(
+        self,
+        gpu: GpuInfo,
+        prompt_s: float,
+        *,
+        prompt_error: bool = False,
+        environment: Provisioning | None = None,
+    ) -> None:
         self.gpu = gpu
+        self.environment = environment or Provisioning()  # the studio's nodes and models
         self.prompt_s = prompt_s
         self.prompt_error = prompt_error  # a bad GPU: every prompt fails in its first node
         self._numbers = itertools.count()
@@ -119,6 +128,8 @@ class ComfyApp:
                 return lambda _r: self._history_one(path.removeprefix("/history/"))
             if path.startswith("/object_info/"):
                 return lambda _r: self._object_info_one(path.removeprefix("/object_info/"))
+            if path.startswith("/models/"):
+                return lambda _r: self._models_in(path.removeprefix("/models/"))
             return {
                 "/": self._index,
                 "/system_stats": self._system_stats,
@@ -126,6 +137,7 @@ class ComfyApp:
                 "/prompt": self._prompt_info,
                 "/history": self._history_list,
                 "/object_info": self._object_info,
+                "/models": self._model_folders,
                 "/features": self._features,
                 "/embeddings": self._embeddings,
                 "/ws": self._ws,
@@ -207,11 +219,32 @@ class ComfyApp:
         entry = self._history.get(prompt_id)
         return json_response(200, {prompt_id: entry} if entry is not None else {})
 
+    def _classes(self) -> dict[str, Any]:
+        """Built-in classes, the checkpoints on disk, and the loaded custom nodes' classes."""
+        loader = _OBJECT_INFO["CheckpointLoaderSimple"]
+        checkpoints = self.environment.models("checkpoints") or []
+        inputs = {"required": {"ckpt_name": [checkpoints]}}
+        return {
+            **_OBJECT_INFO,
+            "CheckpointLoaderSimple": {**loader, "input": inputs},
+            **self.environment.object_info(),
+        }
+
     async def _object_info(self, _request: Request) -> Response:
-        return json_response(200, _OBJECT_INFO)
+        return json_response(200, self._classes())
 
     async def _object_info_one(self, name: str) -> Response:
-        return json_response(200, {name: _OBJECT_INFO[name]} if name in _OBJECT_INFO else {})
+        classes = self._classes()
+        return json_response(200, {name: classes[name]} if name in classes else {})
+
+    async def _model_folders(self, _request: Request) -> Response:
+        return json_response(200, self.environment.folders())
+
+    async def _models_in(self, folder: str) -> Response:
+        files = self.environment.models(folder)
+        if files is None:
+            return Response(404)  # aiohttp's bare web.Response(status=404)
+        return json_response(200, files)
 
     async def _features(self, _request: Request) -> Response:
         return json_response(200, _FEATURES)

@@ -25,6 +25,9 @@ FaultKind = Literal[
     "firewall",
     "comfy_mode",
     "prompt_error",
+    # a resume's fault, matched when a stopped instance is started (scoped by offer, machine,
+    # image): its host's GPU was rented meanwhile, so it never runs again
+    "gpu_taken",
     # API faults that answer instead of the endpoint (or delay it)
     "rate_limit",
     "server_error",
@@ -40,6 +43,11 @@ FaultKind = Literal[
     "destroy_not_found_variant",
     "show_404",
     "destroy_delay",
+    # environment faults: chosen at create time for rentals that carry an environment
+    "model_404",
+    "token_refused",
+    "slow_host",
+    "node_import_fails",
 ]
 
 INSTANCE_KINDS = frozenset(
@@ -66,7 +74,15 @@ _VALUES: dict[str, frozenset[str | None]] = {
     "rate_limit": frozenset({None, "text", "json", "destroy"}),
     "malformed_list": frozenset({None, "oops", "missing"}),
     "vanished_offer": frozenset({None, "404", "410"}),
+    "token_refused": frozenset({None, "huggingface", "civitai"}),
 }
+ENVIRONMENT_KINDS = frozenset({"model_404", "token_refused", "slow_host", "node_import_fails"})
+"""Faults of a rental's provisioning (vastsim/environment.py): `model_404` (value: a model's file
+name or a substring of its file name or URL: its download answers 404), `token_refused` (value
+None, "huggingface" or "civitai": that host answers 401), `slow_host` (factor: the download
+bandwidth is divided by it), `node_import_fails` (value: a node's name: it installs, but its
+classes never reach /object_info)."""
+_NEEDS_VALUE = frozenset({"model_404", "node_import_fails"})
 _NEEDS_SECONDS = frozenset({"ports_late", "comfy_dies_after", "slow", "list_lag", "destroy_delay"})
 
 
@@ -76,7 +92,9 @@ class Fault(BaseModel):
     `kind` also accepts the shorthand "status:exited" or "comfy_mode:bare" for kind + value.
     `value` is the variant: the status for "status", the mode for "comfy_mode", "text" | "json" |
     "destroy" for "rate_limit", "oops" | "missing" for "malformed_list", "404" | "410" for
-    "vanished_offer", the error code for "success_false".
+    "vanished_offer", the error code for "success_false", the model or node matched by
+    "model_404" and "node_import_fails", the site for "token_refused". `factor` is the
+    bandwidth divisor of "slow_host".
     """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -86,6 +104,7 @@ class Fault(BaseModel):
     seconds: float | None = Field(default=None, ge=0)
     status_code: int | None = Field(default=None, ge=200, le=599)
     with_retry_after: float | None = Field(default=None, ge=0)
+    factor: float | None = Field(default=None, gt=0)
     offer_id: int | None = None
     machine_id: int | None = None
     image: str | None = None
@@ -108,6 +127,10 @@ class Fault(BaseModel):
             raise ValueError(f"fault {self.kind} needs value in {sorted(map(str, allowed))}")
         if self.kind in _NEEDS_SECONDS and self.seconds is None:
             raise ValueError(f"fault {self.kind} needs seconds")
+        if self.kind in _NEEDS_VALUE and not self.value:
+            raise ValueError(f"fault {self.kind} needs a value (a model or node to match)")
+        if self.kind == "slow_host" and self.factor is None:
+            raise ValueError("fault slow_host needs factor (the bandwidth is divided by it)")
         if self.kind == "server_error" and self.status_code not in (None, 500, 502, 503, 504):
             raise ValueError("server_error status_code must be 500, 502, 503 or 504")
         return self
@@ -142,6 +165,9 @@ class SimConfig(BaseModel):
     created_s: float = Field(default=1.0, ge=0)
     loading_s: float = Field(default=2.0, ge=0)
     comfy_boot_s: float = Field(default=3.0, ge=0)
+    resume_s: float = Field(default=2.0, ge=0)
+    """From the start call of a stopped instance to `running` again on new host ports (ComfyUI
+    is up `comfy_boot_s` later; nothing is pulled or downloaded again)."""
     prompt_s: float = Field(default=0.05, ge=0)
     log_delay_s: float = Field(default=0.3, ge=0)
     comfy_mode: Literal["portal", "bare"] = "portal"
@@ -158,6 +184,21 @@ class SimConfig(BaseModel):
     create, show, list_v1, destroy, label, ...) requires between two accepted calls of one API
     key; a call arriving sooner gets 429 without Retry-After. The spec's values are
     `vastsim.faults.SPEC_MIN_INTERVALS`."""
+    # provisioning of the studio's environment (vastsim/environment.py)
+    download_bytes_per_s: float = Field(default=100_000_000, gt=0)
+    """Download bandwidth of every host for declared models (simulated bytes per simulated
+    second; a `slow_host` fault divides it)."""
+    node_install_s: float = Field(default=5.0, ge=0)
+    """Installing one custom node (clone, checkout, its requirements)."""
+    pip_install_s: float = Field(default=2.0, ge=0)
+    """Installing one pip package of the manifest."""
+    model_unsized_s: float = Field(default=10.0, ge=0)
+    """Downloading a model whose size is not declared."""
+    provisioning_script_s: float = Field(default=10.0, ge=0)
+    """Running a PROVISIONING_SCRIPT URL's script (the simulator cannot run it)."""
+    provisioning_log_path: str | None = None
+    """A file every instance appends its provisioning log lines to as they happen (e.g. the
+    file a test's sshd serves as /var/log/portal/provisioning.log). None: not written."""
     faults: tuple[Fault, ...] = ()
 
     def scaled(self, seconds: float) -> float:

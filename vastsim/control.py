@@ -14,6 +14,7 @@ from vastsim.config import Fault
 from vastsim.httpserver import Request, Response, json_response
 
 _INSTANCE = re.compile(r"/_sim/instances/(\d+)(/comfy)?/?")
+_PROVISIONING_LOG = re.compile(r"/_sim/instances/(\d+)/provisioning-log")
 _OK = {"success": True}
 
 
@@ -28,6 +29,8 @@ class ControlApi:
         if method == "DELETE" and path == "/_sim/faults":
             cloud.faults.clear()
             return json_response(200, _OK)
+        if method == "GET" and (match := _PROVISIONING_LOG.fullmatch(path)):
+            return self._provisioning_log(int(match.group(1)))
         if method == "POST" and path == "/_sim/reset":
             cloud.reset()
             return json_response(200, _OK)
@@ -66,6 +69,14 @@ class ControlApi:
         else:
             return _error(400, "action must be 'kill' or 'revive'")
         return json_response(200, _OK)
+
+    def _provisioning_log(self, instance_id: int) -> Response:
+        """The instance's provisioning log lines so far (`warmpool: ...`), and its version."""
+        try:
+            provisioning = self._cloud.instance(instance_id).provisioning
+        except KeyError as exc:
+            return _error(404, str(exc))
+        return json_response(200, {"version": provisioning.version, "lines": provisioning.lines()})
 
 
 def _error(status: int, msg: str) -> Response:

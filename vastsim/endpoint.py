@@ -13,6 +13,7 @@ import hmac
 from typing import Literal
 
 from vastsim.comfy import ComfyApp, GpuInfo
+from vastsim.environment import Provisioning
 from vastsim.httpserver import Request, Response, text_response
 from vastsim.ports import HostPort
 
@@ -35,8 +36,10 @@ class ComfyEndpoint:
         gpu: GpuInfo,
         prompt_s: float,
         prompt_error: bool = False,
+        environment: Provisioning | None = None,
     ) -> None:
         self._host = host
+        self._environment = environment
         self._mode = mode
         self._token = token
         self._wanted = container_ports & {PORTAL_PORT, COMFY_PORT}
@@ -68,7 +71,12 @@ class ComfyEndpoint:
     async def comfy_up(self) -> None:
         if self._comfy is not None:
             return
-        self._comfy = ComfyApp(self._gpu, self._prompt_s, prompt_error=self._prompt_error)
+        self._comfy = ComfyApp(
+            self._gpu,
+            self._prompt_s,
+            prompt_error=self._prompt_error,
+            environment=self._environment,
+        )
         if self._firewalled:
             return
         for container in self._direct_ports():

@@ -3,6 +3,12 @@
 Status is computed from the time elapsed since the rental, on each read (no polling loop).
 Only what needs real sockets, the ComfyUI endpoint, is driven by one small lifecycle task per
 instance; the API reports "running" only once that task has actually mapped the ports.
+
+A stop closes the container (no ports, ComfyUI gone) and keeps the disk; a start resumes it
+`resume_s` later on new host ports, ComfyUI up `comfy_boot_s` after that (nothing to download
+again), unless the host's GPU was taken meanwhile (fault `gpu_taken`): then it stays stopped
+with `intended_status` "running". Billing: `dph_total` (the contract's rate, shown even while
+stopped, as Vast.ai may) while the GPU runs, the disk's `storage_total_cost` otherwise.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from typing import Any, Literal
 from vastsim.comfy import GpuInfo
 from vastsim.config import SimConfig
 from vastsim.endpoint import ComfyEndpoint
+from vastsim.environment import Provisioning
 from vastsim.faults import InstanceFaults
 from vastsim.records import InstanceInfo
 
@@ -36,6 +43,12 @@ PULL_MSG = (
     "Error response from daemon: pull access denied for {image}, repository does not exist or "
     "may require 'docker login': denied: manifest unknown"
 )
+GPU_TAKEN_MSG = (
+    "Required resources are not available on the host: its GPU is rented by another client. "
+    "The instance will start when they are free."
+)
+RESUMING_MSG = "Instance is starting"
+HOURS_PER_MONTH = 720.0  # storage_cost is $/GB/month of 30 days
 _STATUS_MSGS = {
     "exited": "Container exited with code 1",
     "unknown": None,
@@ -95,9 +108,11 @@ class Instance:
         config: SimConfig,
         dead_port: int,
         hidden_for: float = 0.0,
+        provisioning: Provisioning | None = None,
     ) -> None:
         now = time.monotonic()
         self.id = instance_id
+        self.provisioning = provisioning or Provisioning()  # the studio's environment
         self.offer = offer
         self.rent = rent
         self.label = rent.label
@@ -115,6 +130,11 @@ class Instance:
         self.destroyed_epoch: float | None = None
         self._visible_until = 0.0
         self.stopped = rent.stopped
+        self.gpu_taken = False
+        self._resumed_at: float | None = None  # the start call that resumed it, if any
+        self._created_at = now
+        self._gpu_billing = False  # the current run bills the GPU from its running time
+        self._gpu_billed = 0.0  # real seconds of GPU billing of earlier runs
         self._overrides: dict[str, str | None] = {}
         self._origin = now
         self._booted = False
@@ -129,22 +149,40 @@ class Instance:
         f = self.faults
         if self.stopped or f.no_space or f.oci_failed or f.pull_failed or f.status:
             return
+        self._gpu_billing = True
         self._task = asyncio.create_task(self._lifecycle(), name=f"vastsim-instance-{self.id}")
 
     def stop(self) -> None:
+        """Stopped now, whatever it was doing (a repeated stop changes nothing)."""
+        self._end_gpu_billing(time.monotonic())
         self.stopped = True
+        self.gpu_taken = False
+        self._resumed_at = None
         self.halt()
 
-    def start(self) -> None:
-        if not self.stopped:
+    def parked(self, now: float) -> bool:
+        """Stopped (by a stop or an outbid) and not asked to run again: a start resumes it."""
+        return self.destroyed_at is None and (self.stopped or self._outbid(now))
+
+    def start(self, *, gpu_taken: bool = False) -> None:
+        """Resume a parked instance: running `resume_s` from now on new host ports, or never
+        when `gpu_taken`. Anything else (running, resuming) is left as it is."""
+        now = time.monotonic()
+        if not self.parked(now):
             return
+        self.halt()  # an outbid the timeline has not acted on yet
+        self._end_gpu_billing(now)
         self.stopped = False
-        self._origin = time.monotonic() - self._config.scaled(self._config.provision_s)
-        self.launch()
+        self.gpu_taken = gpu_taken
+        self._resumed_at = now
+        self._comfy_killed = False  # a restarted container starts ComfyUI afresh
+        if not gpu_taken:
+            self.launch()
 
     def destroy(self, linger: float = 0.0) -> None:
         """Destroyed now; still shown (stopped -> unloaded) for `linger` real seconds."""
         now = time.monotonic()
+        self._end_gpu_billing(now)
         self.destroyed_at = now
         self.destroyed_epoch = time.time()
         self._visible_until = now + linger
@@ -182,6 +220,7 @@ class Instance:
             self._endpoint.close()
             self._endpoint = None
         self._booted = False
+        self.provisioning.close()
 
     async def _lifecycle(self) -> None:
         try:
@@ -195,6 +234,7 @@ class Instance:
         c, f = self._config, self.faults
         _, _, running, ready = self._times()
         await _sleep_until(running)
+        self.provisioning.begin(running)
         if not f.ports_never:
             self._endpoint = ComfyEndpoint(
                 host=c.instance_bind_host,
@@ -206,6 +246,7 @@ class Instance:
                 gpu=GpuInfo(str(self.offer["gpu_name"]), int(self.offer["gpu_ram"])),
                 prompt_s=c.scaled(c.prompt_s),
                 prompt_error=f.prompt_error,
+                environment=self.provisioning,
             )
             await self._endpoint.start(firewall=f.firewall)
         self._booted = True
@@ -219,6 +260,7 @@ class Instance:
         for at, step in sorted(steps):
             await _sleep_until(at)
             if step == "outbid":
+                self._end_gpu_billing(at)
                 self.stopped = True
                 if self._endpoint is not None:
                     self._endpoint.close()
@@ -240,12 +282,18 @@ class Instance:
         return not self.gone(now) and now >= self.hidden_until
 
     def _times(self) -> tuple[float, float, float, float]:
-        """When the instance becomes created, loading, running, and ComfyUI ready."""
+        """When the instance becomes created, loading, running, and ComfyUI ready (for a
+        resumed one: its start call twice, then running again and ComfyUI ready again)."""
         c = self._config
+        if self._resumed_at is not None:
+            running = self._resumed_at + c.scaled(c.resume_s)
+            ready = running + self.provisioning.comfy_delay(running) + c.scaled(c.comfy_boot_s)
+            return self._resumed_at, self._resumed_at, running, ready
         created = self._origin + c.scaled(c.provision_s)
         loading = created + c.scaled(c.created_s)
         running = loading + c.scaled(c.loading_s)
-        return created, loading, running, running + c.scaled(c.comfy_boot_s)
+        ready = running + self.provisioning.comfy_delay(running) + c.scaled(c.comfy_boot_s)
+        return created, loading, running, ready
 
     def _states(self, now: float) -> dict[str, str | None]:
         if self.destroyed_at is not None:
@@ -261,6 +309,14 @@ class Instance:
                 ("actual_status", "intended_status", "cur_state", "next_state"), "stopped"
             )
             states["status_msg"] = "Instance stopped"
+        elif self._resuming(now):
+            states = {
+                "actual_status": "stopped",
+                "intended_status": "running",
+                "cur_state": "stopped",
+                "next_state": "running",
+                "status_msg": GPU_TAKEN_MSG if self.gpu_taken else RESUMING_MSG,
+            }
         else:
             actual, message = self._container(now)
             states = {
@@ -274,7 +330,54 @@ class Instance:
 
     def _outbid(self, now: float) -> bool:
         after = self.faults.outbid_after
-        return after is not None and now >= self._times()[2] + self._config.scaled(after)
+        if after is None or self.gpu_taken:
+            return False
+        return now >= self._times()[2] + self._config.scaled(after)
+
+    def _resuming(self, now: float) -> bool:
+        """Asked to run again and not running yet (forever when its GPU was taken)."""
+        if self._resumed_at is None or self.stopped:
+            return False
+        return self.gpu_taken or now < self._times()[2]
+
+    # ---- billing ----
+
+    def storage_per_hour(self) -> float:
+        """$/h of the disk: billed from the create to the destroy, stopped or not."""
+        return self.rent.disk * float(self.offer["storage_cost"]) / HOURS_PER_MONTH
+
+    def _gpu_seconds(self, now: float) -> float:
+        """Real seconds the current run has billed the GPU: from running to now (or outbid)."""
+        if not self._gpu_billing:
+            return 0.0
+        running = self._times()[2]
+        end = now
+        if self.faults.outbid_after is not None:
+            end = min(end, running + self._config.scaled(self.faults.outbid_after))
+        return max(0.0, end - running)
+
+    def _end_gpu_billing(self, now: float) -> None:
+        self._gpu_billed += self._gpu_seconds(now)
+        self._gpu_billing = False
+
+    def dph_now(self, now: float) -> float:
+        """What it bills now, $/h: `dph_total` while the GPU runs, the disk when stopped or
+        not running yet, nothing once destroyed."""
+        if self.destroyed_at is not None:
+            return 0.0
+        if self._gpu_billing and not self._outbid(now) and now >= self._times()[2]:
+            return float(self.offer["dph_total"])
+        return self.storage_per_hour()
+
+    def spent(self, now: float) -> float:
+        """Dollars billed so far, in simulated hours: the disk all along, the rest of
+        `dph_total` while the GPU ran."""
+        end = self.destroyed_at if self.destroyed_at is not None else now
+        storage = self.storage_per_hour()
+        gpu_rate = max(0.0, float(self.offer["dph_total"]) - storage)
+        gpu_s = self._gpu_billed + self._gpu_seconds(now)
+        real_s = storage * (end - self._created_at) + gpu_rate * gpu_s
+        return real_s * self._config.speed / 3600.0
 
     def _container(self, now: float) -> tuple[str | None, str | None]:
         """actual_status and status_msg of a rental that was not stopped."""
@@ -348,6 +451,8 @@ class Instance:
             "ssh_idx": "1",
             "dph_total": offer["dph_total"],
             "dph_base": offer["dph_base"],
+            "storage_cost": offer["storage_cost"],
+            "storage_total_cost": round(self.storage_per_hour(), 6),
             "gpu_name": offer["gpu_name"],
             "num_gpus": offer["num_gpus"],
             "gpu_ram": offer["gpu_ram"],
@@ -400,7 +505,9 @@ class Instance:
             comfy_mode=self.comfy_mode,
             comfy_ready=self._endpoint is not None and self._endpoint.comfy_ready,
             host_ports={f"{port}/tcp": host for port, host in mapped.items()},
-            faults=list(self.faults.kinds),
+            faults=[*self.faults.kinds, *self.provisioning.plan.fault_kinds],
+            dph_now=self.dph_now(now),
+            spent=self.spent(now),
         )
 
 

@@ -40,3 +40,8 @@ class InstanceInfo(BaseModel):
     comfy_ready: bool
     host_ports: dict[str, int]  # e.g. {"8188/tcp": 41234}, once the container runs
     faults: list[str]
+    dph_now: float = 0.0
+    """$/h billed now: `dph_total` while the GPU runs, the disk alone while stopped or not
+    running yet, 0 once destroyed."""
+    spent: float = 0.0
+    """Dollars billed since the create, over simulated time (`speed` hours per real hour)."""

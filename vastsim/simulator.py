@@ -132,5 +132,9 @@ class Simulator:
     async def revive_comfy(self, instance_id: int) -> None:
         await self.cloud.instance(instance_id).revive_comfy()
 
+    def provisioning_log(self, instance_id: int) -> list[str]:
+        """The instance's provisioning log lines so far (`warmpool: model ...` and so on)."""
+        return self.cloud.instance(instance_id).provisioning.lines()
+
     def reset(self) -> None:
         self.cloud.reset()

@@ -14,11 +14,16 @@ Shapes follow /work/shared/comfyui-api.md. Every failure is a `ComfyError`:
 
 No message ever contains the token: messages carry method, path, status and ComfyUI's own error
 fields, never raw response bodies or request headers.
+
+The environment check reads what ComfyUI has loaded: `node_classes` (`GET /object_info`, ~500 KB:
+only its top-level keys are kept) and `model_files` (`GET /models/<folder>`). Both read the answer
+in chunks up to a cap, so a wrong answer cannot make a worker hold gigabytes.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import ssl
 import time
 import uuid
@@ -33,6 +38,13 @@ PLACEHOLDER_HEADER = "X-Portal-Placeholder"
 NOT_READY_STATUSES = frozenset({502, 503, 504})
 UNAUTHORIZED_STATUSES = frozenset({401, 403})
 CANCEL_TIMEOUT_S = 5.0
+OBJECT_INFO_TIMEOUT_S = 30.0
+"""`/object_info` builds the description of every node class on each call: on a GPU box with
+many custom node packs it takes seconds, far more than `/system_stats`."""
+OBJECT_INFO_MAX_BYTES = 64 * 1024 * 1024
+"""~500 KB on a stock ComfyUI (478 classes); a few MB with many packs. Anything past this cap is
+not an answer to read."""
+MODELS_MAX_BYTES = 8 * 1024 * 1024
 _MAX_MESSAGE = 500
 
 # After a lease: drop pending work first (so interrupt does not just start the next item), stop
@@ -153,6 +165,34 @@ def read_json(response: httpx.Response, what: str) -> Any:
         ) from None
 
 
+def _keys_only(pairs: list[tuple[str, Any]]) -> list[str]:
+    """Each JSON object becomes the list of its keys as soon as it is parsed, so its values are
+    dropped at once: parsing `/object_info` never holds the whole tree of Python objects."""
+    return [key for key, _ in pairs]
+
+
+def read_object_info_classes(body: bytes, what: str = "GET /object_info") -> set[str]:
+    """The node class names in an `/object_info` answer: the keys of its top-level object."""
+    if not body.lstrip().startswith(b"{"):
+        raise ComfyBadResponse(f"{what}: not a JSON object ({len(body)} bytes)", status=200)
+    try:
+        keys = json.loads(body, object_pairs_hook=_keys_only)
+    except ValueError:
+        raise ComfyBadResponse(f"{what}: not JSON ({len(body)} bytes)", status=200) from None
+    if not isinstance(keys, list):  # pragma: no cover - a JSON object always gives the hook's list
+        raise ComfyBadResponse(f"{what}: not a JSON object", status=200)
+    return set(keys)
+
+
+def read_model_files(response: httpx.Response, what: str) -> set[str]:
+    """The file names of a `/models/<folder>` answer (a JSON list of strings)."""
+    _expect_ok(response, what)
+    data = read_json(response, what)
+    if not isinstance(data, list):
+        raise ComfyBadResponse(f"{what}: not a JSON list of file names", status=200)
+    return {item for item in data if isinstance(item, str)}
+
+
 def read_system_stats(response: httpx.Response, what: str = "GET /system_stats") -> dict[str, Any]:
     """Readiness in one place: only a 200 JSON object with a `system` key is ComfyUI being up."""
     check_portal(response, what)
@@ -212,6 +252,28 @@ class ComfyClient:
         except ComfyError:
             return False
         return True
+
+    async def node_classes(self, http_timeout: float = OBJECT_INFO_TIMEOUT_S) -> set[str]:
+        """`GET /object_info`: the node classes ComfyUI imported (a pack that failed to import
+        has none there). Only the top-level keys are kept; the answer is read up to a cap."""
+        what = "GET /object_info"
+        response = await self._get_capped(
+            "/object_info", max_bytes=OBJECT_INFO_MAX_BYTES, http_timeout=http_timeout
+        )
+        _expect_ok(response, what)
+        return read_object_info_classes(response.content, what)
+
+    async def model_files(self, folder: str, http_timeout: float | None = None) -> set[str] | None:
+        """`GET /models/<folder>`: the files ComfyUI lists in that models folder, or None when
+        ComfyUI has no such folder (404, e.g. a legacy name such as `unet`)."""
+        path = f"/models/{quote(folder, safe='')}"
+        what = f"GET {path}"
+        response = await self._get_capped(
+            path, max_bytes=MODELS_MAX_BYTES, http_timeout=http_timeout
+        )
+        if response.status_code == 404:
+            return None
+        return read_model_files(response, what)
 
     async def queue_prompt(
         self, graph: dict[str, Any], *, client_id: str, prompt_id: str | None = None
@@ -321,6 +383,41 @@ class ComfyClient:
             raise ComfyUnreachable(f"{what}: {type(exc).__name__}: {exc}") from None
         check_portal(response, what)
         return response
+
+    async def _get_capped(
+        self, path: str, *, max_bytes: int, http_timeout: float | None = None
+    ) -> httpx.Response:
+        """`GET path`, its body read in chunks and refused past `max_bytes`; returned as a read
+        response (decoded body, so `.content` and `.json()` work). Raises as `_request` does."""
+        what = f"GET {path}"
+        seconds = self.timeout if http_timeout is None else http_timeout
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            async with self._client.stream(
+                "GET", self.base_url + path, headers=bearer_headers(self._token), timeout=seconds
+            ) as response:
+                check_portal(response, what)
+                async for chunk in response.aiter_bytes():
+                    size += len(chunk)
+                    if size > max_bytes:
+                        raise ComfyBadResponse(
+                            f"{what}: answer larger than {max_bytes} bytes",
+                            status=response.status_code,
+                        )
+                    chunks.append(chunk)
+        except httpx.TimeoutException:
+            raise ComfyUnreachable(f"{what}: no answer within {seconds:g}s") from None
+        except httpx.TransportError as exc:
+            raise ComfyUnreachable(f"{what}: {type(exc).__name__}: {exc}") from None
+        except httpx.DecodingError:
+            raise ComfyBadResponse(f"{what}: an answer that does not decode") from None
+        headers = [
+            (name, value)
+            for name, value in response.headers.items()
+            if name.lower() not in ("content-encoding", "content-length", "transfer-encoding")
+        ]
+        return httpx.Response(response.status_code, headers=headers, content=b"".join(chunks))
 
 
 def _expect_ok(response: httpx.Response, what: str) -> None:

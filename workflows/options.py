@@ -95,6 +95,22 @@ def destroy(task_queue: str) -> dict[str, Any]:
     }
 
 
+def stop(task_queue: str) -> dict[str, Any]:
+    """`vast.stop` (park): on the shared provider queue, see `activities.vast.VastActivities.stop`.
+    Idempotent, so retried like any provider call; the slot then watches `vast.observe`."""
+    return {
+        "task_queue": vast_queue(task_queue),
+        "start_to_close_timeout": timedelta(seconds=90),
+        "retry_policy": VAST_RETRY,
+    }
+
+
+def start(task_queue: str) -> dict[str, Any]:
+    """`vast.start` (resume): as `stop`; whether the instance runs again is for the slot's
+    resume timeout to judge, not for this retry policy."""
+    return stop(task_queue)
+
+
 def tokens() -> dict[str, Any]:
     return {"start_to_close_timeout": timedelta(seconds=60), "retry_policy": TOKENS_RETRY}
 
@@ -131,6 +147,28 @@ def validate_ports(cfg: SlotConfig) -> dict[str, Any]:
     return {
         "start_to_close_timeout": _one_probe(cfg.probe),
         "retry_policy": RetryPolicy(maximum_attempts=3),
+    }
+
+
+def check_environment(cfg: SlotConfig) -> dict[str, Any]:
+    """One check of the environment (`comfy.check_environment`): `/object_info` (up to 30 s,
+    `warmpool.comfy.OBJECT_INFO_TIMEOUT_S`: it describes every node class) and one listing per
+    models folder.
+
+    The slot loops over checks with its own timer until its provisioning timeout; this policy
+    only rides out a short outage (ComfyUI restarted to import new nodes, a dropped
+    connection, a 5xx) within one check. A refused token is the probes' configuration error.
+    """
+    return {
+        "start_to_close_timeout": timedelta(seconds=30) + cfg.probe.http_timeout * 4,
+        "schedule_to_close_timeout": timedelta(minutes=5),
+        "retry_policy": RetryPolicy(
+            initial_interval=timedelta(seconds=1),
+            backoff_coefficient=2.0,
+            maximum_interval=cfg.probe.readiness_max_interval,
+            maximum_attempts=5,
+            non_retryable_error_types=[ErrorType.PORTAL_UNAUTHORIZED, ErrorType.CONFIGURATION],
+        ),
     }
 
 

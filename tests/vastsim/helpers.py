@@ -10,8 +10,15 @@ import httpx
 from tests.helpers import assert_eventually
 from vastsim import SimConfig, Simulator
 
-# running 0.09 s after the create, ComfyUI ready 0.06 s later
-FAST = SimConfig(provision_s=0.03, created_s=0.03, loading_s=0.03, comfy_boot_s=0.06, prompt_s=0.02)
+# running 0.09 s after the create, ComfyUI ready 0.06 s later; a resume runs 0.05 s after its start
+FAST = SimConfig(
+    provision_s=0.03,
+    created_s=0.03,
+    loading_s=0.03,
+    comfy_boot_s=0.06,
+    prompt_s=0.02,
+    resume_s=0.05,
+)
 TOKEN = "portal-secret-123"
 COMFY_ENV = {"-p 8188:8188": "1", "-p 18188:18188": "1", "OPEN_BUTTON_TOKEN": TOKEN}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 import ssl
 from collections.abc import Callable
@@ -375,3 +376,108 @@ async def test_clean_stops_on_the_first_failure() -> None:
         await client_for(fake).clean()
     assert "POST /interrupt" in str(caught.value)
     assert [c for c, _ in fake.calls()] == ["POST /queue", "POST /interrupt"]
+
+
+# --- the environment check: /object_info and /models/<folder> -------------------------------
+
+
+def object_info(classes: int, extra: tuple[str, ...] = ()) -> dict[str, Any]:
+    """An /object_info of the real size: ~1 KB per class (478 classes: ~500 KB)."""
+    names = [f"Node{i:03d}" for i in range(classes)] + list(extra)
+    return {
+        name: {
+            "input": {"required": {"image": ["IMAGE"], "value": ["INT", {"default": 0}]}},
+            "input_order": {"required": ["image", "value"]},
+            "output": ["IMAGE"],
+            "output_is_list": [False],
+            "output_name": ["IMAGE"],
+            "name": name,
+            "display_name": name,
+            "description": "x" * 700,
+            "python_module": "nodes",
+            "category": "image",
+            "output_node": False,
+        }
+        for name in names
+    }
+
+
+async def test_node_classes_are_the_top_level_keys_of_object_info() -> None:
+    data = object_info(478, extra=("StudioLoader",))
+    body = json.dumps(data).encode()
+    assert 450_000 < len(body) < 600_000
+    fake = FakeComfy({"GET /object_info": lambda _: httpx.Response(200, content=body)})
+    classes = await client_for(fake).node_classes()
+    assert classes == set(data) and "StudioLoader" in classes and "image" not in classes
+    assert fake.seen[0].headers["authorization"] == f"Bearer {TOKEN}"
+
+
+async def test_object_info_compressed_by_the_portal_is_read() -> None:
+    body = gzip.compress(json.dumps(object_info(3)).encode())
+    headers = {"Content-Encoding": "gzip", "Content-Type": "application/json"}
+    fake = FakeComfy(
+        {"GET /object_info": lambda _: httpx.Response(200, content=body, headers=headers)}
+    )
+    assert await client_for(fake).node_classes() == {"Node000", "Node001", "Node002"}
+
+
+async def test_model_files_lists_a_folder_and_none_for_an_unknown_one() -> None:
+    fake = FakeComfy(
+        {
+            "GET /models/checkpoints": answer(200, ["sdxl.safetensors", "sub/x.ckpt"]),
+            "GET /models/loras": answer(200, []),
+        }
+    )
+    client = client_for(fake)
+    assert await client.model_files("checkpoints") == {"sdxl.safetensors", "sub/x.ckpt"}
+    assert await client.model_files("loras") == set()
+    assert await client.model_files("unet") is None  # 404: ComfyUI has no such folder
+    assert {r.headers["authorization"] for r in fake.seen} == {f"Bearer {TOKEN}"}
+
+
+@pytest.mark.parametrize(
+    ("route", "error"),
+    [
+        (answer(401, headers={"WWW-Authenticate": "Basic"}), ComfyUnauthorized),
+        (answer(403), ComfyUnauthorized),
+        (lambda _: httpx.Response(502, text="<html/>", headers=PLACEHOLDER), ComfyNotReady),
+        (empty(503), ComfyNotReady),
+        (lambda _: httpx.Response(500, text="500 Internal Server Error"), ComfyBadResponse),
+        (lambda _: httpx.Response(200, text="<html>ComfyUI</html>"), ComfyBadResponse),
+        (answer(200, ["Node"]), ComfyBadResponse),  # a list is no /object_info
+        (refuse, ComfyUnreachable),
+        (too_slow, ComfyUnreachable),
+    ],
+    ids=["401", "403", "placeholder", "503", "500", "html", "list", "refused", "timeout"],
+)
+async def test_object_info_failures(route: Route, error: type[ComfyError]) -> None:
+    client = client_for(FakeComfy({"GET /object_info": route}))
+    with pytest.raises(error) as caught:
+        await client.node_classes()
+    assert_no_token(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("route", "error"),
+    [
+        (answer(401), ComfyUnauthorized),
+        (empty(502), ComfyNotReady),
+        (empty(500), ComfyBadResponse),
+        (answer(200, {"files": []}), ComfyBadResponse),
+        (refuse, ComfyUnreachable),
+    ],
+    ids=["401", "502", "500", "object", "refused"],
+)
+async def test_model_files_failures(route: Route, error: type[ComfyError]) -> None:
+    client = client_for(FakeComfy({"GET /models/vae": route}))
+    with pytest.raises(error) as caught:
+        await client.model_files("vae")
+    assert_no_token(caught.value)
+
+
+async def test_an_answer_past_the_cap_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("warmpool.comfy.OBJECT_INFO_MAX_BYTES", 10_000)
+    body = json.dumps(object_info(20)).encode()
+    fake = FakeComfy({"GET /object_info": lambda _: httpx.Response(200, content=body)})
+    with pytest.raises(ComfyBadResponse, match="larger than 10000 bytes"):
+        await client_for(fake).node_classes()
