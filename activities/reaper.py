@@ -21,10 +21,11 @@ from warmpool.clients import slot as slot_client
 from warmpool.labels import pool_label_prefix, slot_workflow_id
 from warmpool.models import Model
 from warmpool.reaper import Candidate, SlotClaim
-from warmpool.vast import Instance, VastClient
+from warmpool.vast import Instance, VastClient, billing_per_hour, is_stopped
 
 GONE_STATES = frozenset({"unloaded"})
-"""A destroyed instance can linger in the list as `unloaded`: it bills nothing."""
+"""A destroyed instance can linger in the list as `unloaded`: it bills nothing. A `stopped`
+one is listed: its disk bills until it is destroyed."""
 RPC_TIMEOUT = timedelta(seconds=10)
 PARALLEL_READS = 8
 
@@ -44,9 +45,10 @@ def to_candidate(instance: Instance) -> Candidate:
     return Candidate(
         instance_id=instance.id,
         label=instance.label,
-        dph_total=instance.dph_total,
+        dph_total=billing_per_hour(instance),
         started_at=started,
         actual_status=instance.actual_status,
+        stopped=is_stopped(instance),
     )
 
 

@@ -3,8 +3,9 @@
 Vast.ai activities go to provider task queues whose start rate the Temporal server limits across
 every worker: search, create and destroy, the endpoints with the tightest per-key limits, each on
 a queue of its own at one start per endpoint interval; every other provider call on
-`<queue>-vast` (`vast_calls_per_second`). Shared by the activity options (`workflows/options.py`),
-the activities' registration (`activities/__init__.py`) and the worker.
+`<queue>-vast` (`vast_calls_per_second`), stop and start (park, resume) included: they are rare,
+idempotent, and paced per client at their endpoint's 1.1 s. Shared by the activity options
+(`workflows/options.py`), the activities' registration (`activities/__init__.py`) and the worker.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ PACED_QUEUES = (SEARCH_QUEUE, CREATE_QUEUE, DESTROY_QUEUE)
 
 
 def vast_queue(task_queue: str) -> str:
-    """Every other provider call (observe, show, listings): `vast_calls_per_second`."""
+    """Every other provider call (observe, show, listings, stop, start): `vast_calls_per_second`."""
     return f"{task_queue}{VAST_QUEUE_SUFFIX}"
 
 

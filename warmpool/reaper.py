@@ -10,6 +10,10 @@ and only when ownership could be verified:
   its rent may have landed and not returned yet (the rent adopts the label on retry);
 - an instance without a provider start date is kept: its age is unknown.
 
+A stopped instance (a parked slot's, or one a slot lost track of) is a candidate like a running
+one: its disk still bills, so an unowned one is reaped the same way; its `dph_total` is then
+what the disk costs, and the report marks it stopped.
+
 Everything here is deterministic, so the reaper workflow decides in workflow code and the
 decision is in its history.
 """
@@ -53,8 +57,11 @@ class Candidate(Model):
     instance_id: int
     label: str | None
     dph_total: float | None = None
+    """What it bills now, $/h (`warmpool.vast.billing_per_hour`): the disk alone if stopped."""
     started_at: datetime | None = None
     actual_status: str | None = None
+    stopped: bool = False
+    """Stopped (GPU freed, disk kept and billed): still billing, reaped like a running one."""
 
 
 class SlotClaim(Model):

@@ -1,4 +1,4 @@
-"""How does the pool talk to Vast.ai? An async client for the six calls it needs, and their models.
+"""How does the pool talk to Vast.ai? An async client for the eight calls it needs, and models.
 
 The facts come from /work/shared/vastai-api.md. One method is one HTTP request (pages of the list
 aside): there are no retry loops here, because Temporal activities retry. Every answer is
@@ -49,11 +49,12 @@ MAX_PORTS = 64  # Vast.ai maps at most 64 ports per instance
 
 # Vast.ai limits each endpoint to a minimum interval between calls, per key and per IP. The spec
 # gives thresholds without a unit (create 4.5 with a 12 penalty, show 2.0, v1 list 1.0, destroy
-# 3.0) and search as "10 per minute per IP", i.e. one per 6 s: the same range, so we read them as
-# seconds. Each gets about 10 % headroom because the server measures arrivals, not our sends;
-# create gets more since a violation costs the 12 s penalty. The account call has no published
-# threshold and is rare, so it gets the cheapest read's. These pace one client only: the limits
-# are per key, so calls from several workers are kept under them by the task-queue rate limit.
+# 3.0, state/label 1.0: the stop and start calls) and search as "10 per minute per IP", i.e. one
+# per 6 s: the same range, so we read them as seconds. Each gets about 10 % headroom because the
+# server measures arrivals, not our sends; create gets more since a violation costs the 12 s
+# penalty. The account call has no published threshold and is rare, so it gets the cheapest
+# read's. These pace one client only: the limits are per key, so calls from several workers are
+# kept under them by the task-queue rate limit.
 VAST_DEFAULT_MIN_INTERVALS: Mapping[str, float] = MappingProxyType(
     {
         "bundles": 6.5,
@@ -61,6 +62,7 @@ VAST_DEFAULT_MIN_INTERVALS: Mapping[str, float] = MappingProxyType(
         "show": 2.2,
         "list": 1.1,
         "destroy": 3.3,
+        "state": 1.1,
         "user": 1.1,
     }
 )
@@ -83,6 +85,7 @@ def scaled_min_intervals(scale: float) -> dict[str, float]:
 
 
 _GONE_CODES = frozenset({"no_such_instance", "not_found"})
+HOURS_PER_MONTH = 720.0  # Vast.ai prices disk in $/GB/month of 30 days (the CLI's month)
 _OFFER_GONE_PHRASES = ("unavailable", "no longer rentable", "already rented")
 _MIN_ECHOED_SECRET = 8  # env values this long are scrubbed from create errors; "1" is not a secret
 
@@ -142,6 +145,8 @@ class Instance(_ApiModel):
     ssh_port: int | None = None
     ssh_idx: str | None = None
     dph_total: float | None = None
+    storage_cost: float | None = None  # $/GB/month of disk, what a stopped instance still bills
+    storage_total_cost: float | None = None  # $/h of this instance's disk
     disk_space: float | None = None
     gpu_name: str | None = None
     num_gpus: int | None = None
@@ -331,10 +336,37 @@ def to_summary(offer: Offer) -> OfferSummary:
         gpu_name=offer.gpu_name,
         num_gpus=offer.num_gpus,
         dph_total=offer.dph_total,
+        storage_cost=offer.storage_cost,
         disk_space=offer.disk_space,
         direct_port_count=offer.direct_port_count,
         geolocation=offer.geolocation,
     )
+
+
+# --- what an instance bills ------------------------------------------------------------------
+
+
+def is_stopped(instance: Instance) -> bool:
+    """The container is stopped (parked, outbid, or not resumed yet): its GPU bills nothing."""
+    if instance.actual_status is not None:
+        return instance.actual_status == "stopped"
+    return instance.cur_state == "stopped"
+
+
+def storage_per_hour(instance: Instance) -> float | None:
+    """$/h of the instance's disk: `storage_total_cost`, else disk GB x `storage_cost` / month."""
+    if instance.storage_total_cost is not None:
+        return instance.storage_total_cost
+    if instance.storage_cost is None or instance.disk_space is None:
+        return None
+    return instance.disk_space * instance.storage_cost / HOURS_PER_MONTH
+
+
+def billing_per_hour(instance: Instance) -> float | None:
+    """What the instance bills now, $/h: its disk only while stopped (vastai-api.md section 5),
+    else `dph_total`. Vast.ai may keep showing the contract's `dph_total` on a stopped
+    instance, so that figure is never taken for a stopped one's cost."""
+    return storage_per_hour(instance) if is_stopped(instance) else instance.dph_total
 
 
 # --- search query and its client-side re-check -----------------------------------------------
@@ -719,6 +751,34 @@ class VastClient:
             return False
         _success(answer)
         return True
+
+    async def stop_instance(self, instance_id: int) -> None:
+        """Ask to stop (`PUT /instances/{id}/ {"state": "stopped"}`): the disk is kept and
+        billed, the GPU is freed. Accepted, not done: `actual_status` says when it is stopped.
+        Raises VastNotFound when the instance is gone (`no_such_instance` / `not_found`)."""
+        await self._set_state(instance_id, "stopped")
+
+    async def start_instance(self, instance_id: int) -> None:
+        """Ask a stopped instance to run again (`{"state": "running"}`). Accepted, not done:
+        it runs only if its host's GPU is still free, so the caller watches `actual_status`
+        (with new host ports) under its own timeout. Raises VastNotFound when it is gone."""
+        await self._set_state(instance_id, "running")
+
+    async def _set_state(self, instance_id: int, state: str) -> None:
+        answer = await self._send(
+            "state", "PUT", f"{self._v0}/instances/{instance_id}/", json_body={"state": state}
+        )
+        refused = answer.status >= 400 or answer.fields.get("success") is False
+        if refused and answer.status < 500 and answer.code in _GONE_CODES:
+            # also for a 200 with success false: the caller must tell "gone" from "refused"
+            raise VastNotFound(
+                answer.message,
+                endpoint=answer.endpoint,
+                status=answer.status,
+                code=answer.code,
+                redact=answer.secrets,
+            )
+        _success(answer)
 
     # --- transport ----------------------------------------------------------------------------
 

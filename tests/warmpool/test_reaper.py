@@ -8,17 +8,21 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from activities.reaper import to_candidate
+from warmpool.cli.reaper import render_report
 from warmpool.models import SlotState
 from warmpool.reaper import (
     Candidate,
     Reaped,
     ReaperInput,
+    ReaperReport,
     SlotClaim,
     Verdict,
     decide,
     saved_per_hour,
     slots_named,
 )
+from warmpool.vast import Instance
 
 S = SlotState
 NOW = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
@@ -107,6 +111,47 @@ def test_saved_per_hour_counts_only_what_was_still_billing() -> None:
         Reaped(instance_id=3, label="wp.p.2.1", dph_total=0.125),
     ]
     assert saved_per_hour(reaped) == 0.375
+
+
+def test_a_stopped_instance_bills_its_disk_and_is_reaped_like_a_running_one() -> None:
+    """Parked or lost, a stopped instance still bills storage: an unowned one is an orphan."""
+    row = {"label": "wp.p.4.1", "dph_total": 0.5, "disk_space": 250, "storage_cost": 0.144}
+    started = OLD.timestamp()
+    running = to_candidate(
+        Instance.model_validate({"id": 1, "actual_status": "running", "start_date": started, **row})
+    )
+    stopped = to_candidate(
+        Instance.model_validate({"id": 2, "actual_status": "stopped", "start_date": started, **row})
+    )
+    assert (running.dph_total, running.stopped) == (0.5, False)
+    assert stopped.stopped and stopped.dph_total == pytest.approx(0.05)  # 250 GB x 0.144 / 720
+    owned = inst(3, "wp.p.0.1").model_copy(update={"stopped": True})
+    decisions = decide(
+        [running, stopped, owned],
+        [live(0, S.READY, 1, 3)],
+        pool="p",
+        now=NOW,
+        grace=GRACE,
+    )
+    assert [d.verdict for d in decisions] == [Verdict.ORPHAN, Verdict.ORPHAN, Verdict.OWNED]
+    reaped = [Reaped(instance_id=c.instance_id, label=c.label, dph_total=c.dph_total or 0.0)
+              for c in (running, stopped)]  # fmt: skip
+    assert saved_per_hour(reaped) == pytest.approx(0.55)
+    report = ReaperReport(
+        pool="p",
+        checked_at=NOW,
+        grace=GRACE,
+        dry_run=False,
+        listed=3,
+        decisions=decisions,
+        destroyed=reaped,
+        failed=[],
+        saved_per_hour=saved_per_hour(reaped),
+    )
+    text = render_report(report)
+    assert "destroyed 2 wp.p.4.1 $0.0500/h stopped (disk only)" in text
+    assert "destroyed 1 wp.p.4.1 $0.5000/h\n" in text
+    assert "owned          3 wp.p.0.1 [stopped]: slot 0 holds it" in text
 
 
 def test_reaper_input_rejects_a_bad_pool_or_a_negative_grace() -> None:

@@ -42,9 +42,12 @@ from warmpool.vast import (
     Instance,
     Offer,
     VastClient,
+    billing_per_hour,
+    is_stopped,
     parse_retry_after,
     port_env,
     scaled_min_intervals,
+    storage_per_hour,
     to_summary,
     to_view,
 )
@@ -294,8 +297,9 @@ async def test_search_invalid_json_body_is_rejected(vast: MakeClient) -> None:
 
 
 def test_to_summary() -> None:
-    summary = to_summary(Offer.model_validate(offer_row(3, extra_field="x")))
+    summary = to_summary(Offer.model_validate(offer_row(3, extra_field="x", storage_cost=0.2)))
     assert summary.id == 3 and summary.machine_id == 1003 and summary.geolocation == "Oslo, NO"
+    assert summary.storage_cost == 0.2
 
 
 # --- create ----------------------------------------------------------------------------------
@@ -579,6 +583,107 @@ async def test_destroy_rate_limited(vast: MakeClient) -> None:
     with pytest.raises(VastRateLimited) as caught:
         await client.destroy_instance(77)
     assert caught.value.retry_after is None and is_retryable(caught.value)
+
+
+# --- stop / start ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("call", "state"), [("stop", "stopped"), ("start", "running")])
+async def test_stop_and_start_put_the_state(vast: MakeClient, call: str, state: str) -> None:
+    client, seen = vast(ok({"success": True}), ok({"success": True, "msg": "ok"}))
+    method = client.stop_instance if call == "stop" else client.start_instance
+    await method(77)
+    await method(77)  # a repeated call is just another accepted call
+    assert [(r.method, r.url.path) for r in seen] == [("PUT", "/api/v0/instances/77/")] * 2
+    assert json.loads(seen[0].content) == {"state": state}
+    assert seen[0].headers["Content-Type"] == "application/json"
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        ok({"success": False, "error": "no_such_instance", "msg": "Instance 77 not found."}, 404),
+        ok({"success": False, "error": "not_found", "msg": "Instance not found"}, status=404),
+        ok({"success": False, "error": "no_such_instance", "msg": "Instance 77 not found."}),
+        text("Not Found", status=404),
+    ],
+)
+async def test_stop_of_a_gone_instance_is_not_found(
+    vast: MakeClient, answer: httpx.Response
+) -> None:
+    client, _ = vast(answer)
+    with pytest.raises(VastNotFound) as caught:
+        await client.stop_instance(77)
+    assert not is_retryable(caught.value)
+    with pytest.raises(VastNotFound):
+        await client.start_instance(77)
+
+
+@pytest.mark.parametrize(
+    ("answer", "error_type"),
+    [
+        (
+            ok({"success": False, "error": "missing_billing", "msg": "add a card"}, 400),
+            VastRequestRejected,
+        ),
+        (ok({"success": False, "error": "server_busy", "msg": "try later"}), VastRequestRejected),
+        (ok({"detail": "API requests too frequent endpoint threshold=1.0"}, 429), VastRateLimited),
+        (ok({"success": False, "error": "no_such_instance", "msg": "x"}, 502), VastServerError),
+        (text("<html>oops</html>"), VastMalformedResponse),
+        (
+            ok({"success": False, "error": "auth_error", "msg": "Invalid user key"}, 401),
+            VastAuthError,
+        ),
+    ],
+)
+async def test_stop_and_start_failures(
+    vast: MakeClient, answer: httpx.Response, error_type: type[VastError]
+) -> None:
+    client, _ = vast(answer)
+    for method in (client.stop_instance, client.start_instance):
+        with pytest.raises(error_type) as caught:
+            await method(77)
+        assert type(caught.value) is error_type
+        assert caught.value.endpoint == "PUT /api/v0/instances/77/"
+
+
+async def test_state_calls_are_paced_and_back_off_after_a_429(vast: MakeClient) -> None:
+    arrivals: list[float] = []
+    answers = [too_frequent(), ok({"success": True})]
+
+    def clock(request: httpx.Request) -> httpx.Response:
+        arrivals.append(time.monotonic())
+        return answers.pop(0) if len(answers) > 1 else answers[0]
+
+    jitter = Jitter()
+    client, _ = vast(clock, min_intervals={"state": 0.05}, jitter=jitter)
+    with pytest.raises(VastRateLimited):
+        await client.stop_instance(1)
+    await client.start_instance(2)
+    await client.stop_instance(3)
+    assert jitter.asked == [(0.05, 0.1)]  # the 429's backoff, shared by stop and start
+    assert arrivals[1] - arrivals[0] >= 0.095 and arrivals[2] - arrivals[1] >= 0.045
+
+
+def test_a_stopped_instance_bills_its_disk_only() -> None:
+    running = Instance.model_validate(
+        instance_row(1, dph_total=0.5, disk_space=250, storage_cost=0.144)
+    )
+    assert not is_stopped(running) and billing_per_hour(running) == 0.5
+    assert storage_per_hour(running) == pytest.approx(0.05)  # 250 GB x $0.144 / 720 h
+    parked = running.model_copy(update={"actual_status": "stopped"})
+    assert is_stopped(parked) and billing_per_hour(parked) == pytest.approx(0.05)
+    shown = parked.model_copy(update={"storage_total_cost": 0.07})
+    assert billing_per_hour(shown) == 0.07  # the provider's own figure first
+    unknown = Instance.model_validate(instance_row(2, actual_status="stopped", dph_total=0.5))
+    assert billing_per_hour(unknown) is None  # never the GPU's rate for a stopped instance
+    created_stopped = Instance.model_validate({"id": 3, "cur_state": "stopped"})
+    resuming = Instance.model_validate(
+        {"id": 4, "actual_status": "stopped", "intended_status": "running"}
+    )
+    assert is_stopped(created_stopped) and is_stopped(resuming)
+    view = to_view(resuming)
+    assert (view.actual_status, view.intended_status) == ("stopped", "running")
 
 
 # --- status mapping --------------------------------------------------------------------------
@@ -941,6 +1046,7 @@ def test_construction() -> None:
         "show",
         "list",
         "destroy",
+        "state",
         "user",
     }
 

@@ -141,6 +141,28 @@ async def test_reaper_destroys_old_orphans_and_keeps_owned_young_and_foreign(
 
 
 @pytest.mark.integration
+async def test_a_stopped_orphan_is_reaped_and_reported_as_billing_its_disk(
+    stack_factory: Make,
+) -> None:
+    """Nothing stopped is forgotten: a stopped instance with the pool's label and no slot
+    still bills its disk, so the reaper destroys it like a running one."""
+    stack: Stack = await stack_factory()
+    pool = new_pool()
+    parked = await rent_directly(stack, f"wp.{pool}.2.1", age_s=HOUR)
+    await stack.activities.client.stop_instance(parked)
+    report = await reap(stack, pool)
+    [decision] = report.decisions
+    assert decision.verdict == Verdict.ORPHAN and decision.candidate.stopped
+    assert decision.candidate.actual_status == "stopped"
+    assert [r.instance_id for r in report.destroyed] == [parked]
+    storage = stack.sim.cloud.instance(parked).storage_per_hour()
+    assert report.saved_per_hour == pytest.approx(storage, abs=1e-4)
+    assert storage < stack.sim.cloud.instance(parked).offer["dph_total"]
+    assert parked not in live_ids(stack)
+    await cleanup(stack)
+
+
+@pytest.mark.integration
 async def test_an_unreadable_or_finished_slot_claims_accordingly(
     dev_env: WorkflowEnvironment,
 ) -> None:

@@ -125,10 +125,12 @@ def render_report(report: ReaperReport) -> str:
         f"reaper {report.pool}: {report.listed} labelled instance(s), {len(orphans)} orphan(s), "
         f"{outcome} (grace {_human(report.grace)})"
     ]
+    stopped = {d.candidate.instance_id for d in report.decisions if d.candidate.stopped}
     for reaped in report.destroyed:
         gone = " (already gone)" if reaped.already_gone else ""
+        disk = " stopped (disk only)" if reaped.instance_id in stopped else ""
         lines.append(
-            f"  destroyed {reaped.instance_id} {reaped.label} ${reaped.dph_total:.4f}/h{gone}"
+            f"  destroyed {reaped.instance_id} {reaped.label} ${reaped.dph_total:.4f}/h{disk}{gone}"
         )
     for failure in report.failed:
         lines.append(f"  FAILED    {failure.instance_id} {failure.label}: {failure.error}")
@@ -136,7 +138,8 @@ def render_report(report: ReaperReport) -> str:
         if d.verdict == Verdict.ORPHAN and not report.dry_run:
             continue
         c = d.candidate
-        lines.append(f"  {d.verdict.value:<14} {c.instance_id} {c.label}: {d.reason}")
+        state = " [stopped]" if c.stopped else ""
+        lines.append(f"  {d.verdict.value:<14} {c.instance_id} {c.label}{state}: {d.reason}")
     return "\n".join(lines)
 
 
