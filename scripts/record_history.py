@@ -16,7 +16,8 @@ hide an unintended one.
 
 Then a pool of at most two slots runs on the same stack: a lease takes its one READY slot, a
 waiting request (`request_lease`) is granted once the replacement is READY, the first lease is
-renewed, both are released (each slot cleans), and a drain ends the pool. The replay test
+renewed, both are released (each slot cleans), the surplus slot is parked (stopped) and resumed
+when a third lease leaves no idle slot above use, and a drain ends the pool. The replay test
 replays that history in Temporal's default sandbox, which the worker spares the pool.
 """
 
@@ -54,6 +55,7 @@ from warmpool.models import (  # noqa: E402
     PoolInput,
     PoolStatus,
     RenewRequest,
+    ScalingPolicy,
     SlotEvent,
     SlotInput,
     SlotState,
@@ -219,7 +221,13 @@ async def run_pool(
 ) -> str:
     """Lease, wait for capacity, renew, release and drain a pool of two slots; its history."""
     client = env.client
-    config = PoolConfig(min_ready=1, max_slots=2, slot=settings.slot_config())
+    policy = ScalingPolicy(
+        buffer=1,
+        stopped_target=1,
+        park_after=timedelta(seconds=1),
+        scale_down_delay=timedelta(seconds=30),
+    )
+    config = PoolConfig(min_ready=1, max_slots=2, scaling=policy, slot=settings.slot_config())
     handle = await client.start_workflow(
         "WarmPoolWorkflow",
         PoolInput(pool=POOL_OF_TWO, config=config),
@@ -242,13 +250,17 @@ async def run_pool(
     await pool_client.renew(client, POOL_OF_TWO, RenewRequest(lease_id=first.lease_id))
     for grant in (first, waited):
         await pool_client.release(client, POOL_OF_TWO, grant.lease_id)
-    # Both clean; the pool then retires the idle slot beyond min_ready.
-    await wait_for(
-        handle, PoolStatus, lambda s: s.idle_ready >= 1 and not any(v.cleaning for v in s.slots)
+    # Both clean; the surplus slot is parked (stopped), then resumed for the next lease's buffer.
+    await wait_for(handle, PoolStatus, lambda s: s.counts.get("STOPPED") == 1)
+    third = await pool_client.acquire(
+        client, POOL_OF_TWO, LeaseRequest(holder="recorder", request_id="recorded-third")
     )
+    await wait_for(handle, PoolStatus, lambda s: s.idle_ready == 1 and "STOPPED" not in s.counts)
+    await pool_client.release(client, POOL_OF_TWO, third.lease_id)
+    await wait_for(handle, PoolStatus, lambda s: not any(v.cleaning for v in s.slots))
     await handle.signal("drain")
     final = await handle.result()
-    if final.slots or final.granted_total != 2 or sim.live_instances():
+    if final.slots or final.granted_total != 3 or sim.live_instances():
         raise SystemExit(f"record_history: the pool did not end cleanly: {final.counts}")
     labels = [info.label for info in sim.instances() if info.label]
     return without_secrets(await handle.fetch_history(), sim, labels, secrets)

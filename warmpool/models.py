@@ -8,11 +8,12 @@ derived inside activities only.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Any, Literal
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
 class Model(BaseModel):
@@ -36,6 +37,9 @@ class SlotState(StrEnum):
     BACKOFF = "BACKOFF"
     BLOCKED = "BLOCKED"
     DRAINING = "DRAINING"
+    STOPPING = "STOPPING"
+    STOPPED = "STOPPED"
+    RESUMING = "RESUMING"
     DONE = "DONE"
 
 
@@ -61,6 +65,9 @@ class FailureReason(StrEnum):
     PORTS_CHANGED = "ports_changed"
     """Not a failure of the instance: the provider mapped ComfyUI's port elsewhere, so the slot
     validates the new endpoint before it trusts it again."""
+    RESUME_FAILED = "resume_failed"
+    """A stopped instance did not run again in time (its GPU was rented meanwhile): not the
+    machine's fault, so it is not excluded; the slot destroys it and rents fresh."""
 
 
 class OfferConstraints(Model):
@@ -86,6 +93,8 @@ class OfferSummary(Model):
     gpu_name: str | None = None
     num_gpus: int | None = None
     dph_total: float | None = None
+    storage_cost: float | None = None
+    """$ per GB per month of disk: what a stopped instance still bills."""
     disk_space: float | None = None
     direct_port_count: int | None = None
     geolocation: str | None = None
@@ -277,6 +286,9 @@ class SlotConfig(Model):
     retry_backoff_max: timedelta = timedelta(minutes=10)
     transitions_kept: int = 30
     recycle_after_lease: bool = False
+    resume_timeout: timedelta = timedelta(minutes=5)
+    """A parked (stopped) instance not running again this long after its resume is given up:
+    its host's GPU was rented meanwhile. It is destroyed and the slot rents fresh."""
     lease_overdue_grace: timedelta = timedelta(minutes=5)
     """A slot still LEASED this long past `leased_until` (its pool's end never came) ends the
     lease itself, cleans and reports READY: no instance stays leased to nobody."""
@@ -371,6 +383,12 @@ class SlotRuntime(Model):
     log_error: str | None = None
     log_failed_instance: int | None = None
     """The instance whose collector failed for good (e.g. key rejected): not started again."""
+    park_requested: bool = False
+    """The pool asked to park this idle READY slot (stop the instance, keep its disk)."""
+    unpark_requested: bool = False
+    """The pool asked to resume this parked slot."""
+    resume_started: datetime | None = None
+    """When the current resume was asked of the provider (`resume_timeout` counts from it)."""
 
 
 class SlotInput(Model):
@@ -456,6 +474,8 @@ class SlotMessage(Model):
     end_lease: LeaseEndRequest | None = None
     retire: str | None = None
     resume: str | None = None
+    park: str | None = None
+    unpark: str | None = None
 
     @model_validator(mode="after")
     def _exactly_one(self) -> SlotMessage:
@@ -469,6 +489,8 @@ class SlotMessage(Model):
             "end_lease": self.end_lease,
             "retire": self.retire,
             "resume": self.resume,
+            "park": self.park,
+            "unpark": self.unpark,
         }
         return [(name, value) for name, value in values.items() if value is not None]
 
@@ -477,11 +499,63 @@ class SlotMessage(Model):
         return self._set()[0]
 
 
+Weekday = Literal["mon", "tue", "wed", "thu", "fri", "sat", "sun"]
+WEEKDAYS: tuple[Weekday, ...] = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
+
+
+class FloorPeriod(Model):
+    """A weekly period with its own floor, e.g. weekdays 08:00-20:00 floor 4, in the policy's
+    time zone. `end` at or before `start` crosses midnight (22:00-06:00)."""
+
+    days: list[Weekday] = Field(default_factory=lambda: list(WEEKDAYS), min_length=1)
+    start: time
+    end: time
+    floor: int = Field(ge=0, le=10_000)
+
+
+class ScalingPolicy(Model):
+    """How capacity follows demand (`warmpool.scaling`): keep `buffer` idle slots above what is
+    in use, never below the floor (`min_ready`, or a scheduled period's), never above
+    `max_slots`; shrink only after `scale_down_delay` of surplus, one slot at a time; park
+    up to `stopped_target` surplus slots (stopped: disk billed, GPU not) instead of destroying
+    them, and resume those before renting new ones."""
+
+    buffer: int = Field(default=1, ge=0, le=10_000)
+    scale_down_delay: timedelta = timedelta(minutes=10)
+    schedule: list[FloorPeriod] = Field(default_factory=list)
+    timezone: str = "UTC"
+    stopped_target: int = Field(default=0, ge=0, le=10_000)
+    park_after: timedelta = timedelta(minutes=5)
+    """How long a surplus slot is idle before it is parked (when the stopped tier has room)."""
+    demand_window: timedelta = timedelta(seconds=60)
+    """How long a lease refused for lack of capacity counts as demand."""
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        try:
+            ZoneInfo(value)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"unknown time zone {value!r} (an IANA name such as Europe/Paris)"
+            ) from None
+        return value
+
+    @field_validator("scale_down_delay", "park_after", "demand_window")
+    @classmethod
+    def _not_negative(cls, value: timedelta) -> timedelta:
+        if value < timedelta(0):
+            raise ValueError("must not be negative")
+        return value
+
+
 class PoolConfig(Model):
-    """What the pool keeps: `min_ready` idle READY slots, never more than `max_slots` in all."""
+    """What the pool keeps: at least `min_ready` slots warm (READY, leased or starting) and
+    `scaling.buffer` idle above use, never more than `max_slots` warm slots."""
 
     min_ready: int = Field(default=1, ge=0, le=10_000)
     max_slots: int = Field(default=4, ge=0, le=10_000)
+    scaling: ScalingPolicy = Field(default_factory=ScalingPolicy)
     budget_dph: float | None = Field(default=None, gt=0)
     safe_mode_after: int = Field(default=3, ge=1)
     """Distinct machines on which the same image fails the same way before safe mode."""
@@ -509,6 +583,8 @@ class SlotView(Model):
     retiring: bool = False
     cleaning: bool = False
     """A lease ended: not idle until the slot reports READY again (after its clean)."""
+    scaled_down: bool = False
+    """Retired by the policy for surplus: the next slot is retired only once this one is gone."""
     attempt_started: datetime | None = None
     """When the slot's current rental attempt began (RENTING); READY minus this is time to READY."""
 
@@ -572,6 +648,26 @@ class ResizeRequest(Model):
     budget_dph: float | None = Field(default=None, gt=0)
     clear_budget: bool = False
     """Remove the budget (`pool resize --no-budget`); `budget_dph` must then be None."""
+    buffer: int | None = Field(default=None, ge=0, le=10_000)
+    scale_down_delay: timedelta | None = None
+    stopped_target: int | None = Field(default=None, ge=0, le=10_000)
+    park_after: timedelta | None = None
+    schedule: list[FloorPeriod] | None = None
+    """Replaces the schedule (an empty list removes it)."""
+    timezone: str | None = None
+
+    def scaling_changes(self) -> dict[str, Any]:
+        """The scaling policy fields this request sets."""
+        names = ("buffer", "scale_down_delay", "stopped_target", "park_after", "schedule")
+        changes = {name: getattr(self, name) for name in names if getattr(self, name) is not None}
+        if self.timezone is not None:
+            changes["timezone"] = self.timezone
+        return changes
+
+    def config_changes(self) -> dict[str, Any]:
+        """The pool config fields (outside the policy) this request sets."""
+        names = ("min_ready", "max_slots", "budget_dph")
+        return {name: getattr(self, name) for name in names if getattr(self, name) is not None}
 
 
 class PoolFailure(Model):
@@ -601,6 +697,36 @@ class PoolStats(Model):
 
     def observe_failure(self, reason: str) -> None:
         self.failures_by_reason[reason] = self.failures_by_reason.get(reason, 0) + 1
+
+
+LEASE_WAITS_KEPT = 1_000
+
+
+class ScalingDecision(Model):
+    """One change of the pool's target, with why ("scaled 2 → 4: 3 waiting requests")."""
+
+    at: datetime
+    before: int
+    after: int
+    reason: str
+
+    def describe(self) -> str:
+        return f"scaled {self.before} → {self.after}: {self.reason}"
+
+
+class CostLedger(Model):
+    """What the pool's instances cost, integrated over time (`warmpool.scaling.account`)."""
+
+    since: datetime | None = None
+    last_at: datetime | None = None
+    spend_by_tier: dict[str, float] = Field(default_factory=dict)
+    """Dollars spent so far by tier: `idle` (READY, unleased), `leased`, `starting`,
+    `stopped` (disk only)."""
+    idle_gpu_seconds: float = 0.0
+    leased_gpu_seconds: float = 0.0
+    lease_waits: list[float] = Field(default_factory=list)
+    """Seconds each of the last LEASE_WAITS_KEPT granted leases waited (0 when granted at once)."""
+    refusals: int = 0
 
 
 class ExcludedMachine(Model):
@@ -636,6 +762,14 @@ class PoolRuntime(Model):
     unclaimed: dict[str, datetime] = Field(default_factory=dict)
     """Leases whose caller gave up waiting for the answer, by request id: ended unless the
     request is asked again by then."""
+    target: int | None = None
+    """Warm slots the policy last asked for (READY, leased or starting)."""
+    surplus_since: datetime | None = None
+    """Since when the pool has had more warm slots than its target (scale down after a delay)."""
+    refused: dict[str, datetime] = Field(default_factory=dict)
+    """Requests refused for lack of capacity lately, by request id: demand to scale up for."""
+    decisions: list[ScalingDecision] = Field(default_factory=list)
+    costs: CostLedger = Field(default_factory=CostLedger)
 
 
 class PoolInput(Model):
@@ -643,6 +777,34 @@ class PoolInput(Model):
     config: PoolConfig = Field(default_factory=PoolConfig)
     runtime: PoolRuntime | None = None
 
+
+class ScalingView(Model):
+    """The policy's reading now: why the pool has the slots it has."""
+
+    floor: int
+    demand: int
+    """Active leases, waiting requests and recent refusals."""
+    target: int
+    warm: int
+    """READY, leased and starting slots (not retiring)."""
+    stopped: int
+    surplus_since: datetime | None
+    decisions: list[ScalingDecision]
+
+
+class CostView(Model):
+    """What idle costs: spend per hour now by tier, and what has been spent and waited."""
+
+    spend_per_hour_by_tier: dict[str, float]
+    spend_total: float
+    spend_by_tier: dict[str, float]
+    idle_gpu_hours: float
+    leased_gpu_hours: float
+    dollars_per_leased_hour: float | None
+    lease_wait_p50_s: float | None
+    lease_wait_p95_s: float | None
+    refusals: int
+    since: datetime | None
 
 class PoolStatus(Model):
     pool: str
@@ -662,3 +824,6 @@ class PoolStatus(Model):
     granted_total: int
     stats: PoolStats
     excluded_machines: list[ExcludedMachine] = Field(default_factory=list)
+    scaling: ScalingView | None = None
+    costs: CostView | None = None
+

@@ -51,6 +51,8 @@ class Slot:
     RETIRE: Final = "retire"
     RESUME: Final = "resume"
     SSH_LOG: Final = "ssh_log"
+    PARK: Final = "park"
+    UNPARK: Final = "unpark"
 
 
 class TokenWatch:

@@ -12,11 +12,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
+from warmpool import scaling
 from warmpool.models import (
     PoolConfig,
     PoolLease,
     PoolRuntime,
     PoolStats,
+    ResizeRequest,
+    ScalingDecision,
+    ScalingPolicy,
+    ScalingView,
     SlotEvent,
     SlotState,
     SlotView,
@@ -95,17 +100,37 @@ def end_lease(rt: PoolRuntime, lease: PoolLease, reason: str, *, now: datetime) 
 
 @dataclass
 class Plan:
-    """What reconciling does now: slots to retire (index, why) and how many slots to start."""
+    """What reconciling does now: slots to retire (index, why), to park and to resume, how
+    many to start, and the decisions to make visible (status and history)."""
 
     retire: list[tuple[int, str]] = field(default_factory=list)
     start: int = 0
+    park: list[int] = field(default_factory=list)
+    unpark: list[int] = field(default_factory=list)
+    decisions: list[ScalingDecision] = field(default_factory=list)
 
 
-def plan(rt: PoolRuntime, cfg: PoolConfig) -> Plan:
-    """Retire or start slots so that `min_ready` are idle and READY within `max_slots`, the
-    budget and safe mode. Shrinking retires idle READY slots first, then starting ones, the
-    newest first; never a leased slot. In safe mode nothing rents: every slot that would rent
-    again (starting, failed, blocked) retires."""
+def shrink_order(views: list[SlotView]) -> list[SlotView]:
+    """Slots the pool may give up, best first: a rental still booting (the newest first: it
+    has cost least and serves nobody yet), then idle READY slots, the most expensive and then
+    the newest first. Never a leased slot, nor one cleaning after its lease."""
+    booting = [v for v in views if v.state in REPLACING and v.lease_id is None]
+    idle = [v for v in views if v.state == S.READY and v.lease_id is None and not v.cleaning]
+    booting.sort(key=lambda v: -v.index)
+    idle.sort(key=lambda v: (-(v.dph_total or 0.0), -v.index))
+    return booting + idle
+
+
+def plan(rt: PoolRuntime, cfg: PoolConfig, now: datetime) -> Plan:
+    """Bring the warm slots to the policy's target (`warmpool.scaling`) within `max_slots`,
+    the budget and safe mode.
+
+    Growing is at once: parked slots resume first, then new slots rent. Shrinking waits for
+    `scale_down_delay` of surplus and gives up one slot at a time (`shrink_order`), parking
+    it instead when the stopped tier has room and it has idled `park_after`. Above
+    `max_slots` (a resize) slots retire at once. In safe mode nothing rents or resumes: every
+    slot that would rent again (starting, failed, blocked) retires.
+    """
     views = [v for v in rt.slots.values() if not v.retiring]
     if rt.draining:
         return Plan(retire=[(v.index, "pool draining") for v in views])
@@ -114,30 +139,107 @@ def plan(rt: PoolRuntime, cfg: PoolConfig) -> Plan:
         stopping = {v.index for v in views if v.state in REPLACING and v.lease_id is None}
         result.retire = [(i, "pool in safe mode") for i in sorted(stopping)]
         views = [v for v in views if v.index not in stopping]
-    idle = len(idle_ready(rt))
-    starting = sum(1 for v in views if v.state in REPLACING)
-    excess_total = len(views) - cfg.max_slots
-    excess_idle = idle + starting - cfg.min_ready
-    retired: set[int] = set()
-    for v in sorted(views, key=lambda v: (v.state != S.READY, -v.index)):
-        if excess_total <= 0 and excess_idle <= 0:
-            break
-        if v.lease_id is None and (v.state == S.READY or v.state in STARTING):
-            result.retire.append((v.index, "pool shrinking"))
-            retired.add(v.index)
-            excess_total -= 1
-            excess_idle -= 1
+    policy = cfg.scaling
+    scaling.prune_refused(rt, cfg, now)
+    wanted = scaling.target(rt, cfg, now)
+    decision = scaling.decide(rt, wanted, now)
+    if decision is not None:
+        result.decisions.append(decision)
+    warm = [v for v in views if v.state not in scaling.PARKED]
+    stopped = [v for v in views if v.state == S.STOPPED]
+    parked = len(views) - len(warm)
+    for v in sorted(stopped, key=lambda v: -v.index)[: max(0, parked - policy.stopped_target)]:
+        result.retire.append((v.index, f"stopped tier above its target {policy.stopped_target}"))
+        stopped.remove(v)
+        parked -= 1
+    over = len(warm) - cfg.max_slots
+    for v in shrink_order(warm)[: max(0, over)]:
+        result.retire.append((v.index, f"above max_slots {cfg.max_slots}"))
+        warm.remove(v)
     if rt.safe_mode:
         return result
-    wanted = cfg.min_ready - (idle + starting)
-    room = cfg.max_slots - (len(views) - len(retired))
-    # A slot retired just now stops reserving the budget.
-    freed = sum(1 for i in retired if not rt.slots[i].instance_id)
-    for _ in range(max(0, min(wanted, room))):
-        if budget_limited(rt, cfg, extra_pending=result.start - freed):
-            break
-        result.start += 1
+    deficit = wanted.value - len(warm)
+    if deficit > 0:
+        rt.surplus_since = None
+        for v in sorted(stopped, key=lambda v: v.since)[:deficit]:
+            result.unpark.append(v.index)
+        deficit -= len(result.unpark)
+        room = cfg.max_slots - len(warm) - len(result.unpark)
+        freed = sum(1 for i, _ in result.retire if not rt.slots[i].instance_id)
+        for _ in range(max(0, min(deficit, room))):
+            if budget_limited(rt, cfg, extra_pending=result.start - freed):
+                break
+            result.start += 1
+    elif deficit < 0:
+        rt.surplus_since = rt.surplus_since or now
+        _shrink(rt, cfg, warm, parked, now, result)
+    else:
+        rt.surplus_since = None
     return result
+
+
+def _shrink(
+    rt: PoolRuntime, cfg: PoolConfig, warm: list[SlotView], parked: int, now: datetime, result: Plan
+) -> None:
+    """One surplus slot parked or retired, once the surplus has lasted long enough and the
+    previous one is gone."""
+    assert rt.surplus_since is not None
+    policy = cfg.scaling
+    if any(v.scaled_down or v.state == S.STOPPING for v in rt.slots.values()):
+        return  # one at a time
+    candidates = shrink_order(warm)
+    if not candidates:
+        return
+    victim = candidates[0]
+    lasted = now - rt.surplus_since
+    idle_for = now - victim.since
+    if (
+        victim.state == S.READY
+        and parked < policy.stopped_target
+        and lasted >= policy.park_after
+        and idle_for >= policy.park_after
+    ):
+        result.park.append(victim.index)
+        why = f"slot {victim.index} parked after {idle_for.total_seconds():g} s idle"
+    elif lasted >= policy.scale_down_delay:
+        result.retire.append((victim.index, "pool scaling down"))
+        victim.scaled_down = True
+        why = f"slot {victim.index} retired after {lasted.total_seconds():g} s of surplus"
+    else:
+        return
+    before = len(warm)
+    decision = ScalingDecision(at=now, before=before, after=before - 1, reason=why)
+    scaling.record(rt, decision)
+    result.decisions.append(decision)
+
+
+def resized(cfg: PoolConfig, request: ResizeRequest) -> PoolConfig:
+    """The config a resize asks for, validated whole; ValueError says what is impossible."""
+    if request.clear_budget and request.budget_dph is not None:
+        raise ValueError("a budget cannot be set and removed at once")
+    update = request.config_changes()
+    if request.clear_budget:
+        update["budget_dph"] = None
+    policy = cfg.scaling.model_dump()
+    policy.update(request.scaling_changes())
+    update["scaling"] = ScalingPolicy.model_validate(policy)
+    new = cfg.model_copy(update=update)
+    if new.min_ready > new.max_slots:
+        raise ValueError(f"min_ready {new.min_ready} exceeds max_slots {new.max_slots}")
+    return new
+
+
+def scaling_view(rt: PoolRuntime, cfg: PoolConfig, now: datetime) -> ScalingView:
+    wanted = scaling.target(rt, cfg, now)
+    return ScalingView(
+        floor=wanted.floor,
+        demand=wanted.demand,
+        target=wanted.value,
+        warm=len(scaling.warm(rt)),
+        stopped=len(scaling.parked(rt)),
+        surplus_since=rt.surplus_since,
+        decisions=list(rt.decisions),
+    )
 
 
 def count(stats: PoolStats, view: SlotView, event: SlotEvent, *, late: bool = False) -> None:

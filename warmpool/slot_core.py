@@ -104,6 +104,17 @@ def image_for(rt: SlotRuntime, cfg: SlotConfig) -> str:
     return cfg.image
 
 
+HOURS_PER_MONTH = 730.0
+
+
+def stopped_dph(rt: SlotRuntime, cfg: SlotConfig) -> float | None:
+    """What a stopped instance still bills per hour: its disk at the offer's storage price
+    ($/GB/month), or None when the offer did not say."""
+    if rt.offer is None or rt.offer.storage_cost is None:
+        return None
+    return round(rt.offer.storage_cost * cfg.disk_gb / HOURS_PER_MONTH, 6)
+
+
 def after_terminate(rt: SlotRuntime) -> tuple[SlotState, str]:
     """Where a slot goes once its instance is destroyed (confirmed); clears what it held."""
     rt.connection_url = None

@@ -22,7 +22,7 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from activities.slots import MachineExclusion, message_slot
-    from warmpool import market
+    from warmpool import market, scaling
     from warmpool import pool_core as core
     from warmpool.errors import ErrorType
     from warmpool.labels import pool_workflow_id, slot_workflow_id
@@ -56,6 +56,9 @@ S = SlotState
 KEEP_FAILURES = 20
 KEEP_REQUEST_IDS = 2_000
 MAX_WAIT = timedelta(minutes=30)
+CLEAN_WAIT = timedelta(seconds=30)
+"""How long a lease waits for a slot that is only cleaning after its last lease, rather than
+being refused while capacity is seconds away."""
 CONTINUE_AS_NEW_EVENTS = 1_000
 
 
@@ -89,6 +92,7 @@ class WarmPoolWorkflow:
         self._send_unsent()
         while True:
             self._dirty = False
+            scaling.account(self._rt, self._now())
             market.prune(self._rt, self._now())
             self._expire(self._now())
             self._grant_waiting()
@@ -132,6 +136,7 @@ class WarmPoolWorkflow:
         times = [lease.leased_until for lease in self._active_leases()]
         times += [w.deadline for w in self._rt.waiting]
         times += self._rt.unclaimed.values()
+        times += scaling.wake_times(self._rt, self._cfg, now)
         wake = min(times, default=now + timedelta(hours=1))
         if not self._woken() and self._wake_at is not None and self._wake_at <= wake:
             return
@@ -210,6 +215,7 @@ class WarmPoolWorkflow:
         task.add_done_callback(done)
 
     def _end_lease(self, lease: PoolLease, reason: str, *, tell_slot: bool = True) -> None:
+        scaling.account(self._rt, self._now())
         if not core.end_lease(self._rt, lease, reason, now=self._now()):
             return
         if tell_slot:
@@ -243,6 +249,7 @@ class WarmPoolWorkflow:
         view = idle[0]
         assert view.connection_url is not None
         now = self._now()
+        scaling.account(self._rt, now)
         duration = request.duration or self._cfg.default_lease
         lease = PoolLease(
             lease_id=str(workflow.uuid4()),
@@ -309,7 +316,8 @@ class WarmPoolWorkflow:
     def _grant_waiting(self) -> None:
         while self._rt.waiting and self._idle_ready():
             waiting = self._rt.waiting.pop(0)
-            self._grant(waiting.request)
+            if self._grant(waiting.request) is not None:
+                scaling.observe_wait(self._rt, (self._now() - waiting.since).total_seconds())
 
     def _check_lease_request(self, request: LeaseRequest) -> None:
         duration = request.duration or self._cfg.default_lease
@@ -324,11 +332,32 @@ class WarmPoolWorkflow:
     # ---- reconcile ------------------------------------------------------------------------
 
     async def _reconcile(self) -> None:
-        """Start, or retire, slots so that `min_ready` are idle and READY within the limits."""
-        plan = core.plan(self._rt, self._cfg)
+        """Start, resume, park or retire slots as the scaling policy asks (`core.plan`)."""
+        now = self._now()
+        plan = core.plan(self._rt, self._cfg, now)
+        for decision in plan.decisions:
+            self._announce(decision.describe())
         for index, reason in plan.retire:
             self._retire(self._rt.slots[index], reason)
+        for index in plan.park:
+            self._move(index, S.STOPPING, "park", "surplus: parked in the stopped tier")
+        for index in plan.unpark:
+            self._move(index, S.RESUMING, "unpark", "capacity wanted: resuming")
         await asyncio.gather(*(self._start_slot() for _ in range(plan.start)))
+
+    def _announce(self, text: str) -> None:
+        """A scaling decision, in the status and in the pool's history (its memo)."""
+        workflow.logger.info("pool %s %s", self._pool, text)
+        workflow.upsert_memo({"scaling": text})
+
+    def _move(self, index: int, state: SlotState, message: str, reason: str) -> None:
+        """Park or resume a slot; the pool marks the new state itself (as it marks LEASED) so
+        that no lease is granted on a slot that is leaving, and counts it at once."""
+        view = self._rt.slots[index]
+        view.state = state
+        view.since = self._now()
+        view.reason = reason
+        self._message_slot(index, message, reason)
 
     def _start_slot(self) -> Awaitable[object]:
         """Reserve the slot now (so the budget sees it); the start completes when awaited."""
@@ -365,6 +394,7 @@ class WarmPoolWorkflow:
 
     @workflow.signal(name=Pool.SLOT_EVENT)
     def slot_event(self, event: SlotEvent) -> None:
+        scaling.account(self._rt, self._now())
         if core.merge_event(self._rt, event, now=self._now()) and event.failure is not None:
             self._record_failure(event, event.failure)
         if event.state == S.READY:
@@ -394,23 +424,52 @@ class WarmPoolWorkflow:
         workflow.logger.warning("pool %s in safe mode: %s", self._pool, rt.safe_reason)
 
     @workflow.update(name=Pool.LEASE)
-    def lease(self, request: LeaseRequest) -> LeaseGrant:
+    async def lease(self, request: LeaseRequest) -> LeaseGrant:
+        """Grant an idle READY slot at once, or wait (CLEAN_WAIT at most) for one that is only
+        being cleaned after its last lease. A refusal for lack of capacity counts as demand:
+        the policy grows the pool for it (`warmpool.scaling.target`)."""
+        repeat = self._known(request) is not None
         grant = self._grant(request)
-        if grant is None:  # the validator refuses first; kept for the type checker
+        if repeat and grant is not None:
+            return grant
+        asked = self._now()
+        if grant is None and self._cleaning_soon():
+            try:
+                await workflow.wait_condition(
+                    lambda: bool(self._idle_ready()) or not self._cleaning_soon(),
+                    timeout=CLEAN_WAIT,
+                )
+            except TimeoutError:
+                pass
+            grant = self._grant(request)
+        if grant is None:
             reason = self._refusal(self._idle_ready())
+            self._rt.refused[request.request_id] = self._now()
+            self._rt.costs.refusals += 1
+            self._dirty = True
             raise no_capacity(f"no capacity in pool {self._pool}: {reason}")
+        scaling.observe_wait(self._rt, (self._now() - asked).total_seconds())
         return grant
+
+    def _cleaning_soon(self) -> bool:
+        """A slot is only cleaning after its last lease: capacity is seconds away."""
+        if self._rt.draining or self._rt.safe_mode:
+            return False
+        return any(
+            v.cleaning and v.lease_id is None and not v.retiring and v.state in core.SERVING
+            for v in self._rt.slots.values()
+        )
 
     @lease.validator
     def _validate_lease(self, request: LeaseRequest) -> None:
-        """Refuse here, not in the handler: a refused update leaves nothing in history.
-
-        No prewarm kick is needed: the pool reconciles after every change, so replacements
-        for leased slots are already starting unless max_slots, the budget or safe mode stop
-        them (and then a kick would start nothing either).
-        """
+        """Refuse here what no capacity would change (a bad duration, a draining pool, safe
+        mode): a refused update leaves nothing in history. Lack of capacity is refused by the
+        handler, which records it as demand."""
         self._check_lease_request(request)
-        if self._known(request) is None and (reason := self._refusal(self._idle_ready())):
+        if self._known(request) is not None:
+            return
+        if self._rt.draining or self._rt.safe_mode:
+            reason = self._refusal(self._idle_ready())
             raise no_capacity(f"no capacity in pool {self._pool}: {reason}")
 
     @workflow.signal(name=Pool.REQUEST_LEASE)
@@ -521,21 +580,13 @@ class WarmPoolWorkflow:
 
     @workflow.update(name=Pool.RESIZE)
     def resize(self, request: ResizeRequest) -> PoolStatus:
-        update = request.model_dump(exclude_none=True, exclude={"clear_budget"})
-        if request.clear_budget:
-            update["budget_dph"] = None
-        self._cfg = self._cfg.model_copy(update=update)
+        self._cfg = core.resized(self._cfg, request)
         self._dirty = True
         return self.status()
 
     @resize.validator
     def _validate_resize(self, request: ResizeRequest) -> None:
-        min_ready = self._cfg.min_ready if request.min_ready is None else request.min_ready
-        max_slots = self._cfg.max_slots if request.max_slots is None else request.max_slots
-        if min_ready > max_slots:
-            raise ValueError(f"min_ready {min_ready} exceeds max_slots {max_slots}")
-        if request.clear_budget and request.budget_dph is not None:
-            raise ValueError("a budget cannot be set and removed at once")
+        core.resized(self._cfg, request)
 
     @workflow.signal(name=Pool.DRAIN)
     def drain(self) -> None:
@@ -581,4 +632,6 @@ class WarmPoolWorkflow:
             granted_total=self._rt.granted_total,
             stats=self._rt.stats,
             excluded_machines=sorted(self._rt.excluded.values(), key=lambda m: m.at),
+            scaling=core.scaling_view(self._rt, self._cfg, self._now()),
+            costs=scaling.cost_view(self._rt),
         )

@@ -110,6 +110,9 @@ class WarmSlotWorkflow:
             S.DRAINING: self._drain,
             S.TERMINATING: self._terminate,
             S.BACKOFF: self._backoff,
+            S.STOPPING: self._park,
+            S.STOPPED: self._parked,
+            S.RESUMING: self._resume,
         }
 
     # ---- run loop -------------------------------------------------------------------------
@@ -268,6 +271,25 @@ class WarmSlotWorkflow:
         Sent by an operator (`slot resume`) or by the pool's own `resume`, with why."""
         self._resume_requested = True
 
+    @workflow.signal(name=Slot.PARK)
+    def park(self, reason: str = "") -> None:
+        """The pool parks this idle READY slot: stop the instance (disk kept and billed, GPU
+        not). Anything else answers with the slot's state, which corrects the pool's mirror."""
+        rt = self._rt
+        if rt.state == S.READY and rt.lease is None and not rt.retiring:
+            rt.park_requested = True
+        else:
+            self._report(f"not parked: slot is {rt.state.value}")
+
+    @workflow.signal(name=Slot.UNPARK)
+    def unpark(self, reason: str = "") -> None:
+        """The pool wants this parked slot warm again: resume the instance."""
+        rt = self._rt
+        if rt.state in (S.STOPPING, S.STOPPED) and not rt.retiring:
+            rt.unpark_requested = True
+        else:
+            self._report(f"not resumed: slot is {rt.state.value}")
+
     @workflow.update(name=Slot.ASSIGN_LEASE)
     def assign_lease(self, lease: Lease) -> SlotEvent:
         """The pool (the lease authority) leased this slot, or renewed its lease; answered
@@ -355,7 +377,13 @@ class WarmSlotWorkflow:
             reason=reason[:300],
             connection_url=rt.connection_url,
             instance_id=rt.instance.id if rt.instance else None,
-            dph_total=rt.instance.dph_total if rt.instance else None,
+            dph_total=(
+                core.stopped_dph(rt, self._cfg)
+                if rt.state in (S.STOPPING, S.STOPPED)
+                else rt.instance.dph_total
+                if rt.instance
+                else None
+            ),
             failure=failure.reason if failure else None,
             machine_id=failure.machine_id if failure else machine,
             image=rt.image_used,
@@ -751,6 +779,11 @@ class WarmSlotWorkflow:
         if self._rt.needs_clean:
             await self._after_lease()
             return
+        if rt.park_requested:
+            rt.park_requested = False
+            if rt.state == S.READY and rt.lease is None:
+                self._enter(S.STOPPING, "parking: the pool has surplus capacity")
+                return
         mode = rt.state
         poll = cfg.polling.active if mode == S.LEASED else cfg.polling.idle
         handle = workflow.start_activity_method(
@@ -774,6 +807,7 @@ class WarmSlotWorkflow:
                         or rt.state != mode
                         or rt.retiring
                         or self._rt.needs_clean
+                        or rt.park_requested
                         or self._should_continue_as_new()
                     ),
                     timeout=self._lease_overdue_in(),
@@ -886,6 +920,107 @@ class WarmSlotWorkflow:
             rt.instance = None
         self._end_lease("slot terminated")
         self._enter(*core.after_terminate(rt))
+
+    # ---- the stopped tier -------------------------------------------------------------------
+
+    async def _park(self) -> None:
+        """Stop the instance; its disk (models, nodes) stays, so a resume skips the download."""
+        rt = self._rt
+        assert rt.instance is not None
+        result = await workflow.execute_activity_method(
+            VastActivities.stop, rt.instance.id, **options.stop(self._queue)
+        )
+        if result.gone:
+            self._lost_while_parked()
+            return
+        rt.connection_url = None  # a stopped container has no ports; a resume maps new ones
+        rt.ready_since = None
+        self._enter(S.STOPPED, f"instance {rt.instance.id} stopped (disk kept)")
+
+    async def _parked(self) -> None:
+        """Parked: wait for the pool to want it again (or retire it), looking now and then that
+        the provider still has the instance."""
+        rt = self._rt
+        assert rt.instance is not None
+        if rt.unpark_requested:
+            rt.unpark_requested = False
+            rt.resume_started = None
+            self._enter(S.RESUMING, "resuming: the pool wants capacity")
+            return
+        woken = await self._wait(
+            lambda: rt.unpark_requested or rt.retiring, self._cfg.polling.idle * 10
+        )
+        if woken:
+            return
+        obs = await workflow.execute_activity_method(
+            VastActivities.observe, rt.instance.id, **options.observe(self._queue)
+        )
+        if obs.gone:
+            self._lost_while_parked()
+
+    def _lost_while_parked(self) -> None:
+        """The provider no longer has the parked instance: nothing is left to bill or park,
+        so the slot ends; the pool rents anew if it needs capacity."""
+        rt = self._rt
+        rt.instance = None
+        rt.retiring = True
+        self._enter(S.TERMINATING, "parked instance no longer listed by the provider")
+
+    async def _resume(self) -> None:
+        """Ask the provider to run the instance again; READY follows the usual checks (the
+        ports are new). Not running within `resume_timeout`: the host's GPU was taken, so it
+        is destroyed and the slot rents fresh, without blaming the machine."""
+        rt = self._rt
+        cfg = self._cfg
+        assert rt.instance is not None
+        if rt.resume_started is None:
+            result = await workflow.execute_activity_method(
+                VastActivities.start, rt.instance.id, **options.start(self._queue)
+            )
+            if result.gone:
+                self._lost_while_parked()
+                return
+            rt.resume_started = rt.provision_started = self._now()
+            rt.bad_since = None
+        obs = await workflow.execute_activity_method(
+            VastActivities.observe, rt.instance.id, **options.observe(self._queue)
+        )
+        now = self._now()
+        instance = obs.instance
+        if instance is not None:
+            rt.instance = instance.model_copy(update={"image": rt.image_used})
+        verdict = assess(
+            instance,
+            gone=obs.gone,
+            now=now,
+            bad_since=rt.bad_since,
+            grace=cfg.provisioning.fatal_grace,
+            fatal_patterns=cfg.provisioning.fatal_patterns,
+            comfy_port=cfg.probe.comfy_port,
+            internal_port=cfg.probe.internal_port,
+        )
+        stopped = instance is not None and instance.actual_status == "stopped"
+        if verdict.verdict == StatusVerdict.RUNNING:
+            rt.resume_started = None
+            self._enter(S.PROBING, "instance running again, ComfyUI port mapped")
+        elif verdict.verdict == StatusVerdict.GONE or (
+            verdict.verdict == StatusVerdict.DESTROY and not stopped
+        ):
+            rt.resume_started = None
+            reason = verdict.reason or FailureReason.INSTANCE_GONE
+            self._fail(reason, verdict.detail)
+            self._enter(S.TERMINATING, f"{reason.value}: {verdict.detail}")
+        elif rt.resume_started is not None and now - rt.resume_started > cfg.resume_timeout:
+            rt.resume_started = None
+            self._fail(
+                FailureReason.RESUME_FAILED,
+                f"not running {cfg.resume_timeout.total_seconds():g} s after resume "
+                f"(its GPU was taken?): {verdict.detail}",
+                exclude=False,
+            )
+            self._enter(S.TERMINATING, rt.last_failure or "resume failed")
+        else:
+            await self._sleep(cfg.polling.active)
 
     async def _backoff(self) -> None:
         cfg = self._cfg

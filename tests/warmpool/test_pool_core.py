@@ -60,32 +60,87 @@ def test_idle_ready_is_longest_idle_first_and_skips_busy_slots() -> None:
     assert "safe mode: key" in (core.refusal(safe, [slot(1)]) or "")
 
 
-def test_plan_starts_up_to_min_ready_within_max_slots() -> None:
-    assert core.plan(runtime(), cfg(2, 4)).start == 2
-    assert core.plan(runtime(slot(1), slot(2, S.PROVISIONING)), cfg(2, 4)).start == 0
-    assert core.plan(runtime(slot(1, lease_id="a"), slot(2, lease_id="b")), cfg(2, 3)).start == 1
-    assert core.plan(runtime(slot(1), slot(2), safe_mode=True), cfg(4, 4)).start == 0
+def leased(rt: PoolRuntime, *indexes: int) -> PoolRuntime:
+    for index in indexes:
+        lease_on(rt, index, f"l{index}")
+    return rt
 
 
-def test_plan_shrinks_idle_ready_first_newest_first_never_a_leased_slot() -> None:
-    rt = runtime(slot(1), slot(2), slot(3, S.PROVISIONING), slot(4, S.LEASED, lease_id="l"))
-    result = core.plan(rt, cfg(1, 4))
-    assert [i for i, _ in result.retire] == [2, 1]
-    assert result.start == 0
-    assert [i for i, _ in core.plan(rt, cfg(0, 1)).retire] == [2, 1, 3]
-    assert [i for i, _ in core.plan(runtime(slot(1), draining=True), cfg()).retire] == [1]
+def test_plan_starts_up_to_the_floor_and_a_buffer_above_use_within_max_slots() -> None:
+    assert core.plan(runtime(), cfg(2, 4), NOW).start == 2
+    assert core.plan(runtime(slot(1), slot(2, S.PROVISIONING)), cfg(2, 4), NOW).start == 0
+    # one of two leased: 1 in use + buffer 1 = 2 warm: nothing to rent (no churn per lease)
+    assert core.plan(leased(runtime(slot(1), slot(2)), 1), cfg(2, 4), NOW).start == 0
+    # both leased: 2 + 1 = 3, within max_slots 3
+    assert core.plan(leased(runtime(slot(1), slot(2)), 1, 2), cfg(2, 3), NOW).start == 1
+    assert core.plan(leased(runtime(slot(1), slot(2)), 1, 2), cfg(2, 2), NOW).start == 0
+    assert core.plan(runtime(slot(1), slot(2), safe_mode=True), cfg(4, 4), NOW).start == 0
+
+
+def test_scale_to_zero_with_floor_and_buffer_zero() -> None:
+    config = cfg(0, 4)
+    config.scaling.buffer = 0
+    config.scaling.scale_down_delay = timedelta(0)
+    assert core.plan(runtime(), config, NOW).start == 0
+    assert [i for i, _ in core.plan(runtime(slot(1)), config, NOW).retire] == [1]
+
+
+def test_surplus_shrinks_only_after_the_delay_one_slot_at_a_time() -> None:
+    rt = runtime(slot(1), slot(2), slot(3, dph_total=0.9))
+    config = cfg(1, 4)  # target: floor 1, buffer 1 above no use = 1
+    assert core.plan(rt, config, NOW).retire == []
+    assert rt.surplus_since == NOW
+    later = NOW + config.scaling.scale_down_delay
+    assert core.plan(rt, config, later - timedelta(seconds=1)).retire == []
+    first = core.plan(rt, config, later)
+    assert [i for i, _ in first.retire] == [3], "the most expensive idle slot first"
+    assert first.decisions and "retired after 600 s of surplus" in first.decisions[0].describe()
+    rt.slots[3].retiring = True
+    assert core.plan(rt, config, later).retire == [], "one at a time"
+    del rt.slots[3]  # its DONE arrived
+    assert [i for i, _ in core.plan(rt, config, later).retire] == [2], "newest of equal price"
+
+
+def test_demand_resets_the_surplus_clock() -> None:
+    rt = runtime(slot(1), slot(2), slot(3))
+    config = cfg(1, 4)
+    core.plan(rt, config, NOW)
+    leased(rt, 1, 2)  # 2 in use + buffer 1 = 3: no surplus any more
+    assert core.plan(rt, config, NOW + timedelta(minutes=5)).retire == []
+    assert rt.surplus_since is None
+
+
+def test_shrink_order_gives_up_booting_rentals_first_never_leased_or_cleaning_slots() -> None:
+    views = [
+        slot(1),
+        slot(2, S.PROVISIONING),
+        slot(3, S.SEARCHING),
+        slot(4, S.LEASED, lease_id="l"),
+        slot(5, cleaning=True),
+    ]
+    assert [v.index for v in core.shrink_order(views)] == [3, 2, 1]
+
+
+def test_above_max_slots_retires_at_once_and_never_a_leased_slot() -> None:
+    rt = leased(runtime(slot(1), slot(2), slot(3, S.PROVISIONING), slot(4)), 4)
+    result = core.plan(rt, cfg(0, 1), NOW)
+    assert [i for i, _ in result.retire] == [3, 2, 1]
+    assert [i for i, _ in core.plan(runtime(slot(1), draining=True), cfg(), NOW).retire] == [1]
 
 
 def test_safe_mode_retires_every_slot_that_would_rent_again_but_keeps_serving_ones() -> None:
-    rt = runtime(
-        slot(1),
-        slot(2, S.TERMINATING),
-        slot(3, S.SEARCHING),
-        slot(4, S.BLOCKED),
-        slot(5, S.LEASED, lease_id="l"),
-        safe_mode=True,
+    rt = leased(
+        runtime(
+            slot(1),
+            slot(2, S.TERMINATING),
+            slot(3, S.SEARCHING),
+            slot(4, S.BLOCKED),
+            slot(5, S.LEASED),
+            safe_mode=True,
+        ),
+        5,
     )
-    result = core.plan(rt, cfg(1, 5))
+    result = core.plan(rt, cfg(1, 5), NOW)
     assert sorted(i for i, _ in result.retire) == [2, 3, 4]
     assert result.start == 0
 
@@ -94,32 +149,77 @@ def test_the_budget_reserves_the_price_cap_for_each_slot_still_renting() -> None
     config = cfg(4, 4, budget_dph=2.0)
     config.slot.constraints.max_dph = 0.6
     # $0.5 held + 3 x $0.6 reserved would be $2.3: two starts fit ($1.7)
-    assert core.plan(runtime(slot(1)), config).start == 2
+    assert core.plan(runtime(slot(1)), config, NOW).start == 2
     assert core.budget_limited(runtime(slot(1), slot(2, S.SEARCHING), slot(3, S.SEARCHING)), config)
+
+
+# ---- the stopped tier ----------------------------------------------------------------------
+
+
+def stopped_tier(target: int = 1) -> PoolConfig:
+    config = cfg(1, 4)
+    config.scaling.stopped_target = target
+    config.scaling.park_after = timedelta(minutes=2)
+    return config
+
+
+def test_a_surplus_slot_idle_long_enough_is_parked_not_destroyed() -> None:
+    rt = runtime(slot(1, since=NOW - timedelta(hours=1)), slot(2, since=NOW))
+    config = stopped_tier()
+    core.plan(rt, config, NOW)
+    assert core.plan(rt, config, NOW + timedelta(minutes=1)).park == []
+    result = core.plan(rt, config, NOW + timedelta(minutes=2))
+    assert result.park == [2] and result.retire == []
+    rt.slots[2].state = S.STOPPED
+    assert core.plan(rt, config, NOW + timedelta(hours=1)).park == [], "the tier is full"
+
+
+def test_a_parked_slot_resumes_before_anything_new_is_rented() -> None:
+    rt = leased(runtime(slot(1), slot(2, S.STOPPED), slot(3, S.STOPPED)), 1)
+    result = core.plan(rt, stopped_tier(2), NOW)  # 1 leased + buffer 1 = 2 warm, 1 warm now
+    assert result.unpark == [3] and result.start == 0, "the longest parked first"
+    rt = leased(runtime(slot(1), slot(2), slot(3, S.STOPPED)), 1, 2)
+    result = core.plan(rt, stopped_tier(), NOW)
+    assert result.unpark == [3] and result.start == 0
+
+
+def test_parked_slots_above_the_stopped_target_retire() -> None:
+    rt = runtime(slot(1), slot(2, S.STOPPED), slot(3, S.STOPPED))
+    result = core.plan(rt, stopped_tier(1), NOW)
+    assert [i for i, _ in result.retire] == [3]
 
 
 @given(
     st.lists(st.sampled_from(list(SlotState)), max_size=12),
     st.integers(0, 8),
     st.integers(0, 8),
+    st.integers(0, 3),
     st.booleans(),
+    st.integers(0, 3600),
 )
-def test_plan_never_exceeds_max_slots_nor_retires_a_leased_slot(
-    states: list[SlotState], min_ready: int, extra: int, leased_first: bool
+def test_plan_never_exceeds_max_slots_nor_gives_up_a_leased_slot(
+    states: list[SlotState],
+    min_ready: int,
+    extra: int,
+    stopped_target: int,
+    leased_first: bool,
+    later: int,
 ) -> None:
-    views = [
-        slot(i, state, lease_id="l" if leased_first and i == 0 else None)
-        for i, state in enumerate(states)
-        if state != S.DONE
-    ]
+    views = [slot(i, state) for i, state in enumerate(states) if state != S.DONE]
     rt = runtime(*views)
+    if leased_first and 0 in rt.slots:
+        leased(rt, 0)
     config = cfg(min_ready, min_ready + extra)
-    result = core.plan(rt, config)
-    retired = {i for i, _ in result.retire}
-    assert all(rt.slots[i].lease_id is None for i in retired)
-    assert len(rt.slots) - len(retired) + result.start <= max(config.max_slots, len(rt.slots))
-    if result.start:
-        assert len(rt.slots) - len(retired) + result.start <= config.max_slots
+    config.scaling.stopped_target = stopped_target
+    core.plan(rt, config, NOW)
+    result = core.plan(rt, config, NOW + timedelta(seconds=later))
+    given_up = {i for i, _ in result.retire} | set(result.park)
+    assert all(rt.slots[i].lease_id is None for i in given_up)
+    assert not given_up & set(result.unpark)
+    warm = [v for v in rt.slots.values() if v.state not in (S.STOPPED, S.STOPPING)]
+    after = len(warm) - len(given_up - {v.index for v in rt.slots.values() if v.retiring})
+    if result.start or result.unpark:
+        assert after + result.start + len(result.unpark) <= config.max_slots
 
 
 # ---- events --------------------------------------------------------------------------------

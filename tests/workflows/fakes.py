@@ -28,6 +28,7 @@ from activities.vast import (
     RentInput,
     RentResult,
     SearchInput,
+    StateResult,
     exclude_failed_host,
     machines_to_exclude,
     refuse_excluded,
@@ -55,6 +56,9 @@ class FakeInstance:
     observes: int = 0
     destroyed: bool = False
     fatal_seen_at: int | None = None
+    stopped: bool = False
+    resuming: bool = False
+    restarts: int = 0
 
 
 @dataclass
@@ -97,6 +101,8 @@ class FakeCloud:
             self.rent,
             self.observe,
             self.destroy,
+            self.stop,
+            self.start,
             self.await_ready,
             self.validate_ports,
             self.watch,
@@ -179,11 +185,18 @@ class FakeCloud:
         status: str | None = None
         msg: str | None = None
         ports: dict[str, int] = {}
+        intended = "running"
         if n >= 2:
             status = "loading"
         if n >= 3:
             status = "running"
-            ports = {"8188/tcp": 40000 + inst.machine_id}
+            ports = {"8188/tcp": 40000 + inst.machine_id + 100 * inst.restarts}
+        if inst.stopped and (not inst.resuming or inst.scenario == "gpu_taken" or n < 3):
+            # parked; or resuming, which a taken GPU never finishes
+            status, ports = "stopped", {}
+            intended = "running" if inst.resuming else "stopped"
+        elif inst.resuming:
+            inst.stopped = inst.resuming = False
         match inst.scenario:
             case "no_space" if n >= 2:
                 status, msg, ports = (
@@ -209,9 +222,9 @@ class FakeCloud:
             status_msg=msg,
             public_ip="127.0.0.1",
             ports=ports,
-            cur_state="running",
-            intended_status="running",
-            next_state="running",
+            cur_state="stopped" if status == "stopped" else "running",
+            intended_status=intended,
+            next_state=intended,
             dph_total=0.3,
             ssh_host="127.0.0.1" if self.ssh_logs else None,
             ssh_port=22 if self.ssh_logs else None,
@@ -241,6 +254,26 @@ class FakeCloud:
         if inst is not None:
             inst.destroyed = True
         return DestroyResult(instance_id=instance_id, confirmed=True, already_gone=gone)
+
+    @activity.defn(name="vast.stop")
+    async def stop(self, instance_id: int) -> StateResult:
+        self.calls["vast.stop"] += 1
+        inst = self.instances.get(instance_id)
+        if inst is None or inst.destroyed:
+            return StateResult(instance_id=instance_id, state="stopped", gone=True)
+        inst.stopped, inst.resuming = True, False
+        return StateResult(instance_id=instance_id, state="stopped")
+
+    @activity.defn(name="vast.start")
+    async def start(self, instance_id: int) -> StateResult:
+        self.calls["vast.start"] += 1
+        inst = self.instances.get(instance_id)
+        if inst is None or inst.destroyed:
+            return StateResult(instance_id=instance_id, state="running", gone=True)
+        if inst.stopped and not inst.resuming:
+            inst.resuming, inst.observes = True, 0
+            inst.restarts += 1
+        return StateResult(instance_id=instance_id, state="running")
 
     def _report(self, input: ProbeInput, outcome: str) -> PortReport:
         port = input.instance.ports.get("8188/tcp", 8188)

@@ -35,6 +35,7 @@ from warmpool.models import (
     ProvisioningConfig,
     RenewRequest,
     ResizeRequest,
+    ScalingPolicy,
     SlotConfig,
     SlotEvent,
     SlotState,
@@ -147,18 +148,19 @@ def req(holder: str = "alice", minutes: float = 30, rid: str | None = None) -> L
     )
 
 
-async def test_pool_keeps_min_ready_idle_and_leases_idempotently(
+async def test_pool_keeps_its_buffer_idle_above_use_and_leases_idempotently(
     pool_env: WorkflowEnvironment,
 ) -> None:
     cloud = FakeCloud(machines=8)
-    async with running_pool(pool_env, cloud, fast(min_ready=2, max_slots=4)) as pool:
+    config = fast(min_ready=2, max_slots=4, scaling=ScalingPolicy(buffer=2))
+    async with running_pool(pool_env, cloud, config) as pool:
         await wait_pool(pool_env, pool, idle(2))
         request = req()
         grant = await upd(pool, WarmPoolWorkflow.lease, request)
         again = await upd(pool, WarmPoolWorkflow.lease, request)
         assert again == grant, "the same request id returns the same lease"
         assert grant.connection_url.startswith("http://127.0.0.1:")
-        # the pool replaces the leased slot to keep two idle ones
+        # one leased + a buffer of two: the pool rents a third slot to keep two idle
         status = await wait_pool(
             pool_env, pool, lambda s: s.idle_ready == 2 and s.counts.get("LEASED") == 1
         )
@@ -170,7 +172,7 @@ async def test_pool_keeps_min_ready_idle_and_leases_idempotently(
         assert cloud.calls["comfy.clean"] == 1, "a released slot is cleaned before reuse"
 
 
-async def test_no_capacity_is_a_clear_error_and_never_two_leases(
+async def test_no_capacity_is_a_clear_error_counted_as_demand_and_never_two_leases(
     pool_env: WorkflowEnvironment,
 ) -> None:
     cloud = FakeCloud(machines=4)
@@ -184,9 +186,11 @@ async def test_no_capacity_is_a_clear_error_and_never_two_leases(
         assert err.value.cause.type == "NoCapacity"
         status = await pool.query(WarmPoolWorkflow.status)
         assert len(status.active_leases) == 1
+        assert status.costs is not None and status.costs.refusals == 1
+        assert status.scaling is not None and status.scaling.demand == 2, "leased + refused"
+        assert status.scaling.target == 1, "capped by max_slots"
         accepted = await accepted_update_args(pool_env, pool)
-        assert granted.request_id in accepted
-        assert refused.request_id not in accepted, "a refusal leaves no trace in history"
+        assert granted.request_id in accepted and refused.request_id in accepted
 
 
 async def test_a_released_slot_is_ready_again_without_waiting_for_its_watch_to_stop(
@@ -527,3 +531,134 @@ async def test_lease_cycles_survive_the_slot_continuing_as_new_between_release_a
         await wait_pool(pool_env, pool, idle(1))
         assert (await slot.describe()).run_id != first_run, "the slot never continued-as-new"
         assert cloud.calls["comfy.clean"] == 12, "every release was cleaned before reuse"
+
+
+# ---- capacity follows demand (the scaling policy and the stopped tier) ---------------------
+
+
+def policy(**kw: Any) -> ScalingPolicy:
+    return ScalingPolicy(**kw)
+
+
+async def test_lease_and_release_cycles_cause_no_churn(pool_env: WorkflowEnvironment) -> None:
+    """The issue's churn: each lease used to rent a replacement and each release retire a
+    slot. With a buffer above use and a delay before shrinking, 20 cycles rent nothing new
+    and no lease is refused while a released slot is only being cleaned."""
+    cloud = FakeCloud(machines=8)
+    async with running_pool(pool_env, cloud, fast(min_ready=2, max_slots=4)) as pool:
+        await wait_pool(pool_env, pool, idle(2))
+        started = (await pool.query(WarmPoolWorkflow.status)).stats.provisions_started
+        for cycle in range(20):
+            grant = await upd(pool, WarmPoolWorkflow.lease, req(f"c{cycle}"))
+            await upd(pool, WarmPoolWorkflow.release, grant.lease_id)
+        status = await pool.query(WarmPoolWorkflow.status)
+        assert status.stats.provisions_started - started <= 2
+        assert status.costs is not None and status.costs.refusals == 0
+        assert not any(v.retiring for v in status.slots), "nothing retired within the delay"
+
+
+async def test_waiting_requests_grow_the_pool_at_once(pool_env: WorkflowEnvironment) -> None:
+    cloud = FakeCloud(machines=8)
+    config = fast(min_ready=0, max_slots=4, scaling=policy(buffer=0))
+    async with running_pool(pool_env, cloud, config) as pool:
+        status = await pool.query(WarmPoolWorkflow.status)
+        assert status.slots == [], "scale to zero: floor 0, buffer 0"
+        for i in range(3):
+            waiting = req(f"w{i}", rid=f"wait-{i}").model_copy(
+                update={"wait_for": timedelta(minutes=5)}
+            )
+            await pool.signal(WarmPoolWorkflow.request_lease, waiting)
+        status = await wait_pool(pool_env, pool, lambda s: len(s.active_leases) == 3)
+        assert status.stats.provisions_started == 3
+        assert status.scaling is not None
+        assert any("waiting" in d.reason for d in status.scaling.decisions)
+        assert status.costs is not None and status.costs.lease_wait_p95_s is not None
+        assert status.costs.lease_wait_p95_s > 0, "they waited for their rentals"
+
+
+async def test_surplus_shrinks_after_the_delay_one_at_a_time_never_a_leased_slot(
+    pool_env: WorkflowEnvironment,
+) -> None:
+    cloud = FakeCloud(machines=8)
+    delay = timedelta(seconds=2)
+    config = fast(min_ready=3, max_slots=4, scaling=policy(buffer=0, scale_down_delay=delay))
+    async with running_pool(pool_env, cloud, config) as pool:
+        await wait_pool(pool_env, pool, idle(3))
+        grants = [await upd(pool, WarmPoolWorkflow.lease, req(f"u{i}")) for i in range(3)]
+        await upd(pool, WarmPoolWorkflow.resize, ResizeRequest(min_ready=1))
+        for grant in grants[1:]:
+            await upd(pool, WarmPoolWorkflow.release, grant.lease_id)
+        released_at = asyncio.get_running_loop().time()
+        # one leased + buffer 0, floor 1: a target of 1, so two slots are surplus
+        status = await wait_pool(pool_env, pool, lambda s: len(s.slots) == 1, attempts=400)
+        assert asyncio.get_running_loop().time() - released_at >= delay.total_seconds()
+        assert [v.lease_id for v in status.slots] == [grants[0].lease_id]
+        assert status.scaling is not None
+        retired = [d for d in status.scaling.decisions if "retired after" in d.reason]
+        assert len(retired) == 2
+        assert retired[1].at - retired[0].at >= timedelta(0), "one after the other"
+
+
+async def test_a_parked_slot_resumes_before_anything_new_is_rented(
+    pool_env: WorkflowEnvironment,
+) -> None:
+    cloud = FakeCloud(machines=8)
+    config = fast(
+        min_ready=2,
+        max_slots=3,
+        scaling=policy(
+            buffer=0,
+            stopped_target=1,
+            park_after=timedelta(seconds=0.5),
+            scale_down_delay=timedelta(minutes=10),
+        ),
+    )
+    async with running_pool(pool_env, cloud, config) as pool:
+        await wait_pool(pool_env, pool, idle(2))
+        await upd(pool, WarmPoolWorkflow.lease, req("a"))
+        before = {
+            v.index: v.connection_url for v in (await pool.query(WarmPoolWorkflow.status)).slots
+        }
+        await upd(pool, WarmPoolWorkflow.resize, ResizeRequest(min_ready=1))  # 1 surplus
+        status = await wait_pool(pool_env, pool, lambda s: s.counts.get("STOPPED") == 1)
+        assert cloud.calls["vast.stop"] == 1 and cloud.calls["vast.destroy"] == 0
+        assert status.costs is not None and status.costs.spend_per_hour_by_tier["idle"] == 0
+        rented = cloud.calls["create"]
+        parked = next(v for v in status.slots if v.state == S.STOPPED)
+        waiting = req("b", rid="wait-b").model_copy(update={"wait_for": timedelta(minutes=5)})
+        await pool.signal(WarmPoolWorkflow.request_lease, waiting)
+        status = await wait_pool(pool_env, pool, lambda s: len(s.active_leases) == 2)
+        assert cloud.calls["vast.start"] == 1
+        assert cloud.calls["create"] == rented, "the parked slot served, nothing new rented"
+        resumed = next(v for v in status.slots if v.index == parked.index)
+        assert resumed.state == S.LEASED
+        assert parked.connection_url is None, "a stopped instance has no ports"
+        assert resumed.connection_url != before[parked.index], "a resume maps new ports"
+
+
+async def test_a_resume_whose_gpu_was_taken_destroys_it_and_rents_fresh(
+    pool_env: WorkflowEnvironment,
+) -> None:
+    cloud = FakeCloud(machines=8, scenarios=dict.fromkeys(range(1, 9), "gpu_taken"))
+    config = fast(
+        min_ready=0,
+        max_slots=2,
+        scaling=policy(buffer=1, stopped_target=1, park_after=timedelta(seconds=0.3)),
+    )
+    config.slot.resume_timeout = timedelta(seconds=1)
+    async with running_pool(pool_env, cloud, config) as pool:
+        await wait_pool(pool_env, pool, idle(1))
+        grant = await upd(pool, WarmPoolWorkflow.lease, req("a"))
+        await wait_pool(pool_env, pool, idle(1))
+        await upd(pool, WarmPoolWorkflow.release, grant.lease_id)
+        await wait_pool(pool_env, pool, lambda s: s.counts.get("STOPPED") == 1)
+        stopped = [i for i in cloud.live() if i.stopped]
+        assert len(stopped) == 1
+        await upd(pool, WarmPoolWorkflow.lease, req("b"))  # buffer 1: the parked one resumes
+        status = await wait_pool(
+            pool_env, pool, lambda s: s.idle_ready == 1 and "STOPPED" not in s.counts
+        )
+        assert cloud.calls["vast.start"] >= 1
+        assert stopped[0].destroyed, "the stopped instance is destroyed, not forgotten"
+        assert status.stats.failures_by_reason.get("resume_failed") == 1
+        assert status.excluded_machines == [], "a taken GPU is not the machine's fault"

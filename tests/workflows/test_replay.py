@@ -80,12 +80,22 @@ def result_of(events: Sequence[HistoryEvent], kind: type[R]) -> R:
     return result
 
 
-def test_pool_history_covers_a_lease_a_wait_a_renewal_releases_and_a_drain() -> None:
+def test_pool_history_covers_leases_a_wait_a_renewal_a_park_a_resume_and_a_drain() -> None:
     events = load(POOL_LEASES).events
     status = result_of(events, PoolStatus)
-    assert status.draining and not status.slots and status.granted_total == 2
-    assert [lease.end_reason for lease in status.recent_leases] == ["released", "released"]
-    assert accepted_updates(events) == ["lease", "renew", "release", "release"]
+    assert status.draining and not status.slots and status.granted_total == 3
+    assert [lease.end_reason for lease in status.recent_leases] == ["released"] * 3
+    assert accepted_updates(events) == ["lease", "renew", "release", "release", "lease", "release"]
+    messages = "\n".join(
+        p.data.decode()
+        for event in events
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+        for p in event.activity_task_scheduled_event_attributes.input.payloads
+    )
+    assert '"park":' in messages and '"unpark":' in messages, "the stopped tier was exercised"
+    assert any(
+        event.event_type == EventType.EVENT_TYPE_WORKFLOW_PROPERTIES_MODIFIED for event in events
+    ), "scaling decisions are in the history (the memo)"
     signals = [
         event.workflow_execution_signaled_event_attributes.signal_name
         for event in events
