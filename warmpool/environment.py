@@ -49,7 +49,7 @@ from pydantic import (
     model_validator,
 )
 
-from warmpool.models import Model
+from warmpool.boundary import Model
 
 DEFAULT_IMAGE = "vastai/comfyui:latest"
 DEFAULT_ONSTART = "entrypoint.sh"

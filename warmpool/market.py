@@ -59,6 +59,8 @@ def record_failure(
         )
     if failure in SYSTEMIC_AT_ONCE:
         return f"{failure.value}: {event.reason}"
+    if failure == FailureReason.ENVIRONMENT_INCOMPLETE:
+        return _missing_everywhere(rt, event, threshold)
     key = suspect_key(event)
     if key is None or event.machine_id is None:
         return None
@@ -74,11 +76,36 @@ def record_failure(
     )
 
 
-def image_ready(rt: PoolRuntime, image: str | None) -> None:
-    """A READY on an image proves it works: forget the failures counted against it."""
-    if image is None:
-        return
-    for key in [k for k in rt.suspects if k.startswith(f"{image}|")]:
+ENV_PREFIX = "environment|"
+
+
+def _missing_everywhere(rt: PoolRuntime, event: SlotEvent, threshold: int) -> str | None:
+    """The same node or model missing on `threshold` distinct machines is not the hosts'
+    fault but the environment's (a wrong URL, a refused token): safe mode, naming it."""
+    if event.machine_id is None:
+        return None
+    for item in event.missing:
+        machines = rt.suspects.setdefault(f"{ENV_PREFIX}{event.env_version}|{item}", [])
+        if event.machine_id not in machines:
+            machines.append(event.machine_id)
+        if len(machines) >= threshold:
+            listed = ", ".join(str(m) for m in machines[-threshold:])
+            return (
+                f"environment {event.env_version}: {item} missing on {len(machines)} distinct "
+                f"machines ({listed}): check its URL and the token it needs"
+            )
+    return None
+
+
+def image_ready(rt: PoolRuntime, image: str | None, env_version: str | None = None) -> None:
+    """A READY proves its image and environment work: forget the failures counted against
+    them."""
+    prefixes = []
+    if image is not None:
+        prefixes.append(f"{image}|")
+    if env_version is not None:
+        prefixes.append(f"{ENV_PREFIX}{env_version}|")
+    for key in [k for k in rt.suspects if k.startswith(tuple(prefixes))]:
         del rt.suspects[key]
 
 

@@ -13,13 +13,10 @@ from enum import StrEnum
 from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
-
-class Model(BaseModel):
-    """Base for every boundary model: unknown fields are rejected, values validated."""
-
-    model_config = ConfigDict(extra="forbid")
+from warmpool.boundary import Model as Model
+from warmpool.environment import Environment
 
 
 class SlotState(StrEnum):
@@ -31,6 +28,9 @@ class SlotState(StrEnum):
     PROVISIONING = "PROVISIONING"
     PROBING = "PROBING"
     VALIDATING_PORTS = "VALIDATING_PORTS"
+    INSTALLING = "INSTALLING"
+    """ComfyUI answers on the validated endpoint; the studio's nodes and models are not all
+    there yet (checked through /object_info and /models)."""
     READY = "READY"
     LEASED = "LEASED"
     TERMINATING = "TERMINATING"
@@ -65,6 +65,8 @@ class FailureReason(StrEnum):
     PORTS_CHANGED = "ports_changed"
     """Not a failure of the instance: the provider mapped ComfyUI's port elsewhere, so the slot
     validates the new endpoint before it trusts it again."""
+    ENVIRONMENT_INCOMPLETE = "environment_incomplete"
+    """Required nodes or models still missing when the environment's timeout ran out."""
     RESUME_FAILED = "resume_failed"
     """A stopped instance did not run again in time (its GPU was rented meanwhile): not the
     machine's fault, so it is not excluded; the slot destroys it and rents fresh."""
@@ -286,6 +288,11 @@ class SlotConfig(Model):
     retry_backoff_max: timedelta = timedelta(minutes=10)
     transitions_kept: int = 30
     recycle_after_lease: bool = False
+    environment: Environment | None = None
+    """The studio's nodes and models: sent with the rent, checked before READY."""
+    environment_timeout: timedelta = timedelta(minutes=45)
+    """From the rent: the required nodes and models must all be present by then."""
+    environment_poll: timedelta = timedelta(seconds=10)
     resume_timeout: timedelta = timedelta(minutes=5)
     """A parked (stopped) instance not running again this long after its resume is given up:
     its host's GPU was rented meanwhile. It is destroyed and the slot rents fresh."""
@@ -389,6 +396,8 @@ class SlotRuntime(Model):
     """The pool asked to resume this parked slot."""
     resume_started: datetime | None = None
     """When the current resume was asked of the provider (`resume_timeout` counts from it)."""
+    env_missing: list[str] = Field(default_factory=list)
+    """What the last environment check found missing (INSTALLING)."""
 
 
 class SlotInput(Model):
@@ -424,6 +433,10 @@ class SlotStatus(Model):
     ready_since: datetime | None
     time_to_ready_s: float | None
     warmup_seconds: float | None
+    environment_version: str | None = None
+    env_missing: list[str] = Field(default_factory=list)
+    env_progress: str | None = None
+    """The provisioning log's latest state (which model downloads, how far), when followed."""
     excluded_machines: list[int]
     log_tail: list[str]
     log_lines_total: int = 0
@@ -463,6 +476,11 @@ class SlotEvent(Model):
     """The failure is the machine's: the pool excludes it for every slot."""
     image_failure: bool = False
     """The provider said the image could not be pulled or extracted."""
+    env_version: str | None = None
+    """The studio environment's version the slot rents with (None: none declared)."""
+    missing: list[str] = Field(default_factory=list)
+    """With `environment_incomplete`: what was missing (the same item on several machines is
+    systemic: a wrong URL or token)."""
 
 
 class SlotMessage(Model):
@@ -556,6 +574,11 @@ class PoolConfig(Model):
     min_ready: int = Field(default=1, ge=0, le=10_000)
     max_slots: int = Field(default=4, ge=0, le=10_000)
     scaling: ScalingPolicy = Field(default_factory=ScalingPolicy)
+    environment: Environment | None = None
+    """The target environment (`pool set-env`): slots on another version are replaced."""
+    max_surge: int = Field(default=1, ge=1, le=100)
+    """Replacements a rollout may run above the target at once (each READY before the slot it
+    replaces retires)."""
     budget_dph: float | None = Field(default=None, gt=0)
     safe_mode_after: int = Field(default=3, ge=1)
     """Distinct machines on which the same image fails the same way before safe mode."""
@@ -583,6 +606,7 @@ class SlotView(Model):
     retiring: bool = False
     cleaning: bool = False
     """A lease ended: not idle until the slot reports READY again (after its clean)."""
+    env_version: str | None = None
     scaled_down: bool = False
     """Retired by the policy for surplus: the next slot is retired only once this one is gone."""
     attempt_started: datetime | None = None
@@ -607,6 +631,10 @@ class LeaseRequest(Model):
     request_id: str = Field(min_length=1, max_length=200)
     wait_for: timedelta = timedelta(0)
     """With the `request_lease` signal: how long the request may wait for capacity."""
+    min_environment: str | None = Field(default=None, max_length=100)
+    """Only a slot on this environment version or one applied after it."""
+    node_class: str | None = Field(default=None, max_length=200)
+    """Only a slot whose environment declares this node class."""
 
 
 class LeaseGrant(Model):
@@ -766,6 +794,10 @@ class PoolRuntime(Model):
     """Warm slots the policy last asked for (READY, leased or starting)."""
     surplus_since: datetime | None = None
     """Since when the pool has had more warm slots than its target (scale down after a delay)."""
+    env_versions: list[str] = Field(default_factory=list)
+    """Environment versions in the order they were applied (a lease's `min_environment`)."""
+    env_classes: dict[str, list[str]] = Field(default_factory=dict)
+    """Node classes each applied version declares (a lease's `node_class`)."""
     refused: dict[str, datetime] = Field(default_factory=dict)
     """Requests refused for lack of capacity lately, by request id: demand to scale up for."""
     decisions: list[ScalingDecision] = Field(default_factory=list)
@@ -826,4 +858,6 @@ class PoolStatus(Model):
     excluded_machines: list[ExcludedMachine] = Field(default_factory=list)
     scaling: ScalingView | None = None
     costs: CostView | None = None
+    environment_version: str | None = None
+    slots_by_environment: dict[str, int] = Field(default_factory=dict)
 

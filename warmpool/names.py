@@ -25,6 +25,7 @@ class Pool:
     RENEW: Final = "renew"
     RELEASE: Final = "release"
     RESIZE: Final = "resize"
+    SET_ENVIRONMENT: Final = "set_environment"
     # signals
     REQUEST_LEASE: Final = "request_lease"
     LEASE_UNANSWERED: Final = "lease_unanswered"

@@ -13,7 +13,9 @@ from dataclasses import dataclass, field
 from datetime import datetime
 
 from warmpool import scaling
+from warmpool.environment import Environment
 from warmpool.models import (
+    LeaseRequest,
     PoolConfig,
     PoolLease,
     PoolRuntime,
@@ -29,7 +31,16 @@ from warmpool.models import (
 
 S = SlotState
 STARTING = frozenset(
-    {S.PREFLIGHT, S.SEARCHING, S.RENTING, S.PROVISIONING, S.PROBING, S.VALIDATING_PORTS, S.BACKOFF}
+    {
+        S.PREFLIGHT,
+        S.SEARCHING,
+        S.RENTING,
+        S.PROVISIONING,
+        S.PROBING,
+        S.VALIDATING_PORTS,
+        S.INSTALLING,
+        S.BACKOFF,
+    }
 )
 REPLACING = STARTING | {S.BLOCKED, S.TERMINATING}
 """A slot terminating after a failure (or blocked) replaces itself: it counts as starting."""
@@ -52,6 +63,54 @@ def idle_ready(rt: PoolRuntime) -> list[SlotView]:
         ),
         key=lambda v: v.since,
     )
+
+
+KEEP_ENV_VERSIONS = 20
+
+
+def wanted_env(request: LeaseRequest) -> str:
+    parts = []
+    if request.min_environment:
+        parts.append(f"environment {request.min_environment} or later")
+    if request.node_class:
+        parts.append(f"node class {request.node_class}")
+    return ", ".join(parts)
+
+
+def matching(rt: PoolRuntime, idle: list[SlotView], request: LeaseRequest) -> list[SlotView]:
+    """The idle slots whose environment meets the request's: a version at or after
+    `min_environment` in the order versions were applied, and `node_class` declared."""
+    order = {version: i for i, version in enumerate(rt.env_versions)}
+    floor = order.get(request.min_environment or "", -1)
+
+    def fits(v: SlotView) -> bool:
+        if request.min_environment and order.get(v.env_version or "", -1) < floor:
+            return False
+        classes = rt.env_classes.get(v.env_version or "", [])
+        return not request.node_class or request.node_class in classes
+
+    return [v for v in idle if fits(v)]
+
+
+def apply_environment(rt: PoolRuntime, env: Environment) -> None:
+    """Remember a version as applied now (a re-applied one moves to the end: it is the
+    newest), with the node classes it declares."""
+    version = env.version
+    if version in rt.env_versions:
+        rt.env_versions.remove(version)
+    rt.env_versions.append(version)
+    rt.env_classes[version] = sorted({c for node in env.nodes for c in node.classes})
+    for old in rt.env_versions[:-KEEP_ENV_VERSIONS]:
+        rt.env_versions.remove(old)
+        rt.env_classes.pop(old, None)
+
+
+def slots_by_environment(rt: PoolRuntime) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for v in rt.slots.values():
+        key = v.env_version or "none"
+        counts[key] = counts.get(key, 0) + 1
+    return counts
 
 
 def refusal(rt: PoolRuntime, idle: list[SlotView]) -> str | None:
@@ -152,19 +211,20 @@ def plan(rt: PoolRuntime, cfg: PoolConfig, now: datetime) -> Plan:
         result.retire.append((v.index, f"stopped tier above its target {policy.stopped_target}"))
         stopped.remove(v)
         parked -= 1
-    over = len(warm) - cfg.max_slots
+    surge = 0 if rt.safe_mode else _roll_out(rt, cfg, wanted.value, warm, stopped, result)
+    over = len(warm) - cfg.max_slots - surge
     for v in shrink_order(warm)[: max(0, over)]:
         result.retire.append((v.index, f"above max_slots {cfg.max_slots}"))
         warm.remove(v)
     if rt.safe_mode:
         return result
-    deficit = wanted.value - len(warm)
+    deficit = wanted.value + surge - len(warm)
     if deficit > 0:
         rt.surplus_since = None
         for v in sorted(stopped, key=lambda v: v.since)[:deficit]:
             result.unpark.append(v.index)
         deficit -= len(result.unpark)
-        room = cfg.max_slots - len(warm) - len(result.unpark)
+        room = cfg.max_slots + surge - len(warm) - len(result.unpark)
         freed = sum(1 for i, _ in result.retire if not rt.slots[i].instance_id)
         for _ in range(max(0, min(deficit, room))):
             if budget_limited(rt, cfg, extra_pending=result.start - freed):
@@ -176,6 +236,54 @@ def plan(rt: PoolRuntime, cfg: PoolConfig, now: datetime) -> Plan:
     else:
         rt.surplus_since = None
     return result
+
+
+def _roll_out(
+    rt: PoolRuntime,
+    cfg: PoolConfig,
+    target: int,
+    warm: list[SlotView],
+    stopped: list[SlotView],
+    result: Plan,
+) -> int:
+    """Replace slots on another environment version than the pool's, without dropping
+    capacity; returns the surge (extra slots to run above the target meanwhile).
+
+    Parked or starting slots on an old version serve nobody: they retire at once. An idle
+    READY one retires only once a replacement is READY (more slots serve than the target
+    asks), the longest idle first; `max_surge` replacements start at a time. A leased one is
+    left alone until its lease ends; then it is idle and replaced like the others.
+    """
+    version = cfg.environment.version if cfg.environment else None
+    for v in [v for v in stopped if v.env_version != version]:
+        result.retire.append((v.index, f"environment rollout: parked on {v.env_version}"))
+        stopped.remove(v)
+    for v in [
+        v
+        for v in warm
+        if v.state in REPLACING and v.lease_id is None and v.env_version != version
+    ]:
+        result.retire.append((v.index, f"environment rollout: starting on {v.env_version}"))
+        warm.remove(v)
+    old = sorted(
+        (
+            v
+            for v in warm
+            if v.state == S.READY
+            and v.lease_id is None
+            and not v.cleaning
+            and v.env_version != version
+        ),
+        key=lambda v: v.since,
+    )
+    if not old:
+        return 0
+    serving = sum(1 for v in warm if v.state in SERVING)
+    if serving > target:
+        replaced = old.pop(0)
+        result.retire.append((replaced.index, f"environment rollout: replaced by {version}"))
+        warm.remove(replaced)
+    return min(cfg.max_surge, len(old))
 
 
 def _shrink(
@@ -283,6 +391,7 @@ def merge_event(rt: PoolRuntime, event: SlotEvent, *, now: datetime) -> bool:
     view.connection_url = event.connection_url
     view.instance_id = event.instance_id
     view.dph_total = event.dph_total
+    view.env_version = event.env_version
     lease = rt.leases.get(view.lease_id) if view.lease_id else None
     if lease is not None and event.connection_url and event.state in SERVING:
         lease.connection_url = event.connection_url  # the slot re-validated a moved port

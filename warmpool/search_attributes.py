@@ -7,8 +7,10 @@ from temporalio.common import SearchAttributeKey
 POOL_NAME = SearchAttributeKey.for_keyword("WarmPoolName")
 SLOT_STATE = SearchAttributeKey.for_keyword("WarmPoolSlotState")
 INSTANCE_ID = SearchAttributeKey.for_int("WarmPoolInstanceId")
+ENV_VERSION = SearchAttributeKey.for_keyword("WarmPoolEnvVersion")
+"""The studio environment's version a slot runs ("none" without one): rollouts in the Web UI."""
 
-ALL = (POOL_NAME, SLOT_STATE, INSTANCE_ID)
+ALL = (POOL_NAME, SLOT_STATE, INSTANCE_ID, ENV_VERSION)
 
 
 def dev_server_flags() -> list[str]:

@@ -29,7 +29,7 @@ from warmpool.models import (
 S = SlotState
 MAX_EXCLUDED = 50
 """Machines a slot remembers itself (its pool keeps the pool-wide list)."""
-COLLECTING = (S.PROVISIONING, S.PROBING, S.VALIDATING_PORTS)
+COLLECTING = (S.PROVISIONING, S.PROBING, S.VALIDATING_PORTS, S.INSTALLING)
 """The states in which the instance's logs are followed over SSH."""
 
 

@@ -24,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.slots import MachineExclusion, message_slot
     from warmpool import market, scaling
     from warmpool import pool_core as core
+    from warmpool.environment import Environment
     from warmpool.errors import ErrorType
     from warmpool.labels import pool_workflow_id, slot_workflow_id
     from warmpool.models import (
@@ -242,7 +243,7 @@ class WarmPoolWorkflow:
         if known is not None:
             self._rt.unclaimed.pop(request.request_id, None)  # its caller has it now
             return self._grant_of(known)
-        idle = self._idle_ready()
+        idle = core.matching(self._rt, self._idle_ready(), request)
         if self._refusal(idle) is not None:
             self._dirty = True  # replenish now
             return None
@@ -314,12 +315,21 @@ class WarmPoolWorkflow:
                     self._end_lease(unclaimed, "unclaimed: the caller never received the grant")
 
     def _grant_waiting(self) -> None:
-        while self._rt.waiting and self._idle_ready():
-            waiting = self._rt.waiting.pop(0)
+        """Grant waiting requests in order; one whose environment no idle slot has waits on
+        without holding up the others."""
+        for waiting in list(self._rt.waiting):
+            if not self._idle_ready():
+                return
             if self._grant(waiting.request) is not None:
+                self._rt.waiting.remove(waiting)
                 scaling.observe_wait(self._rt, (self._now() - waiting.since).total_seconds())
 
     def _check_lease_request(self, request: LeaseRequest) -> None:
+        if request.min_environment and request.min_environment not in self._rt.env_versions:
+            raise ValueError(
+                f"unknown environment version {request.min_environment}; this pool has "
+                f"{', '.join(self._rt.env_versions) or 'none'}"
+            )
         duration = request.duration or self._cfg.default_lease
         if duration <= timedelta(0):
             raise ValueError(f"lease duration must be positive, got {seconds(duration)}")
@@ -364,8 +374,13 @@ class WarmPoolWorkflow:
         index = self._rt.next_index
         self._rt.next_index += 1
         now = self._now()
+        env = self._cfg.environment
         self._rt.slots[index] = SlotView(
-            index=index, state=S.PREFLIGHT, since=now, reason="starting"
+            index=index,
+            state=S.PREFLIGHT,
+            since=now,
+            reason="starting",
+            env_version=env.version if env else None,
         )
         return workflow.start_child_workflow(
             WarmSlotWorkflow.run,
@@ -380,9 +395,16 @@ class WarmPoolWorkflow:
         )
 
     def _slot_config(self) -> SlotConfig:
-        return self._cfg.slot.model_copy(
-            update={"recycle_after_lease": self._cfg.recycle_after_lease}
-        )
+        """The slot settings, with the pool's target environment (and its images)."""
+        update: dict[str, object] = {"recycle_after_lease": self._cfg.recycle_after_lease}
+        env = self._cfg.environment
+        if env is not None:
+            update |= {
+                "environment": env,
+                "image": env.image,
+                "fallback_image": env.fallback_image or self._cfg.slot.fallback_image,
+            }
+        return self._cfg.slot.model_copy(update=update)
 
     def _retire(self, view: SlotView, reason: str) -> None:
         if view.retiring:
@@ -398,7 +420,7 @@ class WarmPoolWorkflow:
         if core.merge_event(self._rt, event, now=self._now()) and event.failure is not None:
             self._record_failure(event, event.failure)
         if event.state == S.READY:
-            market.image_ready(self._rt, event.image)
+            market.image_ready(self._rt, event.image, event.env_version)
         self._dirty = True
 
     def _record_failure(self, event: SlotEvent, failure: FailureReason) -> None:
@@ -443,7 +465,9 @@ class WarmPoolWorkflow:
                 pass
             grant = self._grant(request)
         if grant is None:
-            reason = self._refusal(self._idle_ready())
+            reason = self._refusal(core.matching(self._rt, self._idle_ready(), request))
+            if self._idle_ready() and (request.min_environment or request.node_class):
+                reason = f"no capacity with that environment ({core.wanted_env(request)})"
             self._rt.refused[request.request_id] = self._now()
             self._rt.costs.refusals += 1
             self._dirty = True
@@ -588,6 +612,21 @@ class WarmPoolWorkflow:
     def _validate_resize(self, request: ResizeRequest) -> None:
         core.resized(self._cfg, request)
 
+    @workflow.update(name=Pool.SET_ENVIRONMENT)
+    def set_environment(self, env: Environment) -> PoolStatus:
+        """Make `env` the pool's target: slots on another version are replaced a few at a
+        time (`core.plan`), never dropping capacity. Re-applying a previous file rolls back."""
+        core.apply_environment(self._rt, env)
+        self._cfg = self._cfg.model_copy(update={"environment": env})
+        self._announce(f"environment {env.version} is the target")
+        self._dirty = True
+        return self.status()
+
+    @set_environment.validator
+    def _validate_set_environment(self, env: Environment) -> None:
+        if self._rt.draining:
+            raise ValueError("pool is draining")
+
     @workflow.signal(name=Pool.DRAIN)
     def drain(self) -> None:
         """Retire every slot once its lease ends; the pool finishes when none is left."""
@@ -634,4 +673,6 @@ class WarmPoolWorkflow:
             excluded_machines=sorted(self._rt.excluded.values(), key=lambda m: m.at),
             scaling=core.scaling_view(self._rt, self._cfg, self._now()),
             costs=scaling.cost_view(self._rt),
+            environment_version=self._cfg.environment.version if self._cfg.environment else None,
+            slots_by_environment=core.slots_by_environment(self._rt),
         )

@@ -37,6 +37,11 @@ with workflow.unsafe.imports_passed_through():
     from activities.vast import RentInput, SearchInput, VastActivities
     from warmpool import search_attributes as sa
     from warmpool import slot_core as core
+    from warmpool.environment import (
+        EnvironmentCheckInput,
+        provisioning_progress,
+        required_checks,
+    )
     from warmpool.errors import ErrorType
     from warmpool.labels import slot_label, slot_workflow_id
     from warmpool.lifecycle import StatusVerdict, assess, backoff_delay
@@ -105,6 +110,7 @@ class WarmSlotWorkflow:
             S.PROVISIONING: self._provision,
             S.PROBING: self._probe,
             S.VALIDATING_PORTS: self._validate,
+            S.INSTALLING: self._install,
             S.READY: self._serve,
             S.LEASED: self._serve,
             S.DRAINING: self._drain,
@@ -247,6 +253,9 @@ class WarmSlotWorkflow:
             ready_since=rt.ready_since,
             time_to_ready_s=rt.time_to_ready_s,
             warmup_seconds=rt.warmup_seconds,
+            environment_version=self._env_version(),
+            env_missing=rt.env_missing,
+            env_progress=provisioning_progress(rt.log_tail, env=self._cfg.environment),
             excluded_machines=rt.excluded_machines,
             log_tail=rt.log_tail,
             log_lines_total=rt.log_lines_total,
@@ -389,6 +398,12 @@ class WarmSlotWorkflow:
             image=rt.image_used,
             host_fault=failure.host_fault if failure else False,
             image_failure=failure.image_failure if failure else False,
+            env_version=self._env_version(),
+            missing=(
+                rt.env_missing
+                if failure and failure.reason == FailureReason.ENVIRONMENT_INCOMPLETE
+                else []
+            ),
             lease_id=lease_id or (rt.lease.lease_id if rt.lease else None),
             lease_refused=refused,
             ended_lease=(
@@ -406,6 +421,10 @@ class WarmSlotWorkflow:
         except Exception as exc:  # a missing pool must not fail the slot
             workflow.logger.warning("cannot report to %s: %s", self._input.report_to, exc)
 
+    def _env_version(self) -> str | None:
+        env = self._cfg.environment
+        return env.version if env is not None else None
+
     def _upsert(self) -> None:
         instance_id = self._rt.instance.id if self._rt.instance else 0
         workflow.upsert_search_attributes(
@@ -413,6 +432,7 @@ class WarmSlotWorkflow:
                 sa.POOL_NAME.value_set(self._input.pool),
                 sa.SLOT_STATE.value_set(self._rt.state.value),
                 sa.INSTANCE_ID.value_set(instance_id),
+                sa.ENV_VERSION.value_set(self._env_version() or "none"),
             ]
         )
 
@@ -603,6 +623,7 @@ class WarmSlotWorkflow:
                     disk_gb=cfg.disk_gb,
                     runtype=cfg.runtype,
                     onstart=cfg.onstart,
+                    environment=cfg.environment,
                     ports=[cfg.probe.comfy_port],
                     machine_id=rt.offer.machine_id,
                     pool_workflow_id=self._input.report_to,
@@ -747,12 +768,62 @@ class WarmSlotWorkflow:
             self._untrusted(failure)
             return
         assert report.url is not None
+        env = cfg.environment
+        if env is not None and not required_checks(env).empty:
+            rt.env_missing = []
+            self._enter(S.INSTALLING, f"ComfyUI answers on {report.url}; checking {env.version}")
+            return
+        await self._ready(report.url)
+
+    async def _install(self) -> None:
+        """Check that the studio's required nodes and models are there, on the validated
+        endpoint only; READY once they all are. Still missing when `environment_timeout` (from
+        the rent) runs out: destroyed, naming what was missing; the pool excludes the machine,
+        and the same item missing on several machines is systemic (safe mode)."""
+        rt = self._rt
+        cfg = self._cfg
+        assert cfg.environment is not None and rt.port_report and rt.port_report.url
+        url = rt.port_report.url
+        try:
+            report = await workflow.execute_activity_method(
+                ComfyActivities.check_environment,
+                EnvironmentCheckInput(
+                    label=self._label, url=url, checks=required_checks(cfg.environment)
+                ),
+                **options.check_environment(cfg),
+            )
+        except ActivityError as err:
+            if error_type(err) == ErrorType.PORTAL_UNAUTHORIZED:
+                self._probe_failed(err)
+                return
+            rt.last_failure = f"environment check: {err.cause or err}"[:500]
+        else:
+            if report.complete:
+                rt.env_missing = []
+                await self._ready(url)
+                return
+            rt.env_missing = report.missing
+        started = rt.provision_started or self._now()
+        if self._now() - started > cfg.environment_timeout:
+            missing = ", ".join(rt.env_missing) or rt.last_failure or "unknown"
+            self._fail(
+                FailureReason.ENVIRONMENT_INCOMPLETE,
+                f"still missing after {cfg.environment_timeout.total_seconds():g} s: {missing}",
+            )
+            self._enter(S.TERMINATING, rt.last_failure or "environment incomplete")
+            return
+        await self._sleep(cfg.environment_poll)
+
+    async def _ready(self, url: str) -> None:
+        """The warm-up workflow if any, then READY on the validated URL."""
+        rt = self._rt
+        cfg = self._cfg
         if cfg.warmup_workflow:
             warmup = workflow.start_activity_method(
                 ComfyActivities.warmup,
                 WarmupInput(
                     label=self._label,
-                    url=report.url,
+                    url=url,
                     workflow_path=cfg.warmup_workflow,
                     timeout=cfg.probe.readiness_timeout,
                 ),
@@ -764,12 +835,13 @@ class WarmSlotWorkflow:
                 self._fail(FailureReason.WARMUP_FAILED, str(err.cause or err))
                 self._enter(S.TERMINATING, rt.last_failure or "warm-up failed")
                 return
-        rt.connection_url = report.url
+        rt.connection_url = url
         rt.ready_since = self._now()
         if rt.provision_started is not None:
             rt.time_to_ready_s = (self._now() - rt.provision_started).total_seconds()
         rt.counters.consecutive_failures = 0
-        self._enter(S.READY, f"ports validated: {report.url}")
+        version = self._env_version()
+        self._enter(S.READY, f"ports validated: {url}" + (f", {version}" if version else ""))
 
     async def _serve(self) -> None:
         """READY or LEASED: a long-running watch (keepalive + provider status) until lost."""

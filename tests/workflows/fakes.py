@@ -33,6 +33,7 @@ from activities.vast import (
     machines_to_exclude,
     refuse_excluded,
 )
+from warmpool.environment import EnvironmentCheckInput, EnvironmentReport
 from warmpool.models import (
     CandidateReport,
     FailureReason,
@@ -87,6 +88,8 @@ class FakeCloud:
     ssh_fatal: dict[int, str] = field(default_factory=dict)
     """Per machine: the fatal line the collector returns after its batches."""
     ssh_inputs: list[SshFollowInput] = field(default_factory=list)
+    env_checks: Counter[int] = field(default_factory=Counter)
+    env_checks_until_complete: int = 2
 
     def scenario(self, machine: int) -> str:
         return self.scenarios.get(machine, "ok")
@@ -107,6 +110,7 @@ class FakeCloud:
             self.validate_ports,
             self.watch,
             self.warmup,
+            self.check_environment,
             self.clean,
             self.follow_logs,
             message_slot,  # real: these two only talk to Temporal
@@ -320,6 +324,21 @@ class FakeCloud:
     @activity.defn(name="comfy.warmup")
     async def warmup(self, input: WarmupInput) -> float:
         return 1.5
+
+    @activity.defn(name="comfy.check_environment")
+    async def check_environment(self, input: EnvironmentCheckInput) -> EnvironmentReport:
+        """Everything is there once checked `env_checks_until_complete` times on an instance;
+        a machine whose scenario is "model_missing" never gets the first required model."""
+        self.calls["comfy.check_environment"] += 1
+        port = int(input.url.rsplit(":", 1)[1])
+        inst = next(i for i in self.live() if port % 100 == i.machine_id % 100)
+        self.env_checks[inst.id] += 1
+        missing = [f"model {folder}/{file}" for folder, file in input.checks.models]
+        if self.scenario(inst.machine_id) == "model_missing":
+            missing = missing[:1]
+        elif self.env_checks[inst.id] >= self.env_checks_until_complete:
+            missing = []
+        return EnvironmentReport(missing=missing, classes_found=0, models_found={})
 
     @activity.defn(name="comfy.clean")
     async def clean(self, input: CleanInput) -> None:

@@ -23,6 +23,7 @@ from tests.conftest import EARLY_CONTINUE_AS_NEW, start_dev_server
 from tests.helpers import assert_eventually, new_queue
 from tests.workflows.fakes import FakeCloud, workers
 from warmpool.clients.pool import retry_transient
+from warmpool.environment import Environment, ModelSpec
 from warmpool.labels import pool_workflow_id
 from warmpool.models import (
     FailureReason,
@@ -662,3 +663,67 @@ async def test_a_resume_whose_gpu_was_taken_destroys_it_and_rents_fresh(
         assert stopped[0].destroyed, "the stopped instance is destroyed, not forgotten"
         assert status.stats.failures_by_reason.get("resume_failed") == 1
         assert status.excluded_machines == [], "a taken GPU is not the machine's fault"
+
+
+# ---- the studio's environment: READY only when present, rolled out without losing capacity ----
+
+
+def environment(*files: str) -> Environment:
+    return Environment(
+        models=[
+            ModelSpec(url=f"https://huggingface.co/s/{f}", folder="checkpoints", file=f)
+            for f in files
+        ]
+    )
+
+
+async def test_a_rollout_keeps_min_ready_idle_and_replaces_a_leased_slot_after_release(
+    pool_env: WorkflowEnvironment,
+) -> None:
+    cloud = FakeCloud(machines=12)
+    v1, v2 = environment("a.safetensors"), environment("a.safetensors", "b.safetensors")
+    config = fast(min_ready=3, max_slots=4, scaling=policy(buffer=3), environment=v1)
+    async with running_pool(pool_env, cloud, config) as pool:
+        await wait_pool(pool_env, pool, idle(3))
+        assert cloud.calls["comfy.check_environment"] >= 6, "READY only after the checks"
+        leased = await upd(pool, WarmPoolWorkflow.lease, req("keeper"))
+        status = await wait_pool(pool_env, pool, lambda s: s.idle_ready == 3)
+        assert status.slots_by_environment == {v1.version: 4}
+        await upd(pool, WarmPoolWorkflow.set_environment, v2)
+        fewest_idle = 3
+
+        def rolled(s: PoolStatus) -> bool:
+            nonlocal fewest_idle
+            fewest_idle = min(fewest_idle, s.idle_ready)
+            serving = [v for v in s.slots if v.state in (S.READY, S.LEASED) and not v.retiring]
+            return (
+                len(serving) == 4
+                and sum(1 for v in serving if v.env_version == v2.version) == 3
+                and not any(v.retiring for v in s.slots)
+            )
+
+        status = await wait_pool(pool_env, pool, rolled, attempts=1200)
+        assert fewest_idle >= 3, "capacity never dropped below min_ready idle"
+        keeper = next(v for v in status.slots if v.lease_id == leased.lease_id)
+        assert keeper.env_version == v1.version, "a leased slot is left alone"
+        await upd(pool, WarmPoolWorkflow.release, leased.lease_id)
+        status = await wait_pool(
+            pool_env,
+            pool,
+            lambda s: s.slots_by_environment == {v2.version: 3} and s.idle_ready == 3,
+            attempts=1200,
+        )
+        assert status.environment_version == v2.version
+
+
+async def test_a_model_missing_on_every_machine_is_systemic(pool_env: WorkflowEnvironment) -> None:
+    cloud = FakeCloud(machines=6, scenarios=dict.fromkeys(range(1, 7), "model_missing"))
+    config = fast(min_ready=1, max_slots=1, safe_mode_after=2, environment=environment("a.x"))
+    config.slot.environment_timeout = timedelta(seconds=0.5)
+    config.slot.environment_poll = timedelta(seconds=0.1)
+    async with running_pool(pool_env, cloud, config) as pool:
+        status = await wait_pool(pool_env, pool, lambda s: s.safe_mode)
+        assert status.safe_reason is not None
+        assert "model checkpoints/a.x missing on 2 distinct machines" in status.safe_reason
+        assert len(status.excluded_machines) == 2
+        assert status.stats.failures_by_reason == {"environment_incomplete": 2}
