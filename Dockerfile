@@ -1,6 +1,6 @@
 # One image for the worker, the gateway and the operator CLI; docker-compose.yml runs it as
 #   python worker.py | python -m warmpool.gateway | python starter.py ...
-# Settings come from the environment (README, "Settings"). Secrets come from the environment
+# Settings come from the environment (docs/settings.md). Secrets come from the environment
 # too, or from the file store in WARMPOOL_SECRETS_DIR (/secrets, a volume) that
 # `starter.py tokens set` writes, so a rotated token needs no restart.
 FROM python:3.11-slim

@@ -2,7 +2,7 @@
 
 The same client serves a bare ComfyUI and one behind Vast.ai's Caddy "Instance Portal", which
 wants `Authorization: Bearer <instance token>` and answers for ComfyUI while it is not up yet.
-Shapes follow /work/shared/comfyui-api.md. Every failure is a `ComfyError`:
+Shapes follow docs/reference/comfyui-api.md. Every failure is a `ComfyError`:
 
     ComfyError
     ├── ComfyUnreachable    no HTTP answer at all (refused, reset, timed out)

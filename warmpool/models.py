@@ -20,7 +20,7 @@ from warmpool.environment import Environment
 
 
 class SlotState(StrEnum):
-    """The slot state machine of DESIGN.md, plus BACKOFF and BLOCKED (see README)."""
+    """The slot state machine of DESIGN.md, plus BACKOFF and BLOCKED (see docs/architecture.md)."""
 
     PREFLIGHT = "PREFLIGHT"
     SEARCHING = "SEARCHING"

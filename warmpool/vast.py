@@ -1,6 +1,6 @@
 """How does the pool talk to Vast.ai? An async client for the eight calls it needs, and models.
 
-The facts come from /work/shared/vastai-api.md. One method is one HTTP request (pages of the list
+The facts come from docs/reference/vastai-api.md. One method is one HTTP request (pages of the list
 aside): there are no retry loops here, because Temporal activities retry. Every answer is
 checked, and anything unexpected raises a `warmpool.errors.VastError`; an answer is never guessed
 into "nothing there", since a list misread as empty once made a controller launch replacements

@@ -7,7 +7,7 @@ set -eu
 ADDRESS="${TEMPORAL_ADDRESS:-temporal:7233}"
 NAMESPACE="${TEMPORAL_NAMESPACE:-default}"
 RETENTION="${TEMPORAL_RETENTION:-72h}"
-ATTRIBUTES="WarmPoolName:Keyword WarmPoolSlotState:Keyword WarmPoolInstanceId:Int"
+ATTRIBUTES="WarmPoolName:Keyword WarmPoolSlotState:Keyword WarmPoolInstanceId:Int WarmPoolEnvVersion:Keyword"
 
 echo "waiting for Temporal at $ADDRESS"
 until temporal operator cluster health --address "$ADDRESS" >/dev/null 2>&1; do sleep 2; done

@@ -8,9 +8,11 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from warmpool import pool_core as core
+from warmpool.environment import Environment, ModelSpec
 from warmpool.models import (
     FailureReason,
     LeaseEndRequest,
+    LeaseRequest,
     PoolConfig,
     PoolLease,
     PoolRuntime,
@@ -301,3 +303,59 @@ def test_ended_leases_are_kept_up_to_a_bound() -> None:
         assert not core.end_lease(rt, lease, "again", now=NOW), "ending twice is a no-op"
     assert len(rt.leases) == core.KEEP_ENDED_LEASES
     assert "l0" not in rt.leases and f"l{core.KEEP_ENDED_LEASES + 4}" in rt.leases
+
+
+# ---- environment rollout and lease constraints ---------------------------------------------
+
+
+def on(version: str | None, *views: SlotView) -> list[SlotView]:
+    return [v.model_copy(update={"env_version": version}) for v in views]
+
+
+def with_env(config: PoolConfig, *files: str) -> PoolConfig:
+    env = Environment(
+        models=[
+            ModelSpec(url=f"https://example.com/{f}", folder="checkpoints", file=f) for f in files
+        ]
+    )
+    return config.model_copy(update={"environment": env})
+
+
+def test_a_rollout_surges_and_retires_an_old_idle_slot_only_once_a_new_one_serves() -> None:
+    config = with_env(cfg(3, 3), "b")
+    new = config.environment.version if config.environment else ""
+    rt = runtime(*on("old", slot(1), slot(2), slot(3)))
+    first = core.plan(rt, config, NOW)
+    assert first.retire == [] and first.start == 1, "a replacement starts above max_slots"
+    rt.slots[4] = slot(4).model_copy(update={"env_version": new})  # the replacement is READY
+    second = core.plan(rt, config, NOW)
+    assert [i for i, _ in second.retire] == [3], "the longest idle old slot goes"
+    assert second.start == 1, "and the next old slot's replacement starts"
+
+
+def test_a_rollout_retires_old_starting_and_parked_slots_at_once_never_a_leased_one() -> None:
+    config = with_env(cfg(1, 4), "b")
+    config.scaling.stopped_target = 1
+    rt = leased(
+        runtime(*on("old", slot(1), slot(2, S.PROVISIONING), slot(3, S.STOPPED), slot(4))), 4
+    )
+    result = core.plan(rt, config, NOW)
+    assert sorted(i for i, why in result.retire) == [2, 3]
+    assert all("rollout" in why for _, why in result.retire)
+
+
+def test_leases_can_ask_for_a_version_or_a_node_class() -> None:
+    rt = runtime(*on("v1", slot(1)), *on("v2", slot(2)))
+    rt.env_versions = ["v1", "v2"]
+    rt.env_classes = {"v1": [], "v2": ["FooNode"]}
+    ask = LeaseRequest(holder="a", request_id="r", min_environment="v2")
+    assert [v.index for v in core.matching(rt, core.idle_ready(rt), ask)] == [2]
+    ask = LeaseRequest(holder="a", request_id="r", node_class="FooNode")
+    assert [v.index for v in core.matching(rt, core.idle_ready(rt), ask)] == [2]
+    ask = LeaseRequest(holder="a", request_id="r", node_class="BarNode")
+    assert core.matching(rt, core.idle_ready(rt), ask) == []
+    env = Environment()
+    core.apply_environment(rt, env)
+    core.apply_environment(rt, env.model_copy(update={"pip": ["rich"]}))
+    core.apply_environment(rt, env)
+    assert rt.env_versions[-1] == env.version and len(rt.env_versions) == 4, "re-applied: newest"

@@ -1,6 +1,6 @@
 """Does VastClient speak the documented Vast.ai API, quirks included, and fail loudly and safely?
 
-Every answer here is a shape from /work/shared/vastai-api.md, served by httpx.MockTransport.
+Every answer here is a shape from docs/reference/vastai-api.md, served by httpx.MockTransport.
 """
 
 from __future__ import annotations
