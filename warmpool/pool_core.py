@@ -81,9 +81,11 @@ def matching(rt: PoolRuntime, idle: list[SlotView], request: LeaseRequest) -> li
     """The idle slots whose environment meets the request's: a version at or after
     `min_environment` in the order versions were applied, and `node_class` declared."""
     order = {version: i for i, version in enumerate(rt.env_versions)}
-    floor = order.get(request.min_environment or "", -1)
+    if request.min_environment and request.min_environment not in order:
+        return []  # a version this pool never applied: no slot has it
 
     def fits(v: SlotView) -> bool:
+        floor = order.get(request.min_environment or "", -1)
         if request.min_environment and order.get(v.env_version or "", -1) < floor:
             return False
         classes = rt.env_classes.get(v.env_version or "", [])

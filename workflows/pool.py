@@ -325,11 +325,6 @@ class WarmPoolWorkflow:
                 scaling.observe_wait(self._rt, (self._now() - waiting.since).total_seconds())
 
     def _check_lease_request(self, request: LeaseRequest) -> None:
-        if request.min_environment and request.min_environment not in self._rt.env_versions:
-            raise ValueError(
-                f"unknown environment version {request.min_environment}; this pool has "
-                f"{', '.join(self._rt.env_versions) or 'none'}"
-            )
         duration = request.duration or self._cfg.default_lease
         if duration <= timedelta(0):
             raise ValueError(f"lease duration must be positive, got {seconds(duration)}")

@@ -475,6 +475,8 @@ async def test_admin_pool_views_and_prewarm(stack: GatewayStack) -> None:
         summary = (await http.get("/api/proxy/warm-pool")).json()
         assert summary["pool"] == stack.pool and summary["max_slots"] == 2
         assert summary["idle_ready"] >= 1 and summary["counts"]["READY"] >= 1
+        assert summary["target"] >= 1 and summary["stopped"] == 0
+        assert summary["spend_per_hour_by_tier"]["idle"] > 0
         named = await http.get("/api/proxy/warm-pool", params={"pool": "nope"})
         assert named.status_code == 404 and named.json()["error"] == "unknown_pool"
         full = (await http.get("/api/proxy/admin/warm-pool/status")).json()
@@ -555,8 +557,20 @@ async def test_metrics_expose_pool_figures_and_the_workers_own(stack: GatewaySta
     for reason in ("no_space", "load_failed", "provision_timeout", "firewall", "keepalive_lost"):
         assert ("warmpool_provision_failures_total", pool | {("reason", reason)}) in values
     assert value("warmpool_active_leases") == 0
-    assert value("warmpool_spend_dollars_per_hour") > 0
+    assert value("warmpool_spend_dollars_per_hour", pool | {("tier", "idle")}) > 0
+    assert value("warmpool_spend_dollars_per_hour", pool | {("tier", "stopped")}) == 0
     assert value("warmpool_idle_ready_slots") >= 1
+    assert value("warmpool_target_slots") >= 1 and value("warmpool_warm_slots") >= 1
+    assert value("warmpool_stopped_slots") == 0
+    spent = [
+        v
+        for (name, labels), v in values.items()
+        if name == "warmpool_spend_dollars_total" and ("pool", stack.pool) in labels
+    ]
+    assert len(spent) == 4 and sum(spent) > 0, "a READY slot has cost something by now"
+    assert value("warmpool_idle_gpu_hours_total") >= 0
+    assert value("warmpool_lease_refusals_total") >= 0
+    assert ("warmpool_lease_wait_seconds", pool | {("quantile", "0.95")}) in values
 
     worker = urlsplit_netloc(stack.worker_metrics_url)
     assert value("warmpool_worker_up", frozenset({("worker", worker)})) == 1

@@ -103,6 +103,7 @@ def test_parse_keyring_first_is_active_and_urlsafe_base64_is_accepted() -> None:
         ("k1:not*base64!", "not valid base64"),
         (f"bad id:{b64(K1)}", "must be 1-64"),
     ],
+    ids=["empty", "no-id", "twice", "short-key", "not-base64", "bad-id"],
 )
 def test_parse_keyring_errors_name_the_variable_but_never_key_bytes(
     spec: str, message: str

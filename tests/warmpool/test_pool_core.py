@@ -359,3 +359,10 @@ def test_leases_can_ask_for_a_version_or_a_node_class() -> None:
     core.apply_environment(rt, env.model_copy(update={"pip": ["rich"]}))
     core.apply_environment(rt, env)
     assert rt.env_versions[-1] == env.version and len(rt.env_versions) == 4, "re-applied: newest"
+
+
+def test_a_version_the_pool_never_applied_matches_no_slot() -> None:
+    rt = runtime(*on("v1", slot(1)), *on(None, slot(2)))
+    rt.env_versions = ["v1"]
+    ask = LeaseRequest(holder="a", request_id="r", min_environment="env-000000000000")
+    assert core.matching(rt, core.idle_ready(rt), ask) == []

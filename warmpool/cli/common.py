@@ -13,10 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 from typing import Any, Literal, NoReturn
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from temporalio.client import (
     Client,
@@ -29,7 +31,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from warmpool.errors import ErrorType
 from warmpool.labels import pool_workflow_id, validate_pool_name
-from warmpool.models import PoolStatus
+from warmpool.models import WEEKDAYS, FloorPeriod, PoolStatus, Weekday
 from warmpool.settings import Settings
 
 USAGE = 2
@@ -120,6 +122,109 @@ def count(value: str) -> int:
     if not 0 <= number <= 10_000:
         raise argparse.ArgumentTypeError(f"must be between 0 and 10000, got {number}")
     return number
+
+
+def non_negative_seconds(value: str) -> timedelta:
+    """A duration in seconds, 0 included (at once), at most a year."""
+    number = _finite(value, "seconds")
+    if not 0 <= number <= MAX_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"must be at least 0 and at most {MAX_SECONDS:.0f} seconds (a year), got {value}"
+        )
+    return timedelta(seconds=number)
+
+
+def time_zone(value: str) -> str:
+    """An IANA time zone name (`Europe/Paris`, `UTC`), as this machine's zone database knows it."""
+    try:
+        ZoneInfo(value)
+    except (ZoneInfoNotFoundError, ValueError, OSError):
+        raise argparse.ArgumentTypeError(
+            f"unknown time zone {value!r}: expected an IANA name such as Europe/Paris or UTC"
+        ) from None
+    return value
+
+
+SCHEDULE_FORM = "DAYS HH:MM-HH:MM=FLOOR, e.g. 'mon-fri 08:00-20:00=4'"
+_CLOCK = re.compile(r"^(\d{1,2}):(\d{2})$")
+
+
+def _days(text: str, spec: str) -> list[Weekday]:
+    """`mon-fri`, `sat,sun`, `mon,wed-fri`, `daily` or `*`, in week order."""
+    chosen: set[Weekday] = set()
+    for part in text.lower().split(","):
+        if part in ("daily", "*"):
+            chosen.update(WEEKDAYS)
+            continue
+        ends = part.split("-")
+        unknown = [end for end in ends if end not in WEEKDAYS]
+        if len(ends) > 2 or unknown or not part:
+            raise argparse.ArgumentTypeError(
+                f"unknown days {part!r} in {spec!r}: use mon..sun, a range like mon-fri, a list "
+                "like sat,sun, or daily (or *)"
+            )
+        first = WEEKDAYS.index(ends[0])
+        last = WEEKDAYS.index(ends[-1])
+        span = (last - first) % 7
+        chosen.update(WEEKDAYS[(first + k) % 7] for k in range(span + 1))
+    return [day for day in WEEKDAYS if day in chosen]
+
+
+def _clock(text: str, spec: str, *, end: bool) -> time:
+    """`HH:MM` on a 24-hour clock; `24:00` as an end is midnight."""
+    match = _CLOCK.match(text)
+    hour, minute = (int(match[1]), int(match[2])) if match else (-1, -1)
+    if end and (hour, minute) == (24, 0):
+        return time(0, 0)
+    if not (0 <= hour <= 23 and 0 <= minute <= 59):
+        raise argparse.ArgumentTypeError(
+            f"bad time {text!r} in {spec!r}: expected HH:MM on a 24-hour clock, e.g. 08:00"
+        )
+    return time(hour, minute)
+
+
+def floor_period(value: str) -> FloorPeriod:
+    """`DAYS HH:MM-HH:MM=FLOOR` (`pool start --schedule`): from start to end on those days (an
+    end at or before the start runs past midnight), the floor is FLOOR. DAYS may be left out
+    (every day)."""
+    spec = " ".join(value.split())
+    times_part, equals, floor_text = spec.rpartition("=")
+    words = times_part.split()
+    if not equals or len(words) not in (1, 2):
+        raise argparse.ArgumentTypeError(f"expected {SCHEDULE_FORM}, got {value!r}")
+    days = _days(words[0], spec) if len(words) == 2 else list(WEEKDAYS)
+    start_text, dash, end_text = words[-1].partition("-")
+    if not dash:
+        raise argparse.ArgumentTypeError(
+            f"bad hours {words[-1]!r} in {spec!r}: expected HH:MM-HH:MM, e.g. 08:00-20:00"
+        )
+    start = _clock(start_text, spec, end=False)
+    end = _clock(end_text, spec, end=True)
+    if start == end and end_text != "24:00":
+        raise argparse.ArgumentTypeError(
+            f"empty hours {words[-1]!r} in {spec!r}: a whole day is 00:00-24:00"
+        )
+    try:
+        floor = count(floor_text.strip())
+    except argparse.ArgumentTypeError:
+        raise argparse.ArgumentTypeError(
+            f"bad floor {floor_text.strip()!r} in {spec!r}: expected a whole number of slots "
+            "from 0 to 10000"
+        ) from None
+    return FloorPeriod(days=days, start=start, end=end, floor=floor)
+
+
+def describe_period(period: FloorPeriod) -> str:
+    """A period as `--schedule` takes it: `mon-fri 08:00-20:00=4`."""
+    indexes = [WEEKDAYS.index(day) for day in period.days]
+    if len(indexes) == 7:
+        days = "daily"
+    elif len(indexes) > 2 and indexes == list(range(indexes[0], indexes[-1] + 1)):
+        days = f"{period.days[0]}-{period.days[-1]}"
+    else:
+        days = ",".join(period.days)
+    end = "24:00" if period.end == time(0, 0) else f"{period.end:%H:%M}"
+    return f"{days} {period.start:%H:%M}-{end}={period.floor}"
 
 
 def human_seconds(value: float | timedelta) -> str:

@@ -21,12 +21,15 @@ from warmpool.cli.common import (
     CliError,
     Parser,
     count,
+    describe_period,
     emit,
     existing_pool,
     final_status,
+    floor_period,
     human_seconds,
     json_flag,
     no_such_pool,
+    non_negative_seconds,
     pool_option,
     pool_run,
     positive_float,
@@ -35,10 +38,12 @@ from warmpool.cli.common import (
     seconds,
     start_hint,
     temporal_trouble,
+    time_zone,
 )
 from warmpool.clients import pool as pool_client
 from warmpool.labels import pool_workflow_id
 from warmpool.models import (
+    FloorPeriod,
     LeaseRequest,
     PoolConfig,
     PoolInput,
@@ -46,7 +51,11 @@ from warmpool.models import (
     PoolStatus,
     RenewRequest,
     ResizeRequest,
+    ScalingPolicy,
+    SlotState,
 )
+from warmpool.pool_core import STARTING
+from warmpool.scaling import PARKED, TIERS
 from warmpool.settings import Settings
 
 T = TypeVar("T")
@@ -54,6 +63,10 @@ POOL_WORKFLOW = names.Pool.WORKFLOW
 ACQUIRE_TIMEOUT_S = 10.0
 """How long `lease acquire` waits for the pool's answer (the gateway's default deadline too)."""
 WAIT_TIMEOUT_S = 600.0
+POLICY = ScalingPolicy()
+"""The scaling policy's defaults, as `pool start` uses them."""
+DECISIONS_SHOWN = 5
+S = SlotState
 
 
 async def on_pool(client: Client, pool: str, call: Callable[[], Awaitable[T]]) -> T:
@@ -100,6 +113,98 @@ def budget_line(status: PoolStatus) -> str | None:
     return line
 
 
+def policy_line(cfg: PoolConfig) -> str:
+    """The scaling policy in the flags' words."""
+    policy = cfg.scaling
+    floor = f"floor min_ready {cfg.min_ready}"
+    if policy.schedule:
+        periods = ", ".join(describe_period(p) for p in policy.schedule)
+        floor += f" + schedule {periods} ({policy.timezone})"
+    parked = (
+        f"stopped tier {policy.stopped_target} after {human_seconds(policy.park_after)} idle"
+        if policy.stopped_target
+        else "no stopped tier"
+    )
+    return (
+        f"policy: buffer {policy.buffer}, {floor}, scale down after "
+        f"{human_seconds(policy.scale_down_delay)} surplus, {parked}"
+    )
+
+
+def _money(dollars: float) -> str:
+    """Cents, or four decimals for the small sums a stopped tier bills."""
+    return f"${dollars:.2f}" if dollars >= 0.1 or dollars == 0 else f"${dollars:.4f}"
+
+
+def _wait(seconds: float | None) -> str:
+    return "-" if seconds is None else human_seconds(seconds) if seconds else "0s"
+
+
+def tiers_line(status: PoolStatus) -> str:
+    """READY / STOPPED / renting counts and what each tier bills per hour now."""
+    views = [v for v in status.slots if v.state != S.DONE]
+    idle = sum(1 for v in views if v.state == S.READY and v.lease_id is None)
+    leased = sum(1 for v in views if v.lease_id is not None or v.state == S.LEASED)
+    renting = sum(1 for v in views if v.state in STARTING)
+    resuming = sum(1 for v in views if v.state == S.RESUMING)
+    parked = sum(1 for v in views if v.state in PARKED)
+    rates = status.costs.spend_per_hour_by_tier if status.costs else {}
+
+    def rate(tier: str) -> str:
+        return f" {_money(rates[tier])}/h" if tier in rates else ""
+
+    starting = f"renting {renting}" + (f" + resuming {resuming}" if resuming else "")
+    return (
+        f"tiers: READY {idle}{rate('idle')}, leased {leased}{rate('leased')}, "
+        f"{starting}{rate('starting')}, STOPPED {parked}{rate('stopped')} (disk only)"
+    )
+
+
+def scaling_lines(status: PoolStatus) -> list[str]:
+    """The policy's reading now and its last decisions, with their time (UTC)."""
+    view = status.scaling
+    if view is None:
+        return []
+    line = (
+        f"scaling: floor {view.floor}, demand {view.demand}, target {view.target}, "
+        f"warm {view.warm}, stopped {view.stopped}"
+    )
+    if view.surplus_since is not None:
+        policy = status.config.scaling
+        after = policy.scale_down_delay
+        if view.stopped < policy.stopped_target:
+            after = min(after, policy.park_after)
+        due = view.surplus_since + after
+        line += f"; surplus since {view.surplus_since:%H:%M:%S}, scaling down from {due:%H:%M:%S}"
+    lines = [line]
+    lines += [f"  {d.at:%H:%M:%S} {d.describe()}" for d in view.decisions[-DECISIONS_SHOWN:]]
+    return lines
+
+
+def costs_lines(status: PoolStatus) -> list[str]:
+    """What idle costs: spend so far by tier, GPU-hours, $ per leased hour, waits, refusals."""
+    costs = status.costs
+    if costs is None:
+        return []
+    since = f" since {costs.since:%Y-%m-%d %H:%M} UTC" if costs.since else ""
+    order = [*TIERS, *sorted(set(costs.spend_by_tier) - set(TIERS))]
+    tiers = ", ".join(
+        f"{tier} {_money(costs.spend_by_tier[tier])}"
+        for tier in order
+        if tier in costs.spend_by_tier
+    )
+    per_leased = (
+        "-" if costs.dollars_per_leased_hour is None else _money(costs.dollars_per_leased_hour)
+    )
+    spent = f"{_money(costs.spend_total)} spent" + (f" ({tiers})" if tiers else "")
+    return [
+        f"costs{since}: {spent}",
+        f"  idle {costs.idle_gpu_hours:.4g} GPU-h, leased {costs.leased_gpu_hours:.4g} GPU-h, "
+        f"{per_leased} per leased hour; lease wait p50 {_wait(costs.lease_wait_p50_s)}, "
+        f"p95 {_wait(costs.lease_wait_p95_s)}; {costs.refusals} lease(s) refused",
+    ]
+
+
 def render_pool(status: PoolStatus, *, finished: str | None = None) -> str:
     head = (
         f"pool {status.pool}: min_ready {status.config.min_ready}, max_slots "
@@ -116,6 +221,11 @@ def render_pool(status: PoolStatus, *, finished: str | None = None) -> str:
     budget = budget_line(status)
     if budget and not finished:
         lines.append(budget)
+    lines.append(policy_line(status.config))
+    if not finished:
+        lines += scaling_lines(status)
+        lines.append(tiers_line(status))
+    lines += costs_lines(status)
     lines.append(f"{'slot':>4}  {'state':<16} {'instance':>10}  {'$/h':>6}  {'lease':<36} url")
     for v in status.slots:
         lines.append(
@@ -145,9 +255,35 @@ def render_lease(lease: PoolLease) -> str:
     )
 
 
+def check_floors(schedule: list[FloorPeriod] | None, max_slots: int | None) -> None:
+    """A scheduled floor above max_slots is refused as --min-ready above it is."""
+    if max_slots is None:
+        return
+    for period in schedule or []:
+        if period.floor > max_slots:
+            raise CliError(
+                f"--schedule '{describe_period(period)}': floor {period.floor} exceeds "
+                f"--max-slots {max_slots}",
+                USAGE,
+            )
+
+
 def check_start(args: argparse.Namespace) -> None:
     if args.min_ready > args.max_slots:
         raise CliError(f"--min-ready {args.min_ready} exceeds --max-slots {args.max_slots}", USAGE)
+    check_floors(args.schedule, args.max_slots)
+
+
+def scaling_policy(args: argparse.Namespace) -> ScalingPolicy:
+    """`pool start`'s scaling flags (their defaults are the policy's)."""
+    return ScalingPolicy(
+        buffer=args.buffer,
+        scale_down_delay=args.scale_down_delay,
+        schedule=args.schedule or [],
+        timezone=args.timezone,
+        stopped_target=args.stopped_target,
+        park_after=args.park_after,
+    )
 
 
 async def cmd_start(client: Client, settings: Settings, args: argparse.Namespace) -> None:
@@ -158,6 +294,7 @@ async def cmd_start(client: Client, settings: Settings, args: argparse.Namespace
         safe_mode_after=args.safe_mode_after,
         exclude_for=timedelta(hours=args.exclude_hours),
         recycle_after_lease=args.recycle,
+        scaling=scaling_policy(args),
         slot=settings.slot_config(),
     )
     wf_id = pool_workflow_id(args.pool)
@@ -179,9 +316,9 @@ async def cmd_start(client: Client, settings: Settings, args: argparse.Namespace
         raise temporal_trouble(exc, f"cannot start pool {args.pool}") from None
     emit(
         args,
-        {"workflow_id": wf_id, "started": True},
+        {"workflow_id": wf_id, "started": True, "config": config.model_dump(mode="json")},
         f"started pool {args.pool} ({wf_id}): min_ready {args.min_ready}, "
-        f"max_slots {args.max_slots}",
+        f"max_slots {args.max_slots}\n{policy_line(config)}",
     )
 
 
@@ -277,30 +414,40 @@ async def cmd_resume(client: Client, settings: Settings, args: argparse.Namespac
     )
 
 
+def resize_request(args: argparse.Namespace) -> ResizeRequest:
+    """What `pool resize` asks the pool to change (None: unchanged); the pool validates it."""
+    return ResizeRequest(
+        min_ready=args.min_ready,
+        max_slots=args.max_slots,
+        budget_dph=args.budget,
+        clear_budget=args.no_budget,
+        buffer=args.buffer,
+        scale_down_delay=args.scale_down_delay,
+        stopped_target=args.stopped_target,
+        park_after=args.park_after,
+        schedule=[] if args.no_schedule else args.schedule,
+        timezone=args.timezone,
+    )
+
+
 def check_resize(args: argparse.Namespace) -> None:
-    if args.min_ready is None and args.max_slots is None and args.budget is None:
-        if not args.no_budget:
-            raise CliError(
-                "pool resize: nothing to change: give --min-ready, --max-slots, --budget or "
-                "--no-budget (see --help)",
-                USAGE,
-            )
+    request = resize_request(args)
+    if not (request.config_changes() or request.scaling_changes() or request.clear_budget):
+        raise CliError(
+            "pool resize: nothing to change: give --min-ready, --max-slots, --budget, "
+            "--no-budget or a scaling option such as --buffer or --schedule (see --help)",
+            USAGE,
+        )
     if args.min_ready is not None and args.max_slots is not None:
         if args.min_ready > args.max_slots:
             raise CliError(
                 f"--min-ready {args.min_ready} exceeds --max-slots {args.max_slots}", USAGE
             )
+    check_floors(args.schedule, args.max_slots)
 
 
 async def cmd_resize(client: Client, settings: Settings, args: argparse.Namespace) -> None:
-    fields: dict[str, Any] = {
-        "min_ready": args.min_ready,
-        "max_slots": args.max_slots,
-        "budget_dph": args.budget,
-    }
-    if args.no_budget:
-        fields["clear_budget"] = True
-    request = ResizeRequest(**fields)
+    request = resize_request(args)
     status = await on_pool(
         client, args.pool, lambda: pool_client.resize(client, args.pool, request)
     )
@@ -413,11 +560,78 @@ def timeout_option(parser: argparse.ArgumentParser, default: float, what: str) -
     )
 
 
+def scaling_options(parser: argparse.ArgumentParser, *, resize: bool) -> None:
+    """The scaling policy's flags, spelled and explained alike on `pool start` and `resize`
+    (`start` defaults to the policy's defaults, `resize` leaves what is not given unchanged)."""
+
+    def default(value: object) -> str:
+        return "(default: unchanged)" if resize else f"(default {value})"
+
+    parser.add_argument(
+        "--buffer",
+        type=count,
+        default=None if resize else POLICY.buffer,
+        metavar="N",
+        help="idle READY slots kept above use (active leases, waiting and lately refused "
+        f"requests); --min-ready 0 with --buffer 0 scales to zero {default(POLICY.buffer)}",
+    )
+    parser.add_argument(
+        "--scale-down-delay",
+        type=non_negative_seconds,
+        default=None if resize else POLICY.scale_down_delay,
+        metavar="SECONDS",
+        help="seconds of surplus before the pool retires an idle slot, one at a time "
+        f"{default(f'{POLICY.scale_down_delay.total_seconds():g}')}",
+    )
+    schedule = parser.add_mutually_exclusive_group() if resize else parser
+    schedule.add_argument(
+        "--schedule",
+        type=floor_period,
+        action="append",
+        metavar="'DAYS HH:MM-HH:MM=FLOOR'",
+        help="a weekly period with its own floor instead of --min-ready, e.g. "
+        "'mon-fri 08:00-20:00=4' (DAYS: mon-fri, sat,sun, daily or *; an end before the start "
+        "runs past midnight); repeat it for more periods"
+        + ("; replaces the pool's schedule (default: unchanged)" if resize else " (default: none)"),
+    )
+    if resize:
+        schedule.add_argument(
+            "--no-schedule",
+            action="store_true",
+            help="remove the schedule: the floor is min_ready at all hours",
+        )
+    parser.add_argument(
+        "--timezone",
+        type=time_zone,
+        default=None if resize else POLICY.timezone,
+        metavar="ZONE",
+        help=f"IANA time zone of --schedule, e.g. Europe/Paris {default(POLICY.timezone)}",
+    )
+    parser.add_argument(
+        "--stopped-target",
+        type=count,
+        default=None if resize else POLICY.stopped_target,
+        metavar="N",
+        help="surplus slots parked instead of retired (instance stopped: disk billed, GPU not) "
+        f"and resumed before any new rental; 0: no stopped tier {default(POLICY.stopped_target)}",
+    )
+    parser.add_argument(
+        "--park-after",
+        type=non_negative_seconds,
+        default=None if resize else POLICY.park_after,
+        metavar="SECONDS",
+        help="seconds a surplus slot stays idle before it is parked "
+        f"{default(f'{POLICY.park_after.total_seconds():g}')}",
+    )
+
+
 def register(groups: argparse._SubParsersAction[Parser]) -> None:
     pool = groups.add_parser(
         "pool",
         help="start, watch, resize, drain and resume a pool",
-        description="A pool keeps min_ready idle READY slots, never more than max_slots.",
+        description="A pool keeps --buffer idle READY slots above use, at least min_ready (or a "
+        "scheduled floor) warm and never more than max_slots; surplus goes after a delay, "
+        "parked first when it has a stopped tier.",
     )
     cmds = pool.add_subparsers(dest="command", required=True, parser_class=Parser)
 
@@ -433,7 +647,8 @@ def register(groups: argparse._SubParsersAction[Parser]) -> None:
         type=count,
         default=2,
         metavar="N",
-        help="idle READY slots to keep (default %(default)s)",
+        help="floor: slots kept warm (READY, leased or starting) whatever the demand "
+        "(default %(default)s)",
     )
     start.add_argument(
         "--max-slots",
@@ -470,10 +685,12 @@ def register(groups: argparse._SubParsersAction[Parser]) -> None:
         action="store_true",
         help="replace a slot's instance after each lease instead of cleaning it (default: off)",
     )
+    scaling_options(start, resize=False)
     start.set_defaults(func=cmd_start, check=check_start)
-    sub("status", "show the pool: slots, leases, spend, budget, failures").set_defaults(
-        func=cmd_status
-    )
+    sub(
+        "status",
+        "show the pool: slots, leases, scaling, spend and what idle costs, budget, failures",
+    ).set_defaults(func=cmd_status)
     wait = sub("wait", "wait until N slots are idle and READY")
     wait.add_argument(
         "--ready",
@@ -485,9 +702,11 @@ def register(groups: argparse._SubParsersAction[Parser]) -> None:
     timeout_option(wait, WAIT_TIMEOUT_S, "them")
     wait.set_defaults(func=cmd_wait)
     sub("prewarm", "bring the pool to its target now").set_defaults(func=cmd_prewarm)
-    resize = sub("resize", "change min_ready, max_slots or the budget of a running pool")
+    resize = sub(
+        "resize", "change min_ready, max_slots, the budget or the scaling policy of a running pool"
+    )
     resize.add_argument(
-        "--min-ready", type=count, metavar="N", help="new min_ready (default: unchanged)"
+        "--min-ready", type=count, metavar="N", help="new floor, min_ready (default: unchanged)"
     )
     resize.add_argument(
         "--max-slots", type=count, metavar="N", help="new max_slots (default: unchanged)"
@@ -500,6 +719,7 @@ def register(groups: argparse._SubParsersAction[Parser]) -> None:
         help="new hourly budget in $/h (default: unchanged)",
     )
     budget.add_argument("--no-budget", action="store_true", help="remove the budget")
+    scaling_options(resize, resize=True)
     resize.set_defaults(func=cmd_resize, check=check_resize)
     drain = sub("drain", "retire every slot once its lease ends; the pool then finishes")
     drain.add_argument(

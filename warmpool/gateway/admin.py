@@ -14,7 +14,7 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Query
-from pydantic import StringConstraints
+from pydantic import Field, StringConstraints
 from temporalio.service import RPCError
 
 from warmpool.clients.token_watch import (
@@ -73,6 +73,12 @@ class PoolSummary(Model):
     safe_mode: bool
     safe_reason: str | None
     draining: bool
+    target: int | None = None
+    """Warm slots (READY, leased or starting) the scaling policy wants now."""
+    stopped: int = 0
+    """Parked slots: instance stopped, disk billed, GPU not."""
+    spend_per_hour_by_tier: dict[str, float] = Field(default_factory=dict)
+    """$/h now by tier: idle, leased, starting, stopped."""
 
 
 class AdminStatus(Model):
@@ -128,6 +134,9 @@ async def warm_pool(gateway: GatewayDep, pool: PoolName = None) -> PoolSummary:
         safe_mode=status.safe_mode,
         safe_reason=status.safe_reason,
         draining=status.draining,
+        target=status.scaling.target if status.scaling else None,
+        stopped=status.scaling.stopped if status.scaling else 0,
+        spend_per_hour_by_tier=status.costs.spend_per_hour_by_tier if status.costs else {},
     )
 
 

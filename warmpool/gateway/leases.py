@@ -108,6 +108,19 @@ class AcquireBody(Model):
         le=1800,
         description="seconds to wait for capacity (capped by WARMPOOL_GATEWAY_MAX_WAIT_S)",
     )
+    min_environment: str | None = Field(
+        default=None,
+        pattern=r"^env-[0-9a-f]{12}$",
+        description="only a slot on this studio environment version or one applied after it; "
+        "otherwise 409 'no capacity with that environment'",
+    )
+    node_class: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=200,
+        description="only a slot whose environment declares this ComfyUI node class",
+        json_schema_extra={"pattern": PRINTABLE},
+    )
 
     @field_validator("holder")
     @classmethod
@@ -118,6 +131,11 @@ class AcquireBody(Model):
     @classmethod
     def _request_id(cls, value: str | None) -> str | None:
         return None if value is None else printable(value, "request_id")
+
+    @field_validator("node_class")
+    @classmethod
+    def _node_class(cls, value: str | None) -> str | None:
+        return None if value is None else printable(value, "node_class")
 
 
 class RenewBody(Model):
@@ -246,6 +264,8 @@ async def acquire(gateway: GatewayDep, body: AcquireBody) -> LeaseView:
         duration=_seconds(body.duration_s),
         request_id=body.request_id or uuid.uuid4().hex,
         wait_for=timedelta(seconds=wait),
+        min_environment=body.min_environment,
+        node_class=body.node_class,
     )
     started, outcome = time.perf_counter(), "error"
     try:

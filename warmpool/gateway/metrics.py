@@ -12,7 +12,27 @@ survives continue-as-new), so a restarted gateway loses nothing and keeps no sta
                                                     load_failed, provision_timeout, firewall,
                                                     keepalive_lost, ...)
     warmpool_active_leases{pool}, warmpool_idle_ready_slots{pool}, warmpool_slots{pool,state}
-    warmpool_spend_dollars_per_hour{pool}, warmpool_safe_mode{pool}
+    warmpool_safe_mode{pool}
+
+The scaling policy's reading (`PoolStatus.scaling`) and what idle costs (`PoolStatus.costs`,
+kept across continue-as-new; the counters restart only with the pool):
+
+    warmpool_spend_dollars_per_hour{pool,tier}      $/h now by tier: idle (READY, unleased),
+                                                    leased, starting (renting, resuming),
+                                                    stopped (disk only); sum by pool = total
+    warmpool_floor_slots{pool}, warmpool_target_slots{pool}
+                                                    the floor in force (min_ready or the
+                                                    schedule's) and the warm slots wanted now
+    warmpool_warm_slots{pool}, warmpool_stopped_slots{pool}
+                                                    READY, leased or starting / parked slots
+    warmpool_spend_dollars_total{pool,tier}         dollars spent since the pool started
+    warmpool_idle_gpu_hours_total{pool}             GPU-hours READY and unleased
+    warmpool_leased_gpu_hours_total{pool}           GPU-hours leased
+    warmpool_dollars_per_leased_hour{pool}          all spend / leased GPU-hours (NaN before a
+                                                    lease)
+    warmpool_lease_wait_seconds{pool,quantile}      p50 / p95 of the last granted leases' wait
+                                                    (0.5, 0.95; NaN before a lease)
+    warmpool_lease_refusals_total{pool}             leases refused for lack of capacity
 
 The gateway's own counters (leases it asked for, requests and websockets it proxied) are
 described in `meters.py`.
@@ -47,6 +67,7 @@ from prometheus_client.registry import Collector, CollectorRegistry
 from warmpool.gateway.context import gateway_of
 from warmpool.gateway.errors import ApiError
 from warmpool.models import READY_BUCKETS, FailureReason, PoolStatus
+from warmpool.scaling import TIERS, tier
 
 router = APIRouter(tags=["metrics"])
 
@@ -85,9 +106,6 @@ def pool_families(statuses: dict[str, PoolStatus | None]) -> Iterator[Metric]:
     leases = GaugeMetricFamily("warmpool_active_leases", "leases held now", labels=["pool"])
     idle = GaugeMetricFamily("warmpool_idle_ready_slots", "READY, not leased", labels=["pool"])
     slots = GaugeMetricFamily("warmpool_slots", "slots by state", labels=["pool", "state"])
-    spend = GaugeMetricFamily(
-        "warmpool_spend_dollars_per_hour", "sum of the rented instances' $/h", labels=["pool"]
-    )
     safe = GaugeMetricFamily("warmpool_safe_mode", "1 while renting is stopped", labels=["pool"])
     for pool, status in statuses.items():
         up.add_metric([pool], 0 if status is None else 1)
@@ -112,9 +130,94 @@ def pool_families(statuses: dict[str, PoolStatus | None]) -> Iterator[Metric]:
         idle.add_metric([pool], status.idle_ready)
         for state, count in sorted(status.counts.items()):
             slots.add_metric([pool, state], count)
-        spend.add_metric([pool], status.spend_per_hour)
         safe.add_metric([pool], 1 if status.safe_mode else 0)
-    yield from (up, attempts, ready, ratio, seconds, failures, leases, idle, slots, spend, safe)
+    yield from (up, attempts, ready, ratio, seconds, failures, leases, idle, slots, safe)
+    yield from scaling_families(statuses)
+
+
+def spend_rates(status: PoolStatus) -> dict[str, float]:
+    """$/h now by tier: the pool's own figures, else derived from its slots (a pool whose
+    status predates the cost view)."""
+    if status.costs is not None:
+        return dict.fromkeys(TIERS, 0.0) | status.costs.spend_per_hour_by_tier
+    rates = dict.fromkeys(TIERS, 0.0)
+    for view in status.slots:
+        name = tier(view)
+        if name is not None:
+            rates[name] = rates.get(name, 0.0) + (view.dph_total or 0.0)
+    return rates
+
+
+def _or_nan(value: float | None) -> float:
+    return float("nan") if value is None else value
+
+
+def scaling_families(statuses: dict[str, PoolStatus | None]) -> Iterator[Metric]:
+    """The scaling policy's reading and what idle costs, per pool that answered."""
+    rate = GaugeMetricFamily(
+        "warmpool_spend_dollars_per_hour",
+        "$/h of the pool's instances now, by tier (idle, leased, starting, stopped)",
+        labels=["pool", "tier"],
+    )
+    floor = GaugeMetricFamily(
+        "warmpool_floor_slots", "floor in force: min_ready or the schedule's", labels=["pool"]
+    )
+    target = GaugeMetricFamily(
+        "warmpool_target_slots", "warm slots the scaling policy wants now", labels=["pool"]
+    )
+    warm = GaugeMetricFamily(
+        "warmpool_warm_slots", "READY, leased or starting slots", labels=["pool"]
+    )
+    stopped = GaugeMetricFamily(
+        "warmpool_stopped_slots", "parked slots (disk billed, GPU not)", labels=["pool"]
+    )
+    spent = CounterMetricFamily(
+        "warmpool_spend_dollars",
+        "dollars spent by tier since the pool started",
+        labels=["pool", "tier"],
+    )
+    idle_hours = CounterMetricFamily(
+        "warmpool_idle_gpu_hours", "GPU-hours READY and unleased", labels=["pool"]
+    )
+    leased_hours = CounterMetricFamily(
+        "warmpool_leased_gpu_hours", "GPU-hours leased", labels=["pool"]
+    )
+    per_leased = GaugeMetricFamily(
+        "warmpool_dollars_per_leased_hour",
+        "dollars spent per leased GPU-hour (NaN before a lease)",
+        labels=["pool"],
+    )
+    wait = GaugeMetricFamily(
+        "warmpool_lease_wait_seconds",
+        "wait of the last granted leases, by quantile (NaN before a lease)",
+        labels=["pool", "quantile"],
+    )
+    refusals = CounterMetricFamily(
+        "warmpool_lease_refusals", "leases refused for lack of capacity", labels=["pool"]
+    )
+    for pool, status in statuses.items():
+        if status is None:
+            continue
+        for name, value in spend_rates(status).items():
+            rate.add_metric([pool, name], value)
+        if status.scaling is not None:
+            floor.add_metric([pool], status.scaling.floor)
+            target.add_metric([pool], status.scaling.target)
+            warm.add_metric([pool], status.scaling.warm)
+            stopped.add_metric([pool], status.scaling.stopped)
+        costs = status.costs
+        if costs is None:
+            continue
+        for name, value in (dict.fromkeys(TIERS, 0.0) | costs.spend_by_tier).items():
+            spent.add_metric([pool, name], value)
+        idle_hours.add_metric([pool], costs.idle_gpu_hours)
+        leased_hours.add_metric([pool], costs.leased_gpu_hours)
+        per_leased.add_metric([pool], _or_nan(costs.dollars_per_leased_hour))
+        wait.add_metric([pool, "0.5"], _or_nan(costs.lease_wait_p50_s))
+        wait.add_metric([pool, "0.95"], _or_nan(costs.lease_wait_p95_s))
+        refusals.add_metric([pool], costs.refusals)
+    yield from (rate, floor, target, warm, stopped, spent, idle_hours, leased_hours)
+    yield from (per_leased, wait, refusals)
 
 
 def worker_families(scrapes: Sequence[WorkerScrape]) -> Iterator[Metric]:
