@@ -280,7 +280,9 @@ def _roll_out(
     )
     if not old:
         return 0
-    serving = sum(1 for v in warm if v.state in SERVING)
+    # A slot cleaning after its lease is not serving yet: counting it would retire an old
+    # slot before its replacement is READY (a release lowers the target).
+    serving = sum(1 for v in warm if v.state in SERVING and not v.cleaning)
     if serving > target:
         replaced = old.pop(0)
         result.retire.append((replaced.index, f"environment rollout: replaced by {version}"))

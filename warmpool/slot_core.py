@@ -104,6 +104,19 @@ def image_for(rt: SlotRuntime, cfg: SlotConfig) -> str:
     return cfg.image
 
 
+def with_environment_wait(cfg: SlotConfig) -> SlotConfig:
+    """ComfyUI may answer only once the studio's required models are downloaded (the base
+    image holds it back while provisioning runs): with an environment declared, the
+    readiness wait lasts as long as the environment may take, so a long download is judged by
+    `environment_timeout` (environment_incomplete) and not as ComfyUI never ready."""
+    env = cfg.environment
+    if env is None or not (env.nodes or env.pip or any(m.required for m in env.models)):
+        return cfg
+    if cfg.probe.readiness_timeout >= cfg.environment_timeout:
+        return cfg
+    return cfg.merged({"probe": {"readiness_timeout": cfg.environment_timeout}})
+
+
 HOURS_PER_MONTH = 730.0
 
 

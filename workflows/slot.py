@@ -88,7 +88,7 @@ class WarmSlotWorkflow:
     @workflow.init
     def __init__(self, input: SlotInput) -> None:
         self._input = input
-        self._cfg = input.config
+        self._cfg = core.with_environment_wait(input.config)
         self._rt = input.runtime or SlotRuntime()
         self._resume_requested = False
         self._failure: FailureNote | None = None

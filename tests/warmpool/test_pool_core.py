@@ -366,3 +366,12 @@ def test_a_version_the_pool_never_applied_matches_no_slot() -> None:
     rt.env_versions = ["v1"]
     ask = LeaseRequest(holder="a", request_id="r", min_environment="env-000000000000")
     assert core.matching(rt, core.idle_ready(rt), ask) == []
+
+
+def test_a_slot_cleaning_after_its_lease_is_no_replacement_for_an_old_one() -> None:
+    config = with_env(cfg(3, 4), "b")
+    new = config.environment.version if config.environment else ""
+    rt = runtime(*on("old", slot(1), slot(2)), *on(new, slot(3)))
+    rt.slots[4] = slot(4, S.LEASED, cleaning=True).model_copy(update={"env_version": "old"})
+    result = core.plan(rt, config, NOW)  # 3 serve, one is cleaning: no old slot goes yet
+    assert result.retire == []

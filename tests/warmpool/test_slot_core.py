@@ -8,6 +8,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from warmpool import slot_core as core
+from warmpool.environment import Environment, ModelSpec
 from warmpool.models import (
     FailureReason,
     InstanceView,
@@ -196,3 +197,18 @@ def test_logs_are_followed_only_while_starting() -> None:
     assert core.collector_target(ready(state=S.PROBING, retiring=True), cfg) is None
     assert core.collector_target(ready(state=S.PROBING, log_failed_instance=7), cfg) is None
     assert core.collector_target(ready(state=S.PROBING), SlotConfig()) is None
+
+
+def test_with_an_environment_the_readiness_wait_lasts_as_long_as_the_environment_may() -> None:
+    env = Environment(
+        models=[ModelSpec(url="https://example.com/a", folder="checkpoints", file="a")]
+    )
+    plain = SlotConfig()
+    assert core.with_environment_wait(plain) is plain
+    cfg = core.with_environment_wait(plain.model_copy(update={"environment": env}))
+    assert cfg.probe.readiness_timeout == cfg.environment_timeout > timedelta(minutes=5)
+    optional = env.model_copy(
+        update={"models": [env.models[0].model_copy(update={"required": False})]}
+    )
+    unchanged = plain.model_copy(update={"environment": optional})
+    assert core.with_environment_wait(unchanged).probe.readiness_timeout == timedelta(minutes=5)
