@@ -44,12 +44,13 @@ with workflow.unsafe.imports_passed_through():
     )
     from warmpool.errors import ErrorType
     from warmpool.labels import slot_label, slot_workflow_id
-    from warmpool.lifecycle import StatusVerdict, assess, backoff_delay
+    from warmpool.lifecycle import Assessment, StatusVerdict, assess, backoff_delay
     from warmpool.models import (
         FailureReason,
         InstanceView,
         Lease,
         LeaseEndRequest,
+        Observation,
         PortReport,
         SlotEvent,
         SlotInput,
@@ -680,16 +681,7 @@ class WarmSlotWorkflow:
         if obs.instance is not None:
             rt.instance = obs.instance.model_copy(update={"image": rt.image_used})
             self._collector.sync()  # as soon as the provider tells where SSH listens
-        verdict = assess(
-            obs.instance,
-            gone=obs.gone,
-            now=now,
-            bad_since=rt.bad_since,
-            grace=cfg.provisioning.fatal_grace,
-            fatal_patterns=cfg.provisioning.fatal_patterns,
-            comfy_port=cfg.probe.comfy_port,
-            internal_port=cfg.probe.internal_port,
-        )
+        verdict = self._assess(obs, now)
         rt.bad_since = verdict.bad_since
         rented_at = rt.rented_at or now
         timeout = cfg.provisioning.timeout
@@ -708,6 +700,20 @@ class WarmSlotWorkflow:
             self._enter(S.TERMINATING, "provisioning timeout")
         else:
             await self._sleep(cfg.polling.active)
+
+    def _assess(self, obs: Observation, now: datetime) -> Assessment:
+        """What the provider's answer means for this instance (`warmpool.lifecycle.assess`)."""
+        cfg = self._cfg
+        return assess(
+            obs.instance,
+            gone=obs.gone,
+            now=now,
+            bad_since=self._rt.bad_since,
+            grace=cfg.provisioning.fatal_grace,
+            fatal_patterns=cfg.provisioning.fatal_patterns,
+            comfy_port=cfg.probe.comfy_port,
+            internal_port=cfg.probe.internal_port,
+        )
 
     async def _probe(self) -> None:
         """Wait for ComfyUI: exponential backoff with jitter up to the readiness timeout."""
@@ -1061,16 +1067,7 @@ class WarmSlotWorkflow:
         instance = obs.instance
         if instance is not None:
             rt.instance = instance.model_copy(update={"image": rt.image_used})
-        verdict = assess(
-            instance,
-            gone=obs.gone,
-            now=now,
-            bad_since=rt.bad_since,
-            grace=cfg.provisioning.fatal_grace,
-            fatal_patterns=cfg.provisioning.fatal_patterns,
-            comfy_port=cfg.probe.comfy_port,
-            internal_port=cfg.probe.internal_port,
-        )
+        verdict = self._assess(obs, now)
         stopped = instance is not None and instance.actual_status == "stopped"
         if verdict.verdict == StatusVerdict.RUNNING:
             rt.resume_started = None
