@@ -73,6 +73,13 @@ OFFLINE = [
     (["reaper", "run", "--grace", "forever"], 2, "duration like"),
     (["lease"], 2, "required"),
     (["pool-party"], 2, "invalid choice"),
+    (["pool", "set-env"], 2, "required: --file"),
+    (["pool", "set-env", "--file", "missing.yaml"], 2, "missing.yaml: cannot read"),
+    (["pool", "set-env", "--file", "env.txt"], 2, "must end in .yaml, .yml or .json"),
+    (["pool", "start", "--environment", "missing.json"], 2, "missing.json: cannot read"),
+    (["pool", "start", "--max-surge", "0"], 2, "between 1 and 100"),
+    (["lease", "acquire", "--holder", "a", "--min-environment", "v2"], 2, "env-"),
+    (["lease", "acquire", "--holder", "a", "--node-class", " x"], 2, "node class name"),
 ]
 
 

@@ -40,6 +40,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
+import yaml
 from pydantic import (
     AfterValidator,
     BeforeValidator,
@@ -413,6 +414,8 @@ def validation_problems(error: ValidationError) -> list[str]:
     for item in error.errors(include_url=False):
         path = _path_text(item["loc"])
         message = str(item["msg"]).removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = "unknown field"
         for line in message.splitlines():
             problems.append(f"{path}: {line}" if path else line)
     return problems
@@ -440,13 +443,6 @@ def _no_duplicate_json_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 
 def _load_yaml(text: str, source: str) -> object:
-    try:
-        import yaml
-    except ImportError:  # pragma: no cover - PyYAML ships with the dev extras only
-        raise EnvironmentFileError(
-            [f"{source}: reading YAML needs PyYAML (pip install pyyaml); or give a .json file"]
-        ) from None
-
     class _StrictLoader(yaml.SafeLoader):
         """SafeLoader that refuses a key given twice (PyYAML silently keeps the last one)."""
 

@@ -226,6 +226,14 @@ class Settings(BaseSettings):
     lease itself, cleans and reports READY."""
     readiness_timeout_s: float = Field(default=300.0, gt=0)
     """How long ComfyUI may take to answer once the instance runs (also bounds the warm-up)."""
+    environment_timeout_s: float = Field(default=2700.0, gt=0)
+    """From the rent: the studio environment's required nodes and models must all be present
+    by then (else `environment_incomplete`); ComfyUI's readiness wait lasts as long."""
+    environment_poll_s: float = Field(default=10.0, gt=0)
+    """How often a slot checks /object_info and /models while its environment installs."""
+    resume_timeout_s: float = Field(default=300.0, gt=0)
+    """A parked (stopped) instance not running again this long after its resume is destroyed
+    (its GPU was rented meanwhile) and the slot rents fresh."""
     readiness_initial_s: float = Field(default=2.0, gt=0)
     """First delay of the readiness backoff."""
     readiness_max_s: float = Field(default=30.0, gt=0)
@@ -386,6 +394,9 @@ class Settings(BaseSettings):
             retry_backoff_initial=timedelta(seconds=self.retry_backoff_initial_s),
             retry_backoff_max=timedelta(seconds=self.retry_backoff_max_s),
             lease_overdue_grace=timedelta(seconds=self.lease_overdue_grace_s),
+            environment_timeout=timedelta(seconds=self.environment_timeout_s),
+            environment_poll=timedelta(seconds=self.environment_poll_s),
+            resume_timeout=timedelta(seconds=self.resume_timeout_s),
         )
 
 

@@ -79,6 +79,8 @@ class WarmPoolWorkflow:
         self._pool = input.pool
         self._cfg = input.config
         self._rt = input.runtime or PoolRuntime()
+        if input.runtime is None and input.config.environment is not None:
+            core.apply_environment(self._rt, input.config.environment)  # started with one
         self._dirty = True
         self._outbox: set[asyncio.Task[None]] = set()
         self._last_message: dict[str, asyncio.Task[None]] = {}

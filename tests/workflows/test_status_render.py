@@ -182,3 +182,105 @@ def test_a_status_without_the_policy_reading_still_renders() -> None:
     finished = render_pool(studio(), finished="pool studio has finished (drained)")
     assert "FINISHED" in finished and "scaling:" not in finished and "tiers:" not in finished
     assert "costs since" in finished, "what it cost stays readable after the end"
+
+
+# ---- the studio's environment -------------------------------------------------------------------
+
+OLD, NEW = "env-0123456789ab", "env-ba9876543210"
+
+
+def test_status_shows_the_target_environment_and_slots_per_version() -> None:
+    slots = [
+        slot(0, S.READY, 0.42, connection_url="http://10.0.0.1:40001", env_version=NEW),
+        slot(1, S.LEASED, 0.40, lease_id="L-1", env_version=OLD),
+        slot(2, S.INSTALLING, 0.41, env_version=NEW),
+        slot(3, S.READY, 0.40, env_version=OLD),
+        slot(4, S.RENTING),
+    ]
+    config = studio().config.model_copy(update={"max_surge": 2})
+    status = studio(
+        config=config,
+        slots=slots,
+        environment_version=NEW,
+        slots_by_environment={NEW: 2, OLD: 2, "none": 1},
+    )
+    lines = render_pool(status).splitlines()
+    assert lines[2] == (
+        f"environment {NEW}: 2 slot(s) on it; rolling out (max_surge 2): 2 on {OLD}, 1 without "
+        "an environment"
+    )
+    head = next(line for line in lines if line.startswith("slot "))
+    assert head.split() == ["slot", "state", "instance", "$/h", "lease", "environment", "url"]
+    rows = lines[lines.index(head) + 1 : lines.index(head) + 6]
+    assert [row.split()[-2] for row in rows] == [NEW, OLD, NEW, OLD, "-"]
+    assert rows[2].split()[1] == "INSTALLING"
+    done = studio(
+        slots=slots[:1], environment_version=NEW, slots_by_environment={NEW: 1}, config=config
+    )
+    assert f"environment {NEW}: 1 slot(s) on it" in render_pool(done).splitlines()
+    payload = json.loads(json.dumps(status.model_dump(mode="json")))
+    assert payload["environment_version"] == NEW
+    assert payload["slots_by_environment"] == {NEW: 2, OLD: 2, "none": 1}
+    assert payload["config"]["max_surge"] == 2
+
+
+def test_without_an_environment_nothing_about_it_is_shown() -> None:
+    text = render_pool(studio())
+    assert "environment" not in text, "a pool without one reads as before"
+
+
+def test_slot_status_shows_its_environment_and_what_installs() -> None:
+    from warmpool.cli.slot import progress_line, render_slot
+    from warmpool.models import SlotCounters, SlotStatus
+
+    def status(state: SlotState, **fields: Any) -> SlotStatus:
+        values: dict[str, Any] = {
+            "workflow_id": "warmpool/studio/slot-2",
+            "pool": "studio",
+            "index": 2,
+            "state": state,
+            "attempt": 1,
+            "instance": None,
+            "offer": None,
+            "image_used": "vastai/comfyui:latest",
+            "connection_url": None,
+            "port_report": None,
+            "lease": None,
+            "last_lease_end": None,
+            "counters": SlotCounters(),
+            "transitions": [],
+            "last_failure": None,
+            "blocked_reason": None,
+            "retiring": False,
+            "state_since": AT,
+            "ready_since": None,
+            "time_to_ready_s": None,
+            "warmup_seconds": None,
+            "excluded_machines": [],
+            "log_tail": [],
+        }
+        return SlotStatus.model_validate(values | fields)
+
+    installing = status(
+        S.INSTALLING,
+        environment_version=NEW,
+        env_missing=["model checkpoints/sdxl.safetensors", "node class FaceDetailer (from x)"],
+        env_progress="downloading checkpoints/sdxl.safetensors 45% (3.1/6.9 GB)",
+    )
+    rows = {
+        line.split("  ", 1)[0]: line.split("  ", 1)[1].strip()
+        for line in render_slot(installing).splitlines()
+        if "  " in line and not line.startswith(" ")
+    }
+    assert rows["environment"] == NEW
+    assert rows["provisioning"] == "downloading checkpoints/sdxl.safetensors 45% (3.1/6.9 GB)"
+    assert rows["missing"] == (
+        "model checkpoints/sdxl.safetensors, node class FaceDetailer (from x)"
+    )
+    assert progress_line(installing) == (
+        "[INSTALLING] downloading checkpoints/sdxl.safetensors 45% (3.1/6.9 GB)"
+    )
+    ready = render_slot(status(S.READY, environment_version=NEW, env_missing=["stale"]))
+    assert "missing" not in ready and "provisioning" not in ready, "only while INSTALLING"
+    plain = render_slot(status(S.READY))
+    assert "environment    -" in plain

@@ -2,7 +2,8 @@
 
 Exit codes: 0 success (a request already satisfied included), 2 a bad argument or setting or a
 request that cannot be done as asked, 1 a runtime failure; 130 after Ctrl-C. Every error is one
-line on stderr; a reader that stops early (`| head -1`) ends the command quietly.
+line on stderr (an environment file's problems: one line each, naming the field); a reader that
+stops early (`| head -1`) ends the command quietly.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ examples:
   warmpool lease acquire --holder alice --duration 3600
   warmpool pool resize --min-ready 3 --budget 5
   warmpool slot logs --index 0 --follow
+  warmpool pool set-env --file examples/environment.yaml --wait
 
 exit codes: 0 success; 2 a bad argument or a request that cannot be done as asked (unknown
 pool, slot or lease; min_ready above max_slots; nothing to change); 1 a runtime failure
@@ -131,7 +133,8 @@ def main(argv: Sequence[str] | None = None, prog: str = PROG) -> int:
         _quiet_stdout()
         return 0
     except (CliError, SettingsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        for line in str(exc).splitlines() or [""]:  # one line; a file's problems, one each
+            print(f"error: {line}", file=sys.stderr)
         return exc.code if isinstance(exc, CliError) else USAGE
     except TokenWatchUnavailable as exc:
         print(f"error: {exc}", file=sys.stderr)

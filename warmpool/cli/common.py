@@ -17,6 +17,7 @@ import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
+from pathlib import Path
 from typing import Any, Literal, NoReturn
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -29,6 +30,14 @@ from temporalio.client import (
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
+from warmpool.environment import (
+    DEFAULT_ONSTART,
+    Environment,
+    EnvironmentFileError,
+    EnvironmentTooLarge,
+    check_fits,
+    load_environment,
+)
 from warmpool.errors import ErrorType
 from warmpool.labels import pool_workflow_id, validate_pool_name
 from warmpool.models import WEEKDAYS, FloorPeriod, PoolStatus, Weekday
@@ -143,6 +152,51 @@ def time_zone(value: str) -> str:
             f"unknown time zone {value!r}: expected an IANA name such as Europe/Paris or UTC"
         ) from None
     return value
+
+
+_ENV_VERSION = re.compile(r"env-[0-9a-f]{12}")
+
+
+def env_version(value: str) -> str:
+    """An environment version as `pool status` shows it: `env-` and 12 hex characters."""
+    if not _ENV_VERSION.fullmatch(value):
+        raise argparse.ArgumentTypeError(
+            f"expected an environment version such as env-5a7c1245b1c5 ('env-' and 12 hex "
+            f"characters, as `pool status` shows it), got {value!r}"
+        )
+    return value
+
+
+def node_class(value: str) -> str:
+    """A ComfyUI node class name: not blank, no control characters, at most 200 characters."""
+    if not value.strip() or value != value.strip() or len(value) > 200:
+        raise argparse.ArgumentTypeError(
+            f"expected a node class name such as FaceDetailer (no surrounding spaces, at most "
+            f"200 characters), got {value!r}"
+        )
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise argparse.ArgumentTypeError("a node class name has no control characters")
+    return value
+
+
+def environment_file(path: str, *, onstart: str = DEFAULT_ONSTART) -> Environment:
+    """Read, validate and size an environment file (`pool set-env`, `pool start --environment`):
+    every problem of the file is a line naming it and the field, exit 2; so is an environment
+    too large for a rent request."""
+    try:
+        env = load_environment(Path(path))
+    except EnvironmentFileError as exc:
+        raise CliError("\n".join(exc.problems), USAGE) from None
+    fits(env, path, onstart=onstart)
+    return env
+
+
+def fits(env: Environment, path: str, *, onstart: str = DEFAULT_ONSTART) -> None:
+    """The environment fits a rent request with this `onstart`, or an error (2) saying why."""
+    try:
+        check_fits(env, onstart=onstart)
+    except EnvironmentTooLarge as exc:
+        raise CliError(f"{path}: too large for a rent request: {exc}", USAGE) from None
 
 
 SCHEDULE_FORM = "DAYS HH:MM-HH:MM=FLOOR, e.g. 'mon-fri 08:00-20:00=4'"

@@ -23,12 +23,16 @@ from warmpool.cli.common import (
     count,
     describe_period,
     emit,
+    env_version,
+    environment_file,
     existing_pool,
     final_status,
+    fits,
     floor_period,
     human_seconds,
     json_flag,
     no_such_pool,
+    node_class,
     non_negative_seconds,
     pool_option,
     pool_run,
@@ -41,6 +45,7 @@ from warmpool.cli.common import (
     time_zone,
 )
 from warmpool.clients import pool as pool_client
+from warmpool.environment import Environment
 from warmpool.labels import pool_workflow_id
 from warmpool.models import (
     FloorPeriod,
@@ -53,8 +58,9 @@ from warmpool.models import (
     ResizeRequest,
     ScalingPolicy,
     SlotState,
+    SlotView,
 )
-from warmpool.pool_core import STARTING
+from warmpool.pool_core import REPLACING, SERVING, STARTING
 from warmpool.scaling import PARKED, TIERS
 from warmpool.settings import Settings
 
@@ -67,6 +73,9 @@ POLICY = ScalingPolicy()
 """The scaling policy's defaults, as `pool start` uses them."""
 DECISIONS_SHOWN = 5
 S = SlotState
+ROLLOUT_TIMEOUT_S = 3600.0
+"""How long `pool set-env --wait` waits for every slot to run the new version."""
+ROLLOUT_POLL_S = 1.0
 
 
 async def on_pool(client: Client, pool: str, call: Callable[[], Awaitable[T]]) -> T:
@@ -205,6 +214,104 @@ def costs_lines(status: PoolStatus) -> list[str]:
     ]
 
 
+NO_ENV = "none"
+"""How `slots_by_environment` counts slots renting without an environment."""
+
+
+def has_environment(status: PoolStatus) -> bool:
+    """Whether the pool has a target environment or a slot still runs one."""
+    return status.environment_version is not None or any(v.env_version for v in status.slots)
+
+
+def _on(version: str | None) -> str:
+    return f"on {version}" if version and version != NO_ENV else "without an environment"
+
+
+def environment_line(status: PoolStatus) -> str | None:
+    """The target environment and how many slots run each version: `environment env-new:
+    3 slot(s) on it; rolling out, max_surge 1: 1 on env-old`. None without any environment."""
+    if not has_environment(status):
+        return None
+    target = status.environment_version
+    by_version = dict(status.slots_by_environment)
+    on_target = by_version.pop(target or NO_ENV, 0)
+    head = f"environment {target}" if target else "environment none (slots rent without one)"
+    line = f"{head}: {on_target} slot(s) on it"
+    if by_version:
+        others = ", ".join(
+            f"{n} {_on(version)}" for version, n in sorted(by_version.items(), key=lambda i: -i[1])
+        )
+        line += f"; rolling out (max_surge {status.config.max_surge}): {others}"
+    return line
+
+
+def replacing(status: PoolStatus, version: str) -> list[SlotView]:
+    """The pool's slots that do not run `version` and are not gone yet."""
+    return [v for v in status.slots if v.state != S.DONE and v.env_version != version]
+
+
+def rollout_line(status: PoolStatus, version: str) -> str:
+    """Where a rollout to `version` stands: `env-new: 2 READY or leased, 1 starting; 2 left
+    (2 on env-old), 1 leased: replaced after the lease ends`."""
+    return f"{version}: {rollout_state(status, version)}"
+
+
+def rollout_state(status: PoolStatus, version: str) -> str:
+    """`rollout_line` without the version."""
+    new = [v for v in status.slots if v.state != S.DONE and v.env_version == version]
+    serving = sum(1 for v in new if v.state in SERVING)
+    starting = sum(1 for v in new if v.state in REPLACING | {S.RESUMING})
+    installing = sum(1 for v in new if v.state == S.INSTALLING)
+    line = f"{serving} READY or leased, {starting} starting"
+    if installing:
+        line += f" ({installing} INSTALLING)"
+    old = replacing(status, version)
+    if not old:
+        return line
+    by_version: dict[str, int] = {}
+    for v in old:
+        by_version[_on(v.env_version)] = by_version.get(_on(v.env_version), 0) + 1
+    left = ", ".join(f"{n} {where}" for where, n in by_version.items())
+    leased = sum(1 for v in old if v.lease_id is not None or v.state == S.LEASED)
+    line += f"; {len(old)} left ({left})"
+    if leased:
+        line += f", {leased} leased: replaced after the lease ends"
+    return line
+
+
+def rollout_done(status: PoolStatus, version: str) -> bool:
+    """Every slot runs `version`: none left on another, none on it still starting."""
+    if status.environment_version != version:
+        return False
+    return not replacing(status, version) and not any(
+        v.state in REPLACING | {S.RESUMING} for v in status.slots
+    )
+
+
+def start_line(status: PoolStatus, env: Environment, previous: str | None) -> str:
+    """What `set-env` just started: `env-new is the target of pool P: 4 slots on env-old will be
+    replaced, max_surge 1`."""
+    version = env.version
+    old = replacing(status, version)
+    head = f"{version} is the target of pool {status.pool}"
+    if previous == version:
+        return (
+            f"{version} is already the target of pool {status.pool}: nothing to change "
+            f"({rollout_state(status, version)})"
+        )
+    if not old:
+        return f"{head}: no slot to replace; new slots rent with it"
+    by_version: dict[str, int] = {}
+    for v in old:
+        by_version[_on(v.env_version)] = by_version.get(_on(v.env_version), 0) + 1
+    which = ", ".join(f"{n} slot(s) {where}" for where, n in by_version.items())
+    line = f"{head}: {which} will be replaced, max_surge {status.config.max_surge}"
+    leased = sum(1 for v in old if v.lease_id is not None or v.state == S.LEASED)
+    if leased:
+        line += f" ({leased} leased: after the lease ends)"
+    return line
+
+
 def render_pool(status: PoolStatus, *, finished: str | None = None) -> str:
     head = (
         f"pool {status.pool}: min_ready {status.config.min_ready}, max_slots "
@@ -222,15 +329,24 @@ def render_pool(status: PoolStatus, *, finished: str | None = None) -> str:
     if budget and not finished:
         lines.append(budget)
     lines.append(policy_line(status.config))
+    environment = environment_line(status)
+    if environment and not finished:
+        lines.append(environment)
     if not finished:
         lines += scaling_lines(status)
         lines.append(tiers_line(status))
     lines += costs_lines(status)
-    lines.append(f"{'slot':>4}  {'state':<16} {'instance':>10}  {'$/h':>6}  {'lease':<36} url")
+    envs = has_environment(status)
+    env_head = f"{'environment':<16} " if envs else ""
+    lines.append(
+        f"{'slot':>4}  {'state':<16} {'instance':>10}  {'$/h':>6}  {'lease':<36} {env_head}url"
+    )
     for v in status.slots:
+        env_cell = f"{v.env_version or '-':<16} " if envs else ""
         lines.append(
             f"{v.index:>4}  {v.state.value:<16} {v.instance_id or '-':>10}  "
-            f"{v.dph_total or 0:>6.3f}  {v.lease_id or '-':<36} {v.connection_url or '-'}"
+            f"{v.dph_total or 0:>6.3f}  {v.lease_id or '-':<36} {env_cell}"
+            f"{v.connection_url or '-'}"
         )
     for lease in status.active_leases:
         lines.append(
@@ -272,6 +388,12 @@ def check_start(args: argparse.Namespace) -> None:
     if args.min_ready > args.max_slots:
         raise CliError(f"--min-ready {args.min_ready} exceeds --max-slots {args.max_slots}", USAGE)
     check_floors(args.schedule, args.max_slots)
+    args.env = environment_file(args.environment) if args.environment else None
+
+
+def check_set_env(args: argparse.Namespace) -> None:
+    """The file is read, validated and sized before any connection (exit 2 on a problem)."""
+    args.env = environment_file(args.file)
 
 
 def scaling_policy(args: argparse.Namespace) -> ScalingPolicy:
@@ -296,7 +418,11 @@ async def cmd_start(client: Client, settings: Settings, args: argparse.Namespace
         recycle_after_lease=args.recycle,
         scaling=scaling_policy(args),
         slot=settings.slot_config(),
+        environment=args.env,
+        max_surge=args.max_surge,
     )
+    if args.env is not None:
+        fits(args.env, args.environment, onstart=config.slot.onstart)
     wf_id = pool_workflow_id(args.pool)
     try:
         await client.start_workflow(
@@ -318,7 +444,8 @@ async def cmd_start(client: Client, settings: Settings, args: argparse.Namespace
         args,
         {"workflow_id": wf_id, "started": True, "config": config.model_dump(mode="json")},
         f"started pool {args.pool} ({wf_id}): min_ready {args.min_ready}, "
-        f"max_slots {args.max_slots}\n{policy_line(config)}",
+        f"max_slots {args.max_slots}\n{policy_line(config)}"
+        + (f"\nenvironment {args.env.version} ({args.environment})" if args.env else ""),
     )
 
 
@@ -350,6 +477,92 @@ async def cmd_wait(client: Client, settings: Settings, args: argparse.Namespace)
                 f"{human_seconds(args.timeout)}, wanted {args.ready}"
             )
         await asyncio.sleep(0.5)
+
+
+async def cmd_set_env(client: Client, settings: Settings, args: argparse.Namespace) -> None:
+    """Make the file's environment the pool's target (the `set_environment` update); the same
+    version again changes nothing and says so. `--wait` follows the rollout until every slot
+    runs it, printing each change; safe mode or a target changed meanwhile ends the wait (1)."""
+    env: Environment = args.env
+    version = env.version
+    await existing_pool(client, args.pool)
+    before = await _pool_status(client, args.pool)
+    if before.draining:
+        raise CliError(
+            f"pool {args.pool} is draining: stop the drain with `pool resume`, then set-env again",
+            USAGE,
+        )
+    fits(env, args.file, onstart=before.config.slot.onstart)
+    previous = before.environment_version
+    if previous == version:
+        status = before
+    else:
+        status = await on_pool(
+            client, args.pool, lambda: pool_client.set_environment(client, args.pool, env)
+        )
+    line = start_line(status, env, previous)
+    if status.safe_mode:
+        line += (
+            f"\npool {args.pool} is in safe mode ({status.safe_reason}): nothing rents until "
+            "`warmpool pool resume`"
+        )
+    payload: dict[str, Any] = {
+        "pool": args.pool,
+        "version": version,
+        "previous": previous,
+        "already_target": previous == version,
+        "to_replace": len(replacing(status, version)),
+        "max_surge": status.config.max_surge,
+        "safe_mode": status.safe_reason if status.safe_mode else None,
+    }
+    if not args.wait:
+        emit(args, payload, line)
+        return
+    if not args.json:
+        print(line, flush=True)
+    status, took = await _follow_rollout(client, args, version, status)
+    serving = sum(1 for v in status.slots if v.state in SERVING)
+    emit(
+        args,
+        {
+            **payload,
+            "done": True,
+            "seconds": round(took, 1),
+            "slots_by_environment": status.slots_by_environment,
+        },
+        f"pool {args.pool}: every slot runs {version} ({serving} READY or leased) after "
+        f"{human_seconds(took) if took >= 1 else '0s'}",
+    )
+
+
+async def _follow_rollout(
+    client: Client, args: argparse.Namespace, version: str, status: PoolStatus
+) -> tuple[PoolStatus, float]:
+    """Poll the pool until every slot runs `version`, printing each new state of the rollout;
+    the last status and the seconds it took."""
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    shown = ""
+    while True:
+        if rollout_done(status, version):
+            return status, loop.time() - started
+        if status.environment_version != version:
+            raise CliError(
+                f"pool {args.pool}: the target changed to {status.environment_version} meanwhile"
+            )
+        if status.safe_mode:
+            raise CliError(f"pool {args.pool} entered safe mode: {status.safe_reason}")
+        line = rollout_state(status, version)
+        if line != shown and not args.json:
+            print(f"  {loop.time() - started:>5.0f}s  {line}", flush=True)
+        shown = line
+        if loop.time() - started > args.timeout:
+            raise CliError(
+                f"pool {args.pool}: not every slot runs {version} after "
+                f"{human_seconds(args.timeout)}: {rollout_line(status, version)}"
+            )
+        await asyncio.sleep(ROLLOUT_POLL_S)
+        status = await _pool_status(client, args.pool)
 
 
 async def _signal(client: Client, args: argparse.Namespace, name: str, done: str) -> None:
@@ -478,6 +691,8 @@ async def cmd_acquire(client: Client, settings: Settings, args: argparse.Namespa
         duration=args.duration,
         request_id=args.request_id or uuid.uuid4().hex,
         wait_for=args.wait or timedelta(0),
+        min_environment=args.min_environment,
+        node_class=args.node_class,
     )
     limit = args.timeout
     if args.wait:
@@ -548,6 +763,14 @@ async def cmd_show(client: Client, settings: Settings, args: argparse.Namespace)
     if lease is None:
         raise CliError(f"unknown lease {args.lease_id} in pool {args.pool}", USAGE)
     emit(args, lease.model_dump(mode="json"), render_lease(lease))
+
+
+def surge(value: str) -> int:
+    """`--max-surge`: 1 to 100 replacement slots at a time."""
+    number = count(value)
+    if not 1 <= number <= 100:
+        raise argparse.ArgumentTypeError(f"must be between 1 and 100, got {number}")
+    return number
 
 
 def timeout_option(parser: argparse.ArgumentParser, default: float, what: str) -> None:
@@ -628,7 +851,7 @@ def scaling_options(parser: argparse.ArgumentParser, *, resize: bool) -> None:
 def register(groups: argparse._SubParsersAction[Parser]) -> None:
     pool = groups.add_parser(
         "pool",
-        help="start, watch, resize, drain and resume a pool",
+        help="start, watch, resize, set the environment of, drain and resume a pool",
         description="A pool keeps --buffer idle READY slots above use, at least min_ready (or a "
         "scheduled floor) warm and never more than max_slots; surplus goes after a delay, "
         "parked first when it has a stopped tier.",
@@ -669,8 +892,9 @@ def register(groups: argparse._SubParsersAction[Parser]) -> None:
         type=count,
         default=PoolConfig.model_fields["safe_mode_after"].default,
         metavar="N",
-        help="distinct machines on which one image fails the same way before safe mode "
-        "(default %(default)s; a rejected key or portal token trips it at once)",
+        help="distinct machines on which one image fails the same way, or one required node "
+        "or model of the environment stays missing, before safe mode (default %(default)s; a "
+        "rejected key or portal token trips it at once)",
     )
     start.add_argument(
         "--exclude-hours",
@@ -684,6 +908,20 @@ def register(groups: argparse._SubParsersAction[Parser]) -> None:
         "--recycle",
         action="store_true",
         help="replace a slot's instance after each lease instead of cleaning it (default: off)",
+    )
+    start.add_argument(
+        "--environment",
+        metavar="FILE",
+        help="the studio's environment (custom nodes, models, image; .yaml or .json, see "
+        "docs/environment.md) every slot installs before READY (default: none, only the image)",
+    )
+    start.add_argument(
+        "--max-surge",
+        type=surge,
+        default=PoolConfig.model_fields["max_surge"].default,
+        metavar="N",
+        help="replacement slots a later `pool set-env` rollout runs above the target at once, "
+        "each READY before the slot it replaces retires (default %(default)s)",
     )
     scaling_options(start, resize=False)
     start.set_defaults(func=cmd_start, check=check_start)
@@ -702,6 +940,26 @@ def register(groups: argparse._SubParsersAction[Parser]) -> None:
     timeout_option(wait, WAIT_TIMEOUT_S, "them")
     wait.set_defaults(func=cmd_wait)
     sub("prewarm", "bring the pool to its target now").set_defaults(func=cmd_prewarm)
+    set_env = sub(
+        "set-env",
+        "make an environment file the pool's target: slots on another version are replaced a "
+        "few at a time, leased ones after their lease; applying the previous file rolls back",
+    )
+    set_env.add_argument(
+        "--file",
+        required=True,
+        metavar="FILE",
+        help="the environment: custom nodes, pip packages, models, image (.yaml, .yml or "
+        ".json; docs/environment.md) (required)",
+    )
+    set_env.add_argument(
+        "--wait",
+        action="store_true",
+        help="wait until every slot runs this version, printing the rollout's progress "
+        "(default: return once it is the target)",
+    )
+    timeout_option(set_env, ROLLOUT_TIMEOUT_S, "every slot to run it with --wait")
+    set_env.set_defaults(func=cmd_set_env, check=check_set_env)
     resize = sub(
         "resize", "change min_ready, max_slots, the budget or the scaling policy of a running pool"
     )
@@ -764,6 +1022,20 @@ def register(groups: argparse._SubParsersAction[Parser]) -> None:
         default=ACQUIRE_TIMEOUT_S,
         metavar="SECONDS",
         help=f"seconds for the pool's answer, beyond --wait (default {ACQUIRE_TIMEOUT_S:g})",
+    )
+    acquire.add_argument(
+        "--min-environment",
+        type=env_version,
+        metavar="VERSION",
+        help="only a slot on this environment version (env-<12 hex>, as `pool status` shows "
+        "it) or one set after it; otherwise 'no capacity with that environment' (default: any)",
+    )
+    acquire.add_argument(
+        "--node-class",
+        type=node_class,
+        metavar="NAME",
+        help="only a slot whose environment declares this ComfyUI node class, e.g. "
+        "FaceDetailer (default: any)",
     )
     acquire.set_defaults(func=cmd_acquire)
     renew = lsub("renew", "extend a lease")

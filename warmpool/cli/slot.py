@@ -45,6 +45,17 @@ def _ago(when: datetime | None) -> str:
     return f"{seconds:.0f}s ago" if seconds < 120 else f"{seconds / 60:.0f}m ago"
 
 
+def environment_rows(status: SlotStatus) -> list[tuple[str, str]]:
+    """While the environment installs: what the provisioning log says it is doing, and what the
+    last check of `/object_info` and `/models/<folder>` found missing (INSTALLING)."""
+    rows = []
+    if status.env_progress:
+        rows.append(("provisioning", status.env_progress))
+    if status.env_missing and status.state == SlotState.INSTALLING:
+        rows.append(("missing", ", ".join(status.env_missing)))
+    return rows
+
+
 def render_slot(status: SlotStatus) -> str:
     inst = status.instance
     rows = [
@@ -60,6 +71,8 @@ def render_slot(status: SlotStatus) -> str:
         ),
         ("price", f"${inst.dph_total}/h" if inst and inst.dph_total is not None else "-"),
         ("image", status.image_used or "-"),
+        ("environment", status.environment_version or "-"),
+        *environment_rows(status),
         ("url", status.connection_url or "-"),
         ("lease", f"{status.lease.lease_id} by {status.lease.holder}" if status.lease else "-"),
         ("time to ready", f"{status.time_to_ready_s:.1f}s" if status.time_to_ready_s else "-"),
@@ -272,6 +285,11 @@ def new_log_lines(status: SlotStatus, shown_total: int | None) -> tuple[int, lis
     return max(0, new - len(tail)), tail[-new:]
 
 
+def progress_line(status: SlotStatus) -> str:
+    """The provisioning's latest state, after the log lines it comes from."""
+    return f"[{status.state.value}] {status.env_progress}"
+
+
 def _print_lines(args: argparse.Namespace, status: SlotStatus, shown_total: int | None) -> None:
     dropped, lines = new_log_lines(status, shown_total)
     first = status.log_lines_total - len(lines) + 1
@@ -297,8 +315,12 @@ async def cmd_slot_logs(client: Client, settings: Settings, args: argparse.Names
             "lines": status.log_tail,
             "lines_total": status.log_lines_total,
             "log_error": status.log_error,
+            "progress": status.env_progress,
         }
-        emit(args, payload, "\n".join(status.log_tail) or f"no log lines ({status.state.value})")
+        text = "\n".join(status.log_tail) or f"no log lines ({status.state.value})"
+        if status.env_progress:
+            text += f"\n{progress_line(status)}"
+        emit(args, payload, text)
         if status.log_error and not args.json:
             print(status.log_error, file=sys.stderr)
         return
@@ -321,9 +343,14 @@ async def _follow(
 ) -> None:
     shown: int | None = None
     error: str | None = None
+    progress: str | None = None
     while True:
         _print_lines(args, status, shown)
         shown = status.log_lines_total
+        if status.env_progress and status.env_progress != progress:
+            text = progress_line(status)
+            print(json.dumps({"progress": status.env_progress}) if args.json else text, flush=True)
+        progress = status.env_progress
         if status.log_error != error and status.log_error:
             print(status.log_error, file=sys.stderr, flush=True)
         error = status.log_error
@@ -394,7 +421,11 @@ def register(groups: argparse._SubParsersAction[Parser]) -> None:
     )
     timeout(retire, 300.0, "for the retirement with --wait")
     retire.set_defaults(func=cmd_slot_retire)
-    logs = with_slot("logs", "the provisioning log tail the slot collected over SSH")
+    logs = with_slot(
+        "logs",
+        "the provisioning log tail the slot collected over SSH, then the environment's progress "
+        "(which model downloads, how far) when there is one",
+    )
     logs.add_argument("pool_arg", nargs="?", type=pool_name, metavar="POOL", help="or --pool")
     logs.add_argument("index_arg", nargs="?", type=slot_index, metavar="INDEX", help="or --index")
     logs.add_argument(

@@ -36,6 +36,7 @@ from typing import Any, TypeVar
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateRPCTimeoutOrCancelledError
 from temporalio.service import RPCError, RPCStatusCode
 
+from warmpool.environment import Environment
 from warmpool.labels import pool_workflow_id
 from warmpool.models import (
     LeaseGrant,
@@ -255,3 +256,13 @@ async def resize(client: Client, pool: str, request: ResizeRequest) -> PoolStatu
         lambda: handle.execute_update(Pool.RESIZE, request, result_type=PoolStatus)
     )
     return result
+
+
+async def set_environment(client: Client, pool: str, env: Environment) -> PoolStatus:
+    """The `set_environment` update: `env` becomes the pool's target and slots on another
+    version are replaced a surge at a time (`pool_core._roll_out`). Answers the pool's status
+    right after (before any slot moved); a refusal (a draining pool) raises. Applying the
+    version that is already the target changes nothing but the order of applied versions."""
+    handle = pool_handle(client, pool)
+    update_id = f"set-env/{env.version}/{uuid.uuid4().hex[:12]}"
+    return await update_pool(handle, Pool.SET_ENVIRONMENT, env, PoolStatus, update_id)
