@@ -181,9 +181,9 @@ async def server_restart(stack: ChaosStack, profile: Profile, rng: random.Random
         title=f"stop and restart the Temporal dev server (SQLite) mid-flight, {profile.restarts}x",
     )
     client = await stack.client()
-    await stack.start_pool(pool, min_ready=2, max_slots=3)
+    await stack.start_pool(pool, min_ready=2, max_slots=3, buffer=2)
     await wait_idle(stack, pool, 2, profile.converge_s)
-    grant = await acquire(stack, pool, "chaos-srv-user")  # the pool now rents a third slot
+    grant = await acquire(stack, pool, "chaos-srv-user")  # 1 leased + 2 idle: a third slot
     in_flight = 0
     for n in range(profile.restarts):
         await asyncio.sleep(rng.uniform(0.2, 1.5))

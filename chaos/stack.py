@@ -32,7 +32,7 @@ from warmpool import search_attributes as sa
 from warmpool.codec import data_converter
 from warmpool.devserver import dev_server_command
 from warmpool.labels import pool_workflow_id
-from warmpool.models import PoolConfig, PoolInput
+from warmpool.models import PoolConfig, PoolInput, ScalingPolicy
 from warmpool.names import Pool
 from warmpool.settings import Settings
 
@@ -369,12 +369,19 @@ class ChaosStack:
         return self._client
 
     async def start_pool(
-        self, pool: str, *, min_ready: int, max_slots: int, safe_mode_after: int = 5
+        self,
+        pool: str,
+        *,
+        min_ready: int,
+        max_slots: int,
+        safe_mode_after: int = 5,
+        buffer: int = 1,
     ) -> None:
         client = await self.client()
         config = PoolConfig(
             min_ready=min_ready,
             max_slots=max_slots,
+            scaling=ScalingPolicy(buffer=buffer),
             safe_mode_after=safe_mode_after,
             default_lease=timedelta(minutes=30),
             slot=self.settings.slot_config(),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
@@ -24,12 +24,17 @@ OURS = ("WARMPOOL_", "WARM_POOL_", "COMFYUI_", "TOKEN_", "SSH_", "VASTAI_", "TEM
 
 
 @pytest.fixture(autouse=True)
-def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Neither the developer's shell nor a .env in the repository may leak into these tests."""
+def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """Neither the developer's shell nor a .env in the repository may leak into these tests,
+    nor what `load_settings` loads from a test's `.env` into the process into later tests."""
+    saved = dict(os.environ)
     for name in list(os.environ):
         if name.startswith(OURS) or name in ("HF_ENDPOINT", "CIVITAI_BASE_URL"):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
 
 
 def test_defaults_match_design_and_the_slot_config_defaults() -> None:
