@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up, then run the whole test suite. "No tests collected" (pytest exit 5) is a failure.
-#   ./scripts/test.sh [pytest args]          ruff, mypy, every test on two workers (what CI runs;
-#                                            WARMPOOL_TEST_WORKERS=0 runs them in one process)
+#   ./scripts/test.sh [pytest args]          ruff, mypy, every test (what CI runs); both lanes run
+#                                            on two workers (WARMPOOL_TEST_WORKERS=0: one process)
 #   ./scripts/test.sh --fast [pytest args]   ruff, then unit and time-skipping tests only: no dev
 #                                            server, simulator stacks, sshd, chaos or slow tests
 set -euo pipefail
@@ -23,10 +23,10 @@ else
   .venv/bin/ruff check .
   # No incremental cache: a stale .mypy_cache once passed here what a fresh CI checkout failed.
   .venv/bin/mypy --cache-dir=/dev/null
-  # Most tests wait on servers and timers, not the CPU: two workers (CI has two cores), each
-  # module whole on one worker so its servers and fixtures are started once.
-  set -- -n "${WARMPOOL_TEST_WORKERS:-2}" --dist loadfile "$@"
 fi
+# Two workers (CI has two cores; most tests wait on servers and timers, not the CPU), each
+# module whole on one worker so its servers and fixtures are started once.
+set -- -n "${WARMPOOL_TEST_WORKERS:-2}" --dist loadfile "$@"
 set +e
 .venv/bin/python -m pytest "$@"
 code=$?
