@@ -586,6 +586,9 @@ class PoolConfig(Model):
     """How long a machine that caused a failure stays excluded for every slot of the pool."""
     claim_window: timedelta = timedelta(seconds=60)
     """How long a lease whose caller timed out waits for the request to be asked again."""
+    clean_wait: timedelta = timedelta(seconds=30)
+    """How long a lease waits for a slot that is only cleaning after its last lease, rather
+    than being refused while capacity is seconds away."""
     max_lease: timedelta = timedelta(hours=8)
     default_lease: timedelta = timedelta(hours=1)
     recycle_after_lease: bool = False

@@ -297,8 +297,11 @@ def _shrink(
     previous one is gone."""
     assert rt.surplus_since is not None
     policy = cfg.scaling
-    if any(v.scaled_down or v.state == S.STOPPING for v in rt.slots.values()):
-        return  # one at a time
+    if any(
+        (v.scaled_down or v.state == S.STOPPING) and now - v.since < policy.scale_down_delay
+        for v in rt.slots.values()
+    ):
+        return  # one at a time (a slot stuck on its way out blocks no longer than the delay)
     candidates = shrink_order(warm)
     if not candidates:
         return
@@ -312,11 +315,14 @@ def _shrink(
         and idle_for >= policy.park_after
     ):
         result.park.append(victim.index)
-        why = f"slot {victim.index} parked after {idle_for.total_seconds():g} s idle"
+        why = f"slot {victim.index} parked after {idle_for.total_seconds():.0f} s idle"
     elif lasted >= policy.scale_down_delay:
         result.retire.append((victim.index, "pool scaling down"))
         victim.scaled_down = True
-        why = f"slot {victim.index} retired after {lasted.total_seconds():g} s of surplus"
+        why = f"slot {victim.index} retired after {lasted.total_seconds():.0f} s of surplus"
+        # The next step waits a tenth of the delay more: demand that comes back meanwhile
+        # finds the slots still there.
+        rt.surplus_since = now - policy.scale_down_delay + policy.scale_down_delay / 10
     else:
         return
     before = len(warm)

@@ -121,8 +121,10 @@ class Target:
 
 def target(rt: PoolRuntime, cfg: PoolConfig, now: datetime) -> Target:
     leases = sum(1 for x in rt.leases.values() if x.ended_at is None)
-    waiting = len(rt.waiting)
-    refused = len(rt.refused)
+    waiting_ids = {w.request.request_id for w in rt.waiting}
+    waiting = len(waiting_ids)
+    # A refused request asked again as a waiting one, or granted since, is one user, not two.
+    refused = sum(1 for r in rt.refused if r not in waiting_ids and r not in rt.request_ids)
     demand = leases + waiting + refused
     floor, period = floor_at(cfg, now)
     wanted = demand + cfg.scaling.buffer

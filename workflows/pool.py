@@ -57,9 +57,6 @@ S = SlotState
 KEEP_FAILURES = 20
 KEEP_REQUEST_IDS = 2_000
 MAX_WAIT = timedelta(minutes=30)
-CLEAN_WAIT = timedelta(seconds=30)
-"""How long a lease waits for a slot that is only cleaning after its last lease, rather than
-being refused while capacity is seconds away."""
 CONTINUE_AS_NEW_EVENTS = 1_000
 
 
@@ -444,7 +441,7 @@ class WarmPoolWorkflow:
 
     @workflow.update(name=Pool.LEASE)
     async def lease(self, request: LeaseRequest) -> LeaseGrant:
-        """Grant an idle READY slot at once, or wait (CLEAN_WAIT at most) for one that is only
+        """Grant an idle READY slot at once, or wait (`clean_wait` at most) for one that is only
         being cleaned after its last lease. A refusal for lack of capacity counts as demand:
         the policy grows the pool for it (`warmpool.scaling.target`)."""
         repeat = self._known(request) is not None
@@ -453,20 +450,22 @@ class WarmPoolWorkflow:
             return grant
         asked = self._now()
         if grant is None and self._cleaning_soon():
+            self._rt.refused[request.request_id] = asked  # demand while it waits
+            self._dirty = True
             try:
                 await workflow.wait_condition(
                     lambda: bool(self._idle_ready()) or not self._cleaning_soon(),
-                    timeout=CLEAN_WAIT,
+                    timeout=self._cfg.clean_wait,
                 )
             except TimeoutError:
                 pass
             grant = self._grant(request)
         if grant is None:
+            self._rt.costs.refusals += 1
             reason = self._refusal(core.matching(self._rt, self._idle_ready(), request))
             if self._idle_ready() and (request.min_environment or request.node_class):
                 reason = f"no capacity with that environment ({core.wanted_env(request)})"
             self._rt.refused[request.request_id] = self._now()
-            self._rt.costs.refusals += 1
             self._dirty = True
             raise no_capacity(f"no capacity in pool {self._pool}: {reason}")
         scaling.observe_wait(self._rt, (self._now() - asked).total_seconds())
@@ -505,7 +504,9 @@ class WarmPoolWorkflow:
             w.request.request_id == request.request_id for w in self._rt.waiting
         ):
             return
-        if self._grant(request) is None:
+        if self._grant(request) is not None:
+            scaling.observe_wait(self._rt, 0.0)
+        else:
             deadline = self._now() + min(request.wait_for, MAX_WAIT)
             self._rt.waiting.append(
                 WaitingRequest(request=request, since=self._now(), deadline=deadline)

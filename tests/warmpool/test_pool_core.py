@@ -100,7 +100,19 @@ def test_surplus_shrinks_only_after_the_delay_one_slot_at_a_time() -> None:
     rt.slots[3].retiring = True
     assert core.plan(rt, config, later).retire == [], "one at a time"
     del rt.slots[3]  # its DONE arrived
-    assert [i for i, _ in core.plan(rt, config, later).retire] == [2], "newest of equal price"
+    step = config.scaling.scale_down_delay / 10
+    assert core.plan(rt, config, later + step - timedelta(seconds=1)).retire == [], "a pause"
+    nxt = core.plan(rt, config, later + step)
+    assert [i for i, _ in nxt.retire] == [2], "newest of equal price"
+
+
+def test_a_slot_stuck_on_its_way_out_blocks_scale_down_no_longer_than_the_delay() -> None:
+    rt = runtime(slot(1), slot(2), slot(3, retiring=True, scaled_down=True, since=NOW))
+    config = cfg(1, 4)
+    rt.surplus_since = NOW - config.scaling.scale_down_delay
+    assert core.plan(rt, config, NOW).retire == []
+    later = NOW + config.scaling.scale_down_delay
+    assert [i for i, _ in core.plan(rt, config, later).retire] == [2]
 
 
 def test_demand_resets_the_surplus_clock() -> None:

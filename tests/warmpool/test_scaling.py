@@ -137,6 +137,8 @@ def test_demand_is_leases_waiting_requests_and_refusals_within_the_window() -> N
     wanted = scaling.target(rt, cfg, MONDAY_9_PARIS)
     assert (wanted.demand, wanted.value) == (3, 4)
     assert wanted.reason == "1 leased + 1 waiting + 1 refused lately + buffer 1"
+    rt.refused["w"] = MONDAY_9_PARIS  # refused, then asked again as a waiting request
+    assert scaling.target(rt, cfg, MONDAY_9_PARIS).demand == 3, "one user, counted once"
     scaling.prune_refused(rt, cfg, MONDAY_9_PARIS + cfg.scaling.demand_window)
     assert scaling.target(rt, cfg, MONDAY_9_PARIS).value == 3
     capped = scaling.target(rt, cfg.model_copy(update={"max_slots": 2}), MONDAY_9_PARIS)
