@@ -32,7 +32,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from activities import build_activities
-from vastsim import SimConfig, Simulator
+from vastsim import InstanceInfo, SimConfig, Simulator
 from warmpool import search_attributes as sa
 from warmpool.clients import slot as slot_client
 from warmpool.devserver import TEMPORAL
@@ -130,7 +130,12 @@ async def _simulate(config: SimConfig, conn: Connection) -> None:
                 return
             if message == "stop":
                 return
-            conn.send(sim.call_counts)
+            if message == "instances":
+                conn.send([info.model_dump() for info in sim.instances()])
+            elif message == "offers":
+                conn.send(sim.offers())
+            else:
+                conn.send(sim.call_counts)
 
 
 class SimProcess:
@@ -181,6 +186,20 @@ class SimProcess:
             self._conn.send("counts")
             counts: dict[str, int] = await asyncio.to_thread(self._conn.recv)
         return counts
+
+    async def instances(self) -> list[InstanceInfo]:
+        """Every instance ever created, destroyed ones included (as `Simulator.instances`)."""
+        async with self._lock:
+            self._conn.send("instances")
+            rows: list[dict[str, Any]] = await asyncio.to_thread(self._conn.recv)
+        return [InstanceInfo.model_validate(row) for row in rows]
+
+    async def offers(self) -> list[dict[str, Any]]:
+        """The catalogue as the search shows it (as `Simulator.offers`)."""
+        async with self._lock:
+            self._conn.send("offers")
+            offers: list[dict[str, Any]] = await asyncio.to_thread(self._conn.recv)
+        return offers
 
 
 # ---- the stack --------------------------------------------------------------------------------
