@@ -19,10 +19,11 @@ from tests.integration.conftest import Stack, assert_no_orphans
 from tests.integration.conftest import stack_factory as stack_factory  # pytest fixture, reused
 from tests.test_cli import FAST_ENV, Run, address_of, cli, environment, unique_pool
 from warmpool.cli import build_parser
-from warmpool.cli.common import USAGE, CliError, describe_period, floor_period
+from warmpool.cli.common import USAGE, CliError, floor_period
 from warmpool.cli.pool import check_resize, resize_request, scaling_policy
 from warmpool.models import WEEKDAYS, FloorPeriod, PoolConfig, ScalingPolicy
 from warmpool.pool_core import resized
+from warmpool.scaling import period_text
 
 # ---- the scaling flags, parsed in process ------------------------------------------------------
 
@@ -62,7 +63,7 @@ def test_pool_start_builds_the_scaling_policy_from_its_flags() -> None:
     assert policy.scale_down_delay == timedelta(minutes=15)
     assert policy.park_after == timedelta(minutes=2)
     assert policy.timezone == "Europe/Paris"
-    assert [describe_period(p) for p in policy.schedule] == [
+    assert [period_text(p) for p in policy.schedule] == [
         "mon-fri 08:00-20:00=4",
         "sat,sun 10:00-16:00=1",
     ]
@@ -86,7 +87,7 @@ def test_a_schedule_period_is_days_hours_and_a_floor(
 ) -> None:
     period = floor_period(spec)
     assert period == FloorPeriod(days=list(days), start=start, end=end, floor=floor)
-    assert floor_period(describe_period(period)) == period, "shown as it is typed"
+    assert floor_period(period_text(period)) == period, "shown as it is typed"
 
 
 @pytest.mark.parametrize(

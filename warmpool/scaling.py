@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime, time, timedelta
 from zoneinfo import ZoneInfo
 
 from warmpool.models import (
@@ -81,14 +81,23 @@ def next_boundary(cfg: PoolConfig, now: datetime) -> datetime | None:
     return min(candidates).astimezone(now.tzinfo) if candidates else None
 
 
+def period_text(period: FloorPeriod) -> str:
+    """A period as `--schedule` takes it: `mon-fri 08:00-20:00=4`."""
+    indexes = [WEEKDAYS.index(day) for day in period.days]
+    if len(indexes) == 7:
+        days = "daily"
+    elif len(indexes) > 2 and indexes == list(range(indexes[0], indexes[-1] + 1)):
+        days = f"{period.days[0]}-{period.days[-1]}"
+    else:
+        days = ",".join(period.days)
+    end = "24:00" if period.end == time(0, 0) else f"{period.end:%H:%M}"
+    return f"{days} {period.start:%H:%M}-{end}={period.floor}"
+
+
 def describe(period: FloorPeriod | None, cfg: PoolConfig) -> str:
     if period is None:
         return f"min_ready {cfg.min_ready}"
-    days = ",".join(period.days) if len(period.days) < 7 else "every day"
-    return (
-        f"schedule {days} {period.start:%H:%M}-{period.end:%H:%M} {cfg.scaling.timezone} "
-        f"floor {period.floor}"
-    )
+    return f"schedule {period_text(period)} ({cfg.scaling.timezone})"
 
 
 # ---- demand and target -------------------------------------------------------------------------

@@ -151,7 +151,7 @@ def test_a_target_change_is_a_decision_in_the_products_words() -> None:
     first = scaling.decide(rt, scaling.target(rt, cfg, MONDAY_9_PARIS), MONDAY_9_PARIS)
     assert first is not None
     assert first.describe() == (
-        "scaled 0 → 4: schedule mon,tue,wed,thu,fri 08:00-20:00 Europe/Paris floor 4"
+        "scaled 0 → 4: schedule mon-fri 08:00-20:00=4 (Europe/Paris)"
     )
     assert scaling.decide(rt, scaling.target(rt, cfg, MONDAY_9_PARIS), MONDAY_9_PARIS) is None
 

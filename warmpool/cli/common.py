@@ -268,19 +268,6 @@ def floor_period(value: str) -> FloorPeriod:
     return FloorPeriod(days=days, start=start, end=end, floor=floor)
 
 
-def describe_period(period: FloorPeriod) -> str:
-    """A period as `--schedule` takes it: `mon-fri 08:00-20:00=4`."""
-    indexes = [WEEKDAYS.index(day) for day in period.days]
-    if len(indexes) == 7:
-        days = "daily"
-    elif len(indexes) > 2 and indexes == list(range(indexes[0], indexes[-1] + 1)):
-        days = f"{period.days[0]}-{period.days[-1]}"
-    else:
-        days = ",".join(period.days)
-    end = "24:00" if period.end == time(0, 0) else f"{period.end:%H:%M}"
-    return f"{days} {period.start:%H:%M}-{end}={period.floor}"
-
-
 def human_seconds(value: float | timedelta) -> str:
     """`90s`, `10m`, `1.5h`, `2d`: never Python's `1 day, 2:03:04`."""
     total = value.total_seconds() if isinstance(value, timedelta) else value

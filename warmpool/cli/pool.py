@@ -21,7 +21,6 @@ from warmpool.cli.common import (
     CliError,
     Parser,
     count,
-    describe_period,
     emit,
     env_version,
     environment_file,
@@ -61,7 +60,7 @@ from warmpool.models import (
     SlotView,
 )
 from warmpool.pool_core import REPLACING, SERVING, STARTING
-from warmpool.scaling import PARKED, TIERS
+from warmpool.scaling import PARKED, TIERS, period_text
 from warmpool.settings import Settings
 
 T = TypeVar("T")
@@ -127,7 +126,7 @@ def policy_line(cfg: PoolConfig) -> str:
     policy = cfg.scaling
     floor = f"floor min_ready {cfg.min_ready}"
     if policy.schedule:
-        periods = ", ".join(describe_period(p) for p in policy.schedule)
+        periods = ", ".join(period_text(p) for p in policy.schedule)
         floor += f" + schedule {periods} ({policy.timezone})"
     parked = (
         f"stopped tier {policy.stopped_target} after {human_seconds(policy.park_after)} idle"
@@ -378,7 +377,7 @@ def check_floors(schedule: list[FloorPeriod] | None, max_slots: int | None) -> N
     for period in schedule or []:
         if period.floor > max_slots:
             raise CliError(
-                f"--schedule '{describe_period(period)}': floor {period.floor} exceeds "
+                f"--schedule '{period_text(period)}': floor {period.floor} exceeds "
                 f"--max-slots {max_slots}",
                 USAGE,
             )
