@@ -34,8 +34,8 @@ pytestmark = pytest.mark.skipif(
     reason="needs curl, git and bash",
 )
 
-HF_TOKEN = "hf_testtokennevertoleave"
-CIVITAI_TOKEN = "civitai-test-token-never-to-leave"
+FAKE_HF = "fake.hf.token"
+FAKE_CIVITAI = "fake.civitai.token"
 FINAL_RE = re.compile(r"^warmpool: environment (\S+) (complete|incomplete: .*)$", re.M)
 
 
@@ -198,8 +198,8 @@ def make_instance(tmp: Path) -> Instance:
         "WARMPOOL_PIP": str(fake_pip),
         "WARMPOOL_SUPERVISORCTL": str(fake_sv),
         "WARMPOOL_PROGRESS_SECONDS": "0",
-        "HF_TOKEN": HF_TOKEN,
-        "CIVITAI_TOKEN": CIVITAI_TOKEN,
+        "HF_TOKEN": FAKE_HF,
+        "CIVITAI_TOKEN": FAKE_CIVITAI,
     }
     return Instance(root=root, comfy=comfy, env=env)
 
@@ -340,7 +340,7 @@ def test_bootstrap_installs_everything_then_a_second_boot_downloads_nothing(
     assert sorted(host.paths()) == ["/m/ckpt.safetensors", "/m/lora.safetensors", "/m/vae.pt"]
     for _, headers in host.requests:
         assert "Authorization" not in headers
-        assert not any(t in v for v in headers.values() for t in (HF_TOKEN, CIVITAI_TOKEN))
+        assert not any(t in v for v in headers.values() for t in (FAKE_HF, FAKE_CIVITAI))
 
     # A second boot (an instance restart): nothing downloaded, installed or restarted again.
     boot(instance, env)
@@ -463,12 +463,12 @@ def test_a_partial_download_resumes_or_restarts(tmp_path: Path, host: Host) -> N
 
 def test_tokens_go_only_to_their_own_hosts_over_https(tmp_path: Path) -> None:
     cases = {
-        "https://huggingface.co/org/m/resolve/main/x.safetensors": HF_TOKEN,
-        "https://HuggingFace.co/x": HF_TOKEN,
-        "https://cdn-lfs.huggingface.co/x": HF_TOKEN,
-        "https://huggingface.co:443/x": HF_TOKEN,
-        "https://civitai.com/api/download/models/1": CIVITAI_TOKEN,
-        "https://www.civitai.com/api/download/models/1?type=Model": CIVITAI_TOKEN,
+        "https://huggingface.co/org/m/resolve/main/x.safetensors": FAKE_HF,
+        "https://HuggingFace.co/x": FAKE_HF,
+        "https://cdn-lfs.huggingface.co/x": FAKE_HF,
+        "https://huggingface.co:443/x": FAKE_HF,
+        "https://civitai.com/api/download/models/1": FAKE_CIVITAI,
+        "https://www.civitai.com/api/download/models/1?type=Model": FAKE_CIVITAI,
         "http://huggingface.co/x": "",
         "https://huggingface.co.evil.example/x": "",
         "https://evilhuggingface.co/x": "",
@@ -485,7 +485,7 @@ def test_tokens_go_only_to_their_own_hosts_over_https(tmp_path: Path) -> None:
     )
     done = subprocess.run(
         ["bash", "-c", program],
-        env={"PATH": os.environ["PATH"], "HF_TOKEN": HF_TOKEN, "CIVITAI_TOKEN": CIVITAI_TOKEN},
+        env={"PATH": os.environ["PATH"], "HF_TOKEN": FAKE_HF, "CIVITAI_TOKEN": FAKE_CIVITAI},
         capture_output=True,
         text=True,
         check=True,
@@ -516,6 +516,6 @@ def test_a_token_reaches_its_host_but_not_the_host_a_redirect_leads_to(
     subprocess.run(["bash", "-c", program], env=instance.env, check=True, capture_output=True)
     assert (instance.comfy / "models/vae/x.safetensors").read_bytes() == data
     assert [(path, h.get("Authorization")) for path, h in host.requests] == [
-        ("/resolve/x.safetensors", f"Bearer {HF_TOKEN}"),
+        ("/resolve/x.safetensors", f"Bearer {FAKE_HF}"),
         ("/cdn/x.safetensors", None),
     ]
