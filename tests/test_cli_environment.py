@@ -22,9 +22,8 @@ import pytest
 from tests.integration.conftest import FAST_SIM, Stack, assert_no_orphans
 from tests.integration.conftest import stack_factory as stack_factory  # pytest fixture, reused
 from tests.test_cli import FAST_ENV, Run, address_of, cli, environment, unique_pool
+from tests.test_cli_pool import parsed, refused
 from tests.test_newcomer import LEAKS
-from warmpool.cli import build_parser
-from warmpool.cli.common import USAGE, CliError
 from warmpool.cli.pool import rollout_done, rollout_line, start_line
 from warmpool.environment import Environment, ModelSpec, NodeSpec
 from warmpool.models import PoolConfig, PoolStats, PoolStatus, SlotState, SlotView
@@ -34,22 +33,6 @@ AT = datetime(2025, 3, 3, 9, 0, tzinfo=UTC)
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLE = ROOT / "examples" / "environment.yaml"
 MB = 1_000_000
-
-
-def parsed(*argv: str) -> Any:
-    """argv as `warmpool` parses and checks it before connecting (a CliError if refused)."""
-    args = build_parser().parse_args(list(argv))
-    check = getattr(args, "check", None)
-    if check is not None:
-        check(args)
-    return args
-
-
-def refused(*argv: str) -> str:
-    with pytest.raises(CliError) as error:
-        parsed(*argv)
-    assert error.value.code == USAGE
-    return str(error.value)
 
 
 # ---- the file, before any connection -----------------------------------------------------------
